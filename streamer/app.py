@@ -1,0 +1,336 @@
+"""The worker process: a faust-streaming app (aiokafka driver) wiring the pipeline to Kafka and Redis.
+
+* ``events`` agent: micro-batches (``take_events``: at most STREAMREC_MAX_BATCH events or
+  STREAMREC_MAX_WAIT_MS), runs ``Pipeline.process`` and writes its results; events are acked (and
+  so committed) only after their lists reached Redis and the producer: at-least-once, with
+  idempotent state making redelivery harmless. The broker needs no transactions.
+* per-user state: a faust ``Table`` (RocksDB via rocksdict on local disk + a changelog topic), so
+  state survives a restart and follows a partition that moves to another worker.
+* ``items`` feed: every worker reads the whole catalog (all partitions, no group).
+* ``model-updates`` feed: verified hot swap between batches; a bad version is refused, logged and
+  counted, and the current one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import faust
+from faust.streams import _current_event
+
+from schemas import DeadLetter, ValidationError, decode_model_update, encode
+from streamer import metrics
+from streamer.ingest import RawMessage, parse_item
+from streamer.model import ModelBundle, ModelRefused, latest_version_dir
+from streamer.pipeline import Pipeline
+from streamer.publish import Publisher
+from streamer.settings import Settings, SettingsError
+
+log = logging.getLogger("streamrec.worker")
+
+
+class FaustTableStore:
+    """``StateStore`` over a faust Table. Each write is attributed to the event that caused it,
+    so the changelog record lands in that event's partition (faust reads the partition from the
+    *current event*, which inside a batch would otherwise be the batch's last one)."""
+
+    def __init__(self, table, events_by_msg: dict) -> None:
+        self.table = table
+        self.events_by_msg = events_by_msg
+
+    def get(self, user_id: str) -> bytes | None:
+        return self.table.get(user_id)
+
+    def _as_current(self, msg: RawMessage) -> None:
+        _current_event.set(weakref.ref(self.events_by_msg[(msg.partition, msg.offset)]))
+
+    def put(self, user_id: str, value: bytes, msg: RawMessage) -> None:
+        self._as_current(msg)
+        self.table[user_id] = value
+
+    def delete(self, user_id: str, msg: RawMessage) -> None:
+        self._as_current(msg)
+        if user_id in self.table:
+            del self.table[user_id]
+
+
+def kafka_client_kwargs(s: Settings) -> dict:
+    """aiokafka security settings shared by the side consumers."""
+    kw: dict = {"security_protocol": s.kafka_security_protocol}
+    if s.kafka_security_protocol.startswith("SASL"):
+        kw.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
+                  sasl_plain_password=s.kafka_sasl_password)
+    if s.kafka_security_protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        kw["ssl_context"] = create_ssl_context(cafile=s.kafka_ssl_cafile or None)
+    return kw
+
+
+def faust_credentials(s: Settings):
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if s.kafka_security_protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=s.kafka_ssl_cafile or None)
+    if s.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
+                                     mechanism=s.kafka_sasl_mechanism, ssl_context=ssl_context)
+    return faust.SSLCredentials(ssl_context)
+
+
+class Worker:
+    """Owns the faust app, the pipeline, the Redis client and the side feeds."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.pipeline: Pipeline | None = None
+        self.ready = asyncio.Event()
+        self.lock = asyncio.Lock()  # held while a batch runs; model swaps and catalog updates wait for it
+        self.probe = metrics.ProbeServer(settings.metrics_port)
+        self.redis = None
+        self.app = self._build_app()
+
+    # ---- faust wiring ---------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        s = self.s
+        app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
+            broker_credentials=faust_credentials(s),
+            store="rocksdb://",
+            datadir=str(Path(s.state_dir)),
+            topic_partitions=s.partitions,
+            topic_allow_declare=True,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=max(s.session_timeout_s / 10, 0.5),
+            broker_commit_interval=1.0,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            web_enabled=False,
+            stream_wait_empty=False,
+            table_cleanup_interval=3600.0,
+        )
+        events = app.topic(s.events_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                           value_serializer="raw", partitions=s.partitions)
+        self.recs_topic = app.topic(s.recs_topic, key_serializer="raw", value_serializer="raw")
+        self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
+        self.table = app.Table("user-state", default=None, key_type=str, value_type=bytes,
+                               value_serializer="raw", partitions=s.partitions)
+
+        @app.agent(events, name="events")
+        async def on_events(stream):
+            await self.ready.wait()
+            async for batch in stream.take_events(s.max_batch, within=s.max_wait_ms / 1000):
+                await self._handle(batch)
+
+        @app.task
+        async def startup() -> None:
+            await self._startup()
+
+        app.service(_Shutdown(self))
+        return app
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def _startup(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.from_url(self.s.redis_url, password=self.s.redis_password or None,
+                                       socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
+        await self.probe.start()
+        bundle = await asyncio.get_running_loop().run_in_executor(None, self._load_latest)
+        self.pipeline = Pipeline(self.s, bundle)
+        self.publisher = Publisher(self.redis, self._send_rec, prefix=self.s.redis_prefix, ttl_s=self.s.redis_ttl_s)
+        log.info("serving model %s (%s on %s), %d catalog items", bundle.version, bundle.ranker_file,
+                 bundle.provider, len(self.pipeline.index))
+        asyncio.ensure_future(self._items_feed())
+        asyncio.ensure_future(self._model_feed())
+        asyncio.ensure_future(self._lag_monitor())
+        self.probe.ready = True
+        self.ready.set()
+
+    def _load_latest(self) -> ModelBundle:
+        root = self.s.model_path
+        path = latest_version_dir(root)
+        if path is None:
+            raise SystemExit(f"STREAMREC_MODEL_ROOT: no model version under {root} (LATEST missing): "
+                             f"build one with `streamrec-bootstrap --model-root {root}`")
+        try:
+            return self._load(path)
+        except ModelRefused as exc:
+            metrics.MODEL_REFUSED.inc()
+            raise SystemExit(f"STREAMREC_MODEL_ROOT: newest version refused: {exc}") from None
+
+    def _load(self, path: Path) -> ModelBundle:
+        return ModelBundle.load(path, device=self.s.device, variant=self.s.ranker_variant, threads=self.s.ort_threads)
+
+    async def _send_rec(self, key: bytes, value: bytes) -> None:
+        await self.recs_topic.send(key=key, value=value)
+
+    # ---- the hot path -----------------------------------------------------------------------
+    async def _handle(self, batch) -> None:
+        msgs, by_msg = [], {}
+        for ev in batch:
+            m = ev.message
+            raw = RawMessage(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
+            msgs.append(raw)
+            by_msg[(m.partition, m.offset)] = ev
+        async with self.lock:
+            result = await self.pipeline.process(msgs, FaustTableStore(self.table, by_msg))
+            for dl in result.dead_letters:
+                await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(dl))
+            for user_id in result.erased:
+                await self.publisher.erase(user_id)
+            if result.recs:
+                await self.publisher.publish(result.recs)
+                wall = time.time() * 1000
+                for rec in result.recs:
+                    metrics.LISTS.labels(rec.variant).inc()
+                    metrics.LATENCY.observe(max(wall - result.trigger_ts[rec.user_id], 0) / 1000)
+
+    # ---- side feeds -----------------------------------------------------------------------
+    async def _items_feed(self) -> None:
+        """Read the whole catalog topic (no consumer group: every worker needs every item)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", **kafka_client_kwargs(self.s))
+        await consumer.start()
+        try:
+            parts = await self._partitions(consumer, self.s.items_topic)
+            tps = [TopicPartition(self.s.items_topic, p) for p in parts]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while True:
+                records = await consumer.getmany(timeout_ms=500, max_records=1000)
+                items, dead = [], []
+                for tp, msgs in records.items():
+                    for m in msgs:
+                        raw = RawMessage(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                        parsed = parse_item(raw, self.s.worker_id)
+                        (dead if isinstance(parsed, DeadLetter) else items).append(parsed)
+                for dl in dead:
+                    metrics.EVENTS.labels("items", "dead_letter").inc()
+                    metrics.DLQ.labels(dl.error_code).inc()
+                    await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(dl))
+                if items:
+                    metrics.EVENTS.labels("items", "valid").inc(len(items))
+                    async with self.lock:
+                        self.pipeline.upsert_items(items)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("items feed failed; restarting it in 2 s")
+            await asyncio.sleep(2)
+            asyncio.ensure_future(self._items_feed())
+        finally:
+            await consumer.stop()
+
+    async def _model_feed(self) -> None:
+        """Follow ``model-updates`` from its end; verify, smoke-test and switch between batches."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, enable_auto_commit=False,
+                                    auto_offset_reset="latest", **kafka_client_kwargs(self.s))
+        await consumer.start()
+        try:
+            parts = await self._partitions(consumer, self.s.model_updates_topic)
+            tps = [TopicPartition(self.s.model_updates_topic, p) for p in parts]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            async for m in consumer:
+                try:
+                    update = decode_model_update(m.value or b"")
+                except ValidationError as exc:
+                    log.error("model update refused: bad message: %s", exc)
+                    metrics.MODEL_REFUSED.inc()
+                    continue
+                await self.swap(Path(update.location))
+        finally:
+            await consumer.stop()
+
+    async def swap(self, path: Path) -> bool:
+        """Load ``path``; on success switch to it between batches. Returns whether it switched."""
+        loop = asyncio.get_running_loop()
+        current = self.pipeline.bundle.version
+        try:
+            bundle = await loop.run_in_executor(None, self._load, path)
+        except ModelRefused as exc:
+            metrics.MODEL_REFUSED.inc()
+            log.error("model version refused, still serving %s: %s", current, exc)
+            return False
+        if bundle.version == current:
+            return False
+        async with self.lock:
+            index = await loop.run_in_executor(None, self.pipeline.build_index, bundle, self.pipeline.index)
+            self.pipeline.install(bundle, index)
+        metrics.MODEL_SWAPS.inc()
+        log.info("switched model %s -> %s (%s)", current, bundle.version, bundle.ranker_file)
+        return True
+
+    async def _lag_monitor(self) -> None:
+        consumer = self.app.consumer
+        while True:
+            await asyncio.sleep(5)
+            lag = 0
+            for tp in consumer.assignment():
+                if tp.topic != self.s.events_topic:
+                    continue
+                hw = consumer.highwater(tp)
+                pos = consumer._read_offset.get(tp)  # last offset handed to the stream
+                if hw is not None and pos is not None:
+                    lag += max(hw - pos - 1, 0)
+            metrics.LAG.set(lag)
+
+    @staticmethod
+    async def _partitions(consumer, topic: str) -> list[int]:
+        for _ in range(100):
+            parts = consumer.partitions_for_topic(topic)
+            if parts:
+                return sorted(parts)
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"topic {topic!r} not found")
+
+    async def close(self) -> None:
+        await self.probe.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+class _Shutdown(faust.Service):
+    """Closes Redis and the probe server after faust has stopped agents, committed and flushed."""
+
+    def __init__(self, worker: Worker, **kw) -> None:
+        super().__init__(**kw)
+        self.worker = worker
+
+    async def on_stop(self) -> None:
+        await self.worker.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("STREAMREC_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"streamrec-worker: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    log.info("settings: %s", settings.redacted())
+    worker = Worker(settings)
+    sys.argv = [sys.argv[0], "worker", "-l", os.environ.get("STREAMREC_FAUST_LOG_LEVEL", "warn"), "--without-web"]
+    worker.app.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

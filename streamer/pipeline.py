@@ -1,0 +1,240 @@
+"""The worker's per-batch flow, one direction, no Kafka or faust inside:
+
+    raw messages ─► ingest ─► state (idempotent) ─► candidates ─► ranking ─► publish
+
+``Pipeline.process`` takes one micro-batch of raw ``events`` messages and a ``StateStore`` (the
+faust table in production, a dict in unit tests) and returns what must be written: dead letters
+and recommendation lists. Users with several events in the batch are re-ranked once (coalescing).
+A user touched only by redelivered duplicates is re-ranked too, so a list lost in a crash between
+state write and publish is published on redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from schemas import DeadLetter, Event, Recommendation
+from schemas.ranking import EVENT_WEIGHTS
+from streamer import metrics
+from streamer.candidates import CandidateConfig, CoVisitation, gather
+from streamer.ingest import Pseudonymizer, RawMessage, parse_event
+from streamer.items import ItemIndex, item_text
+from streamer.model import ModelBundle
+from streamer.publish import build_list
+from streamer.ranking import CandidateScorer, OnnxRanker, RankRequest
+from streamer.settings import Settings
+from streamer.state import UserState
+
+log = logging.getLogger(__name__)
+DAY_MS = 86_400_000
+
+
+class StateStore(Protocol):
+    def get(self, user_id: str) -> bytes | None: ...
+    def put(self, user_id: str, value: bytes, msg: RawMessage) -> None: ...
+    def delete(self, user_id: str, msg: RawMessage) -> None: ...
+
+
+def variant_for(user_id: str, split: tuple[tuple[str, float], ...]) -> str:
+    """Stable A/B assignment: the same user always lands in the same arm for a given split."""
+    h = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "big") / 2**64
+    acc = 0.0
+    for label, weight in split:
+        acc += weight
+        if h < acc:
+            return label
+    return split[-1][0]
+
+
+@dataclass
+class BatchResult:
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    recs: list[Recommendation] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+    trigger_ts: dict[str, int] = field(default_factory=dict)  # user -> Kafka timestamp of the last event
+
+
+@dataclass
+class _Touched:
+    state: UserState
+    last_event: Event
+    last_msg: RawMessage
+    dirty: bool = False
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, bundle: ModelBundle) -> None:
+        self.settings = settings
+        self.half_life_ms = settings.half_life_days * DAY_MS
+        self.pseudonymize = Pseudonymizer(settings.pseudonymize_key)
+        self.covis = CoVisitation()
+        self.cand_cfg = CandidateConfig(settings.candidates, settings.filter_purchased, settings.filter_last_viewed)
+        self.control = CandidateScorer()
+        self.index: ItemIndex
+        self.bundle: ModelBundle
+        self.ranker: OnnxRanker
+        self.install(bundle, self.build_index(bundle, None))
+
+    # ---- model and item index -------------------------------------------------------------
+    def build_index(self, bundle: ModelBundle, previous: ItemIndex | None) -> ItemIndex:
+        """Item index in ``bundle``'s vector space: its catalog, plus every item the previous
+        index knew (re-encoded with the new encoder), with popularity carried over."""
+        index = ItemIndex(dim=bundle.dim, capacity=max(1024, 2 * len(bundle.item_ids)), half_life_ms=self.half_life_ms)
+        if bundle.item_ids:
+            index.add_many(bundle.item_ids, bundle.item_vecs)
+        if previous is not None and len(previous):
+            from schemas import Item
+
+            new_items = []
+            for iid, r in previous.pos.items():
+                record = Item(item_id=iid, title=previous.titles[r], category=previous.categories[r],
+                              available=bool(previous.available[r]))
+                row = index.pos.get(iid)
+                if row is None:
+                    new_items.append(record)  # not in the new catalog: re-encode in the new space
+                else:
+                    index.titles[row], index.texts[row] = previous.titles[r], previous.texts[r]
+                    index.categories[row], index.available[row] = previous.categories[r], previous.available[r]
+            if new_items:
+                texts = [t for t in (item_text(it) for it in new_items) if t]
+                index.upsert_items(new_items, bundle.encode_texts(texts), bundle.category_vecs)
+            for iid, r in previous.pos.items():
+                index.popularity[index.pos[iid]] = previous.popularity[r]
+            index.pop_ts = previous.pop_ts
+        return index
+
+    def install(self, bundle: ModelBundle, index: ItemIndex) -> None:
+        """Switch model and index together (called between batches)."""
+        self.bundle, self.index = bundle, index
+        self.ranker = OnnxRanker(bundle)
+        metrics.MODEL.clear()
+        metrics.MODEL.labels(bundle.version, bundle.ranker_file, bundle.provider).set(1)
+        metrics.ITEMS.set(len(index))
+
+    def upsert_items(self, items) -> None:
+        texts = [item_text(it) for it in items]
+        text_vecs = self.bundle.encode_texts([t for t in texts if t])
+        self.index.upsert_items(items, text_vecs, self.bundle.category_vecs)
+        metrics.ITEMS.set(len(self.index))
+
+    # ---- one micro-batch ----------------------------------------------------------------
+    async def process(self, msgs: list[RawMessage], store: StateStore) -> BatchResult:
+        out = BatchResult()
+        t0 = time.perf_counter()
+        touched: dict[str, _Touched] = {}
+        for msg in msgs:
+            parsed = parse_event(msg, self.pseudonymize, self.settings.worker_id)
+            if isinstance(parsed, DeadLetter):
+                out.dead_letters.append(parsed)
+                metrics.EVENTS.labels("events", "dead_letter").inc()
+                metrics.DLQ.labels(parsed.error_code).inc()
+                continue
+            ev = parsed
+            if ev.type == "erase_user":
+                touched.pop(ev.user_id, None)
+                store.delete(ev.user_id, msg)
+                out.erased.append(ev.user_id)
+                metrics.EVENTS.labels("events", "erased").inc()
+                continue
+            t = touched.get(ev.user_id)
+            if t is None:
+                raw = store.get(ev.user_id)
+                st = UserState.from_bytes(raw) if raw else UserState(dim=self.bundle.dim, space=self.bundle.version)
+                t = touched[ev.user_id] = _Touched(st, ev, msg)
+                if st.space != self.bundle.version:
+                    st.rebuild_embedding(self._vectors_of(st), self.bundle.version, self.half_life_ms)
+                    t.dirty = True
+            t.last_event, t.last_msg = ev, msg
+            if self._apply(t.state, ev):
+                t.dirty = True
+                out.applied += 1
+                metrics.EVENTS.labels("events", "valid").inc()
+            else:
+                out.duplicates += 1
+                metrics.EVENTS.labels("events", "duplicate").inc()
+        for user_id, t in touched.items():
+            if t.dirty:
+                store.put(user_id, t.state.to_bytes(), t.last_msg)
+            out.trigger_ts[user_id] = t.last_msg.timestamp_ms
+        t1 = time.perf_counter()
+        metrics.STAGE.labels("ingest_state").observe(t1 - t0)
+        if touched:
+            out.recs = await self._rank(touched)
+        metrics.STAGE.labels("candidates_ranking").observe(time.perf_counter() - t1)
+        metrics.BATCH.observe(len(msgs))
+        metrics.RANKED.observe(len(touched))
+        return out
+
+    def _vectors_of(self, st: UserState) -> dict[str, np.ndarray]:
+        return {i: self.index.vecs[self.index.pos[i]] for i in st.items if i in self.index.pos}
+
+    def _apply(self, st: UserState, ev: Event) -> bool:
+        row = None
+        recent_rows: list[int] = []
+        if ev.item_id is not None:
+            row = self.index.ensure(ev.item_id)
+            recent_rows = [self.index.pos[i] for i, _t, _ts in list(st.seq)[-5:] if i in self.index.pos]
+        vec = self.index.vecs[row] if row is not None else None
+        if ev.type == "search" and ev.query:
+            vec = self.bundle.encode_texts([ev.query])[0]
+        applied = st.apply(
+            ev.event_id, ev.type, ev.item_id, ev.ts, vec,
+            max_seq_len=self.settings.max_seq_len, dedup_window=self.settings.dedup_window,
+            half_life_ms=self.half_life_ms, query=ev.query,
+        )
+        if applied and row is not None:
+            weight = EVENT_WEIGHTS.get(ev.type, 0.0)
+            if weight > 0:
+                self.index.bump(row, weight, ev.ts)
+                self.covis.update(recent_rows, row)
+        return applied
+
+    async def _rank(self, touched: dict[str, _Touched]) -> list[Recommendation]:
+        trending = self.index.trending(self.settings.candidates)
+        control_reqs, ranker_reqs = [], []
+        for user_id, t in touched.items():
+            st, ev = t.state, t.last_event
+            qvec = None
+            if st.last_query and ev.type == "search":
+                qvec = self.bundle.encode_texts([st.last_query])[0]
+            cands = gather(
+                st, self.index, self.covis, self.cand_cfg, now_ms=max(ev.ts, st.emb_ts),
+                trigger_item=ev.item_id, trigger_type=ev.type, query_vec=qvec, trending_rows=trending,
+            )
+            seq = [(self.index.pos[i], ty) for i, ty, _ts in st.seq if i in self.index.pos]
+            req = RankRequest(
+                seq_vecs=self.index.vecs[[r for r, _ in seq]] if seq else np.zeros((0, self.bundle.dim), np.float32),
+                seq_types=np.asarray([ty for _, ty in seq], dtype=np.int64),
+                cand_vecs=self.index.vecs[cands.rows],
+                cand_feats=cands.feats,
+            )
+            variant = variant_for(user_id, self.settings.variants)
+            use_ranker = self.settings.ranking and variant == "ranker"
+            (ranker_reqs if use_ranker else control_reqs).append((user_id, t, cands, req, variant))
+        scored = []
+        if ranker_reqs:
+            loop = asyncio.get_running_loop()
+            scores = await loop.run_in_executor(None, self.ranker.score, [r[3] for r in ranker_reqs if len(r[2].rows)])
+            it = iter(scores)
+            scored += [(r, next(it) if len(r[2].rows) else np.zeros(0, np.float32)) for r in ranker_reqs]
+        if control_reqs:
+            scored += list(zip(control_reqs, self.control.score([r[3] for r in control_reqs])))
+        recs = []
+        for (user_id, t, cands, _req, variant), scores in scored:
+            version = self.bundle.version if variant == "ranker" and self.settings.ranking else f"{self.bundle.version}+control"
+            recs.append(
+                build_list(
+                    user_id, t.state, cands, scores, self.index, size=self.settings.list_size,
+                    model_version=version, variant=variant, event_id=t.last_event.event_id, event_ts=t.last_event.ts,
+                )
+            )
+        return recs

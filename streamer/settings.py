@@ -1,0 +1,234 @@
+"""One typed, frozen settings object for the worker, read from environment variables.
+
+Every field names its variable; a bad value fails at start with a message naming it
+(``SettingsError: STREAMREC_MAX_BATCH: must be an integer >= 1, got 'abc'``). The README's
+settings table is generated from ``SETTINGS_DOC`` so the two never drift.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid. The message starts with the variable's name."""
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: must be an integer, got {raw!r}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise SettingsError(f"{name}: must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float | None = None, hi: float | None = None) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}: must be a number, got {raw!r}") from None
+        if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise SettingsError(f"{name}: must be between {lo} and {hi}, got {raw}")
+        return value
+
+    return parse
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}: must be true or false, got {raw!r}")
+
+
+def _str(name: str, raw: str) -> str:
+    return raw
+
+
+def _nonempty(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise SettingsError(f"{name}: must not be empty")
+    return raw.strip()
+
+
+def _bootstrap(name: str, raw: str) -> str:
+    servers = [s.strip() for s in raw.split(",") if s.strip()]
+    if not servers:
+        raise SettingsError(f"{name}: must be host:port[,host:port...], got {raw!r}")
+    for s in servers:
+        host, _, port = s.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"{name}: {s!r} is not host:port")
+    return ",".join(servers)
+
+
+def _redis_url(name: str, raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"{name}: must start with redis://, rediss:// or unix://, got {raw!r}")
+    return raw
+
+
+def _choice(*options: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in options:
+            raise SettingsError(f"{name}: must be one of {', '.join(options)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _variants(name: str, raw: str) -> tuple[tuple[str, float], ...]:
+    """``ranker:0.9,control:0.1`` -> (("ranker", 0.9), ("control", 0.1)); weights must sum to 1."""
+    out = []
+    for part in raw.split(","):
+        label, _, weight = part.partition(":")
+        try:
+            w = float(weight)
+        except ValueError:
+            raise SettingsError(f"{name}: {part!r} is not variant:weight") from None
+        if label not in ("ranker", "control") or w < 0:
+            raise SettingsError(f"{name}: variant must be ranker or control with weight >= 0, got {part!r}")
+        out.append((label, w))
+    if abs(sum(w for _, w in out) - 1.0) > 1e-6:
+        raise SettingsError(f"{name}: weights must sum to 1, got {raw!r}")
+    return tuple(out)
+
+
+# field name -> (ENV VAR, default, parser, description)
+SETTINGS_DOC: dict[str, tuple[str, str | None, Callable[[str, str], Any], str]] = {
+    "kafka_bootstrap": ("KAFKA_BOOTSTRAP_SERVERS", None, _bootstrap, "Kafka bootstrap servers, host:port[,...] (required for the worker; the embedded stack sets it)"),
+    "redis_url": ("REDIS_URL", None, _redis_url, "Redis URL (redis://, rediss:// for TLS; password in the URL or REDIS_PASSWORD)"),
+    "redis_password": ("REDIS_PASSWORD", "", _str, "Redis AUTH password (overrides the URL's); never logged"),
+    "kafka_security_protocol": ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol"),
+    "kafka_sasl_mechanism": ("KAFKA_SASL_MECHANISM", "PLAIN", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SASL mechanism"),
+    "kafka_sasl_username": ("KAFKA_SASL_USERNAME", "", _str, "SASL user name"),
+    "kafka_sasl_password": ("KAFKA_SASL_PASSWORD", "", _str, "SASL password; never logged"),
+    "kafka_ssl_cafile": ("KAFKA_SSL_CAFILE", "", _str, "CA bundle for Kafka TLS"),
+    "app_id": ("STREAMREC_APP_ID", "streamrec", _nonempty, "consumer group / faust app id (all workers of one deployment share it)"),
+    "worker_id": ("STREAMREC_WORKER_ID", "", _str, "name of this worker in logs and dead letters (default: host:pid)"),
+    "events_topic": ("STREAMREC_EVENTS_TOPIC", "events", _nonempty, "input events topic"),
+    "items_topic": ("STREAMREC_ITEMS_TOPIC", "items", _nonempty, "item catalog topic"),
+    "recs_topic": ("STREAMREC_RECS_TOPIC", "recommendations", _nonempty, "output topic of recommendation lists"),
+    "dlq_topic": ("STREAMREC_DLQ_TOPIC", "events.dlq", _nonempty, "dead-letter topic"),
+    "model_updates_topic": ("STREAMREC_MODEL_UPDATES_TOPIC", "model-updates", _nonempty, "topic announcing new model versions"),
+    "partitions": ("STREAMREC_PARTITIONS", "4", _int(1, 4096), "partitions of the events topic and state changelogs"),
+    "model_root": ("STREAMREC_MODEL_ROOT", "var/models", _nonempty, "model store: one folder per version and a LATEST file"),
+    "state_dir": ("STREAMREC_STATE_DIR", "var/state", _nonempty, "local state (RocksDB) folder of this worker"),
+    "metrics_port": ("STREAMREC_METRICS_PORT", "9108", _int(0, 65535), "port of /metrics, /healthz, /readyz (0 = a free port)"),
+    "list_size": ("STREAMREC_LIST_SIZE", "20", _int(1, 500), "items per published list"),
+    "candidates": ("STREAMREC_CANDIDATES", "200", _int(10, 5000), "candidates scored per user"),
+    "max_seq_len": ("STREAMREC_MAX_SEQ_LEN", "50", _int(1, 512), "recent interactions kept per user (the ranker may read fewer)"),
+    "dedup_window": ("STREAMREC_DEDUP_WINDOW", "512", _int(16, 100000), "event ids remembered per user to drop redeliveries"),
+    "half_life_days": ("STREAMREC_HALF_LIFE_DAYS", "14", _float(0.01, 3650), "event-time half-life of the user embedding and trending counts"),
+    "max_batch": ("STREAMREC_MAX_BATCH", "256", _int(1, 65536), "max events per micro-batch (users in a batch share one ranker call)"),
+    "max_wait_ms": ("STREAMREC_MAX_WAIT_MS", "20", _int(0, 10000), "max wait to fill a micro-batch"),
+    "ranking": ("STREAMREC_RANKING", "true", _bool, "score candidates with the ONNX ranker (false: candidate scores only)"),
+    "ranker_variant": ("STREAMREC_RANKER_VARIANT", "auto", _choice("auto", "fp32", "fp16", "int8"), "which ONNX file of the version to run (auto: fp16 on CUDA, int8 on CPU if shipped, else fp32)"),
+    "ort_threads": ("STREAMREC_ORT_THREADS", "0", _int(0, 256), "onnxruntime intra-op threads (0 = library default)"),
+    "device": ("STREAMREC_DEVICE", "auto", _choice("auto", "cpu", "cuda"), "execution provider choice"),
+    "filter_purchased": ("STREAMREC_FILTER_PURCHASED", "false", _bool, "hide items the user bought (off by default: wholesale buyers rebuy)"),
+    "filter_last_viewed": ("STREAMREC_FILTER_LAST_VIEWED", "false", _bool, "hide the item of the triggering view/click"),
+    "redis_ttl_s": ("STREAMREC_REDIS_TTL_S", "604800", _int(1, 10**9), "TTL of rec:<user_id> keys"),
+    "redis_prefix": ("STREAMREC_REDIS_PREFIX", "rec:", _str, "Redis key prefix of the lists"),
+    "variants": ("STREAMREC_VARIANTS", "ranker:1.0", _variants, "A/B split by stable user hash, e.g. ranker:0.9,control:0.1"),
+    "pseudonymize_key": ("STREAMREC_PSEUDONYMIZE_KEY", "", _str, "when set, user ids are replaced at ingest by HMAC-SHA256(key, id); never logged"),
+    "session_timeout_s": ("STREAMREC_SESSION_TIMEOUT_S", "10", _float(1, 300), "Kafka consumer session timeout (group joins wait about half of it)"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    redis_url: str
+    redis_password: str
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password: str
+    kafka_ssl_cafile: str
+    app_id: str
+    worker_id: str
+    events_topic: str
+    items_topic: str
+    recs_topic: str
+    dlq_topic: str
+    model_updates_topic: str
+    partitions: int
+    model_root: str
+    state_dir: str
+    metrics_port: int
+    list_size: int
+    candidates: int
+    max_seq_len: int
+    dedup_window: int
+    half_life_days: float
+    max_batch: int
+    max_wait_ms: int
+    ranking: bool
+    ranker_variant: str
+    ort_threads: int
+    device: str
+    filter_purchased: bool
+    filter_last_viewed: bool
+    redis_ttl_s: int
+    redis_prefix: str
+    variants: tuple[tuple[str, float], ...]
+    pseudonymize_key: str
+    session_timeout_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var, default, parse, _doc = SETTINGS_DOC[f.name]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(var)
+            if raw is None:
+                if default is None:
+                    raise SettingsError(f"{var}: required but not set")
+                raw = default
+            values[f.name] = parse(var, raw)
+        if not values["worker_id"]:
+            values["worker_id"] = f"{os.uname().nodename}:{os.getpid()}"
+        if values["candidates"] < values["list_size"]:
+            raise SettingsError("STREAMREC_CANDIDATES: must be >= STREAMREC_LIST_SIZE")
+        return cls(**values)
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model_root)
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log: secrets replaced by '***'."""
+        secret = {"redis_password", "kafka_sasl_password", "pseudonymize_key"}
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in secret and v:
+                v = "***"
+            elif f.name == "redis_url" and "@" in str(v):
+                v = "redis://***@" + str(v).split("@", 1)[1]
+            out[f.name] = v
+        return out
+
+
+def settings_table() -> str:
+    """Markdown table of every setting, for the README."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for var, default, _p, doc in SETTINGS_DOC.values():
+        rows.append(f"| `{var}` | {'(required)' if default is None else f'`{default}`' if default else '(empty)'} | {doc} |")
+    return "\n".join(rows)

@@ -1,0 +1,170 @@
+"""Stage 2 — per-user state, updated incrementally and idempotently per event.
+
+A user's state holds:
+
+* ``seq``: the bounded recent interaction sequence ``(item_id, type, ts)``, fed to the ranker;
+* ``items``: the personal profile ``item_id -> [weight sum, last ts]`` (repeat purchases matter
+  in wholesale data: a user's own counts are the strongest single signal);
+* ``emb``: a running user embedding, the event-type weighted, time-decayed sum of item vectors.
+  Decay is applied in *event time* relative to ``emb_ts``, which makes the sum commutative: the
+  same set of events gives the same embedding whatever order they arrive in;
+* ``seen``: the last ``dedup_window`` event-id hashes. An event whose id is there is ignored, so a
+  redelivery (at-least-once Kafka, a crash before commit, a producer retry) changes nothing.
+
+The state is one value per user (one atomic changelog write): the dedup memory and the effect of
+the event can never be persisted apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from schemas.ranking import EVENT_TYPE_IDS, EVENT_WEIGHTS
+
+MAX_PROFILE_ITEMS = 1000
+
+
+def event_hash(event_id: str) -> int:
+    """Stable 63-bit hash of an event id (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+@dataclass
+class UserState:
+    dim: int
+    space: str = ""  # model version whose item vectors built ``emb``
+    emb: np.ndarray | None = None
+    emb_ts: int = 0
+    seq: deque = field(default_factory=deque)  # of (item_id, type_id, ts)
+    items: dict[str, list] = field(default_factory=dict)  # item_id -> [weight, last_ts, purchases]
+    seen: deque = field(default_factory=deque)
+    seen_set: set = field(default_factory=set)
+    last_query: str | None = None
+    events_applied: int = 0
+
+    # ---- idempotent update -------------------------------------------------------------
+    def apply(
+        self,
+        event_id: str,
+        etype: str,
+        item_id: str | None,
+        ts: int,
+        item_vec: np.ndarray | None,
+        *,
+        max_seq_len: int,
+        dedup_window: int,
+        half_life_ms: float,
+        query: str | None = None,
+    ) -> bool:
+        """Apply one validated event. Returns False (and changes nothing) for a duplicate."""
+        h = event_hash(event_id)
+        if h in self.seen_set:
+            return False
+        self.seen.append(h)
+        self.seen_set.add(h)
+        while len(self.seen) > dedup_window:
+            self.seen_set.discard(self.seen.popleft())
+        self.events_applied += 1
+        weight = EVENT_WEIGHTS.get(etype, 0.0)
+        if etype == "search":
+            self.last_query = query
+        if item_id is not None:
+            prof = self.items.get(item_id)
+            if prof is None:
+                prof = self.items[item_id] = [0.0, ts, 0]
+                if len(self.items) > MAX_PROFILE_ITEMS:
+                    self._evict_profile()
+            prof[0] += weight
+            prof[1] = max(prof[1], ts)
+            if etype == "purchase":
+                prof[2] += 1
+            elif etype == "cancel":
+                prof[2] = max(prof[2] - 1, 0)
+            self.seq.append((item_id, EVENT_TYPE_IDS[etype], ts))
+            while len(self.seq) > max_seq_len:
+                self.seq.popleft()
+        if item_vec is not None and weight != 0.0:
+            self._add_to_embedding(item_vec, weight, ts, half_life_ms)
+        return True
+
+    def _add_to_embedding(self, vec: np.ndarray, weight: float, ts: int, half_life_ms: float) -> None:
+        if self.emb is None:
+            self.emb = np.zeros(self.dim, dtype=np.float32)
+            self.emb_ts = ts
+        if ts >= self.emb_ts:
+            self.emb *= np.float32(math.pow(0.5, (ts - self.emb_ts) / half_life_ms))
+            self.emb_ts = ts
+            self.emb += np.float32(weight) * vec
+        else:
+            self.emb += np.float32(weight * math.pow(0.5, (self.emb_ts - ts) / half_life_ms)) * vec
+
+    def _evict_profile(self) -> None:
+        """Keep the profile bounded: drop the least recently touched item."""
+        oldest = min(self.items.items(), key=lambda kv: kv[1][1])[0]
+        del self.items[oldest]
+
+    def rebuild_embedding(self, vectors: dict[str, np.ndarray], space: str, half_life_ms: float) -> None:
+        """Re-derive the embedding in a new model's vector space from the profile (after a swap)."""
+        self.emb = None
+        self.emb_ts = 0
+        for item_id, (weight, last_ts, _bought) in sorted(self.items.items(), key=lambda kv: kv[1][1]):
+            vec = vectors.get(item_id)
+            if vec is not None and weight > 0:
+                self._add_to_embedding(vec, weight, last_ts, half_life_ms)
+        self.space = space
+
+    def user_vector(self) -> np.ndarray | None:
+        if self.emb is None:
+            return None
+        norm = float(np.linalg.norm(self.emb))
+        return None if norm == 0.0 else self.emb / norm
+
+    # ---- serialisation: one compact value per user -------------------------------------
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "d": self.dim,
+                "sp": self.space,
+                "e": None if self.emb is None else base64.b64encode(self.emb.astype(np.float32).tobytes()).decode(),
+                "et": self.emb_ts,
+                "q": list(self.seq),
+                "i": self.items,
+                "s": base64.b64encode(np.asarray(self.seen, dtype=np.uint64).tobytes()).decode(),
+                "lq": self.last_query,
+                "n": self.events_applied,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "UserState":
+        d = orjson.loads(raw)
+        seen = deque(int(x) for x in np.frombuffer(base64.b64decode(d["s"]), dtype=np.uint64))
+        emb = None if d["e"] is None else np.frombuffer(base64.b64decode(d["e"]), dtype=np.float32).copy()
+        return cls(
+            dim=d["d"],
+            space=d["sp"],
+            emb=emb,
+            emb_ts=d["et"],
+            seq=deque(tuple(x) for x in d["q"]),
+            items=d["i"],
+            seen=seen,
+            seen_set=set(seen),
+            last_query=d.get("lq"),
+            events_applied=d["n"],
+        )
+
+    def fingerprint(self) -> dict:
+        """Comparable summary used to prove crash-and-redeliver == clean single pass."""
+        return {
+            "seq": list(self.seq),
+            "items": {k: [round(v[0], 6), v[1], v[2]] for k, v in sorted(self.items.items())},
+            "emb": None if self.emb is None else np.round(self.emb, 4).tolist(),
+            "n": self.events_applied,
+        }
