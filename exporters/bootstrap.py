@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from exporters import registry
 from exporters.export import export_models
+from exporters.logs import setup_logging
 from exporters.item_index import BOOTSTRAP_CATEGORY_SCALE, ItemIndex, bootstrap_item_index
 from exporters.modeling import (
     BASE_MODEL_NAME,
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-text-len", type=int, default=DEFAULT_MAX_TEXT_LEN)
     p.add_argument("--no-publish", action="store_true", help="write the version but leave LATEST alone")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     folder = export_bootstrap(
         args.model_root,
         dataset=None if args.dataset == "none" else args.dataset,

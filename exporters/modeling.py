@@ -98,14 +98,17 @@ def load_bert(n_layers: int | None = None, *, config: BertConfig | None = None, 
         return BertModel(config, add_pooling_layer=False)
     kwargs = {} if n_layers is None else {"num_hidden_layers": n_layers}
     # Loading fewer layers than stored (and no pooler) is intended: keep the "unexpected keys" report quiet.
-    previous = hf_logging.get_verbosity()
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         return BertModel.from_pretrained(
             str(pretrained_model_dir()), add_pooling_layer=False, attn_implementation="eager", **kwargs
         )
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -275,13 +275,24 @@ def _range_ms(ms: int | float, path: str, shown: str) -> None:
 def _ts(value: Any, path: str) -> int:
     """Event time as epoch ms, from epoch ms (int or float) or an RFC 3339 string."""
     if isinstance(value, str):
-        ms = parse_rfc3339_ms(value, path)
-        _range_ms(ms, path, _show(value))
-        return ms
+        return _string_ts(value, path)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _wrong(path, "epoch milliseconds or an RFC 3339 string", value)
     _range_ms(value, path, _show(value))
     return int(value)  # floor: the range is positive
+
+
+def _string_ts(text: str, path: str) -> int:
+    ms = parse_rfc3339_ms(text, path)
+    # The JSON Schema can only judge the written year (its pattern allows 1990..2100), so the
+    # year is checked as written too: whatever Python accepts, the schema accepts.
+    year = int(text[:4])
+    if year < 1990:
+        raise ValidationError("out_of_range", path, f"{_show(text)} is before 1990-01-01")
+    if year > 2100:
+        raise ValidationError("out_of_range", path, f"{_show(text)} is after 2100-01-01")
+    _range_ms(ms, path, _show(text))
+    return ms
 
 
 def _ts_int(value: Any, path: str) -> int:
@@ -294,7 +305,7 @@ def _ts_int(value: Any, path: str) -> int:
 def _rfc3339_str(value: Any, path: str) -> str:
     """A date-time kept as text (``created_at``) but checked like an event time."""
     text = _str(value, path, 64)
-    _range_ms(parse_rfc3339_ms(text, path), path, _show(text))
+    _string_ts(text, path)
     return text
 
 

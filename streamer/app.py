@@ -36,28 +36,30 @@ log = logging.getLogger("streamrec.worker")
 
 
 class FaustTableStore:
-    """``StateStore`` over a faust Table. Each write is attributed to the event that caused it,
-    so the changelog record lands in that event's partition (faust reads the partition from the
-    *current event*, which inside a batch would otherwise be the batch's last one)."""
+    """``StateStore`` over a faust Table. Each read and write is attributed to the event that caused
+    it: faust picks the changelog partition *and* the RocksDB partition database from the *current
+    event*, which inside a batch would otherwise be the batch's last one (another user's partition)."""
 
     def __init__(self, table, events_by_msg: dict) -> None:
         self.table = table
         self.events_by_msg = events_by_msg
 
-    def get(self, user_id: str) -> bytes | None:
-        return self.table.get(user_id)
+    def get(self, user_id: str, msg: RawMessage) -> bytes | None:
+        self._as_current(msg)  # the RocksDB store also picks the partition database from it
+        return self.table.get(user_id.encode())
 
     def _as_current(self, msg: RawMessage) -> None:
         _current_event.set(weakref.ref(self.events_by_msg[(msg.partition, msg.offset)]))
 
     def put(self, user_id: str, value: bytes, msg: RawMessage) -> None:
         self._as_current(msg)
-        self.table[user_id] = value
+        self.table[user_id.encode()] = value
 
     def delete(self, user_id: str, msg: RawMessage) -> None:
         self._as_current(msg)
-        if user_id in self.table:
-            del self.table[user_id]
+        key = user_id.encode()
+        if key in self.table:
+            del self.table[key]
 
 
 def kafka_client_kwargs(s: Settings) -> dict:
@@ -115,16 +117,18 @@ class Worker:
             broker_commit_interval=1.0,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            producer_max_batch_size=s.producer_max_batch_bytes,
             web_enabled=False,
             stream_wait_empty=False,
             table_cleanup_interval=3600.0,
+            key_serializer="raw",
+            value_serializer="raw",
         )
         events = app.topic(s.events_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                            value_serializer="raw", partitions=s.partitions)
         self.recs_topic = app.topic(s.recs_topic, key_serializer="raw", value_serializer="raw")
         self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
-        self.table = app.Table("user-state", default=None, key_type=str, value_type=bytes,
-                               value_serializer="raw", partitions=s.partitions)
+        self.table = app.Table("user-state", default=None, key_type=bytes, value_type=bytes, partitions=s.partitions)
 
         @app.agent(events, name="events")
         async def on_events(stream):

@@ -37,7 +37,7 @@ DAY_MS = 86_400_000
 
 
 class StateStore(Protocol):
-    def get(self, user_id: str) -> bytes | None: ...
+    def get(self, user_id: str, msg: RawMessage) -> bytes | None: ...
     def put(self, user_id: str, value: bytes, msg: RawMessage) -> None: ...
     def delete(self, user_id: str, msg: RawMessage) -> None: ...
 
@@ -147,7 +147,7 @@ class Pipeline:
                 continue
             t = touched.get(ev.user_id)
             if t is None:
-                raw = store.get(ev.user_id)
+                raw = store.get(ev.user_id, msg)
                 st = UserState.from_bytes(raw) if raw else UserState(dim=self.bundle.dim, space=self.bundle.version)
                 t = touched[ev.user_id] = _Touched(st, ev, msg)
                 if st.space != self.bundle.version:

@@ -166,6 +166,16 @@ class LocalStack:
         _wait_tcp("127.0.0.1", port, proc, "redis-server", timeout)
         return f"redis://127.0.0.1:{port}/0"
 
+    def client_env(self) -> dict[str, str]:
+        """Environment for processes using this stack. With the embedded Tansu broker, producers
+        must send one record per batch: Tansu answers ListOffsets(latest) with the last *batch's*
+        base offset + 1, so after multi-record batches the end offset is too low, and faust's
+        changelog recovery would stop early (losing state) or refuse to start (ConsistencyError)."""
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url}
+        if not self.external_kafka:
+            env["STREAMREC_PRODUCER_MAX_BATCH_BYTES"] = "1"
+        return env
+
     def log_path(self, name: str) -> Path:
         return Path(self._tmp or ".") / f"{name}.log"
 
@@ -238,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     command = [c for c in args.command if c != "--"]
     try:
         if command:
-            env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap, REDIS_URL=stack.redis_url)
+            env = dict(os.environ, **stack.client_env())
             return subprocess.call(command, env=env)
         while True:
             time.sleep(3600)

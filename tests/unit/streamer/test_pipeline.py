@@ -1,0 +1,128 @@
+"""The per-batch pipeline on a tiny real ONNX model and an in-memory state store."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from schemas import decode_recommendation
+from streamer.ingest import RawMessage
+from streamer.model import ModelBundle, latest_version_dir
+from streamer.pipeline import Pipeline, variant_for
+from streamer.settings import Settings
+from streamer.state import UserState
+
+T0 = 1_320_000_000_000
+
+
+class DictStore:
+    def __init__(self):
+        self.data: dict[str, bytes] = {}
+        self.writes = 0
+
+    def get(self, user_id, msg):
+        return self.data.get(user_id)
+
+    def put(self, user_id, value, msg):
+        self.writes += 1
+        self.data[user_id] = value
+
+    def delete(self, user_id, msg):
+        self.data.pop(user_id, None)
+
+
+def settings(**kw) -> Settings:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0", "STREAMREC_LIST_SIZE": "5",
+           "STREAMREC_CANDIDATES": "20"}
+    return Settings.from_env(env, **kw)
+
+
+def msg(value, offset=0, partition=0) -> RawMessage:
+    raw = value if isinstance(value, bytes) else orjson.dumps(value)
+    return RawMessage("events", partition, offset, b"k", raw, T0)
+
+
+def ev(i, user="u1", item="71053", etype="purchase", ts=None, **extra):
+    d = {"event_id": f"e{i}", "user_id": user, "type": etype, "ts": ts or T0 + i * 1000}
+    if item is not None:
+        d["item_id"] = item
+    d.update(extra)
+    return d
+
+
+@pytest.fixture()
+def pipeline(tiny_model_root):
+    bundle = ModelBundle.load(latest_version_dir(tiny_model_root))
+    return Pipeline(settings(), bundle)
+
+
+async def test_lists_for_each_user_ordered_and_valid(pipeline):
+    store = DictStore()
+    msgs = [msg(ev(1, "u1", "71053")), msg(ev(2, "u2", "22633"), 1), msg(ev(3, "u1", "85123A"), 2)]
+    res = await pipeline.process(msgs, store)
+    assert res.applied == 3 and not res.dead_letters
+    assert sorted(r.user_id for r in res.recs) == ["u1", "u2"]  # u1's two events coalesced into one list
+    for rec in res.recs:
+        scores = [i.score for i in rec.items]
+        assert scores == sorted(scores, reverse=True)
+        assert 0 < len(rec.items) <= 5
+        decode_recommendation(orjson.dumps(rec.to_dict()))  # schema-valid on the wire
+    u1 = next(r for r in res.recs if r.user_id == "u1")
+    assert u1.event_id == "e3"
+    assert {i.item_id for i in u1.items} >= {"71053", "85123A"}  # repeats stay rankable by default
+
+
+async def test_duplicate_changes_state_once(pipeline):
+    store = DictStore()
+    await pipeline.process([msg(ev(1)), msg(ev(2, item="22633"), 1)], store)
+    before = UserState.from_bytes(store.data["u1"]).fingerprint()
+    res = await pipeline.process([msg(ev(1), 2), msg(ev(2, item="22633"), 3)], store)
+    assert res.duplicates == 2 and res.applied == 0
+    assert UserState.from_bytes(store.data["u1"]).fingerprint() == before
+    assert [r.user_id for r in res.recs] == ["u1"]  # still re-published
+
+
+async def test_invalid_messages_become_dead_letters_with_reasons(pipeline):
+    store = DictStore()
+    bad = [b"{not json", orjson.dumps({"event_id": "x", "user_id": "u", "type": "purchase", "ts": T0}),
+           orjson.dumps(ev(5, ts=10**18)), orjson.dumps(ev(6, etype="teleport"))]
+    res = await pipeline.process([msg(b, i) for i, b in enumerate(bad)] + [msg(ev(9), 10)], store)
+    assert len(res.dead_letters) == 4 and res.applied == 1
+    codes = [d.error_code for d in res.dead_letters]
+    assert codes == ["bad_json", "missing_field", "out_of_range", "unknown_type"]
+    assert res.dead_letters[1].reason.startswith("$.item_id")
+    assert [d.offset for d in res.dead_letters] == [0, 1, 2, 3]
+
+
+async def test_new_user_gets_trending_and_unknown_item_exists(pipeline):
+    store = DictStore()
+    await pipeline.process([msg(ev(i, f"buyer{i}", "22752")) for i in range(5)], store)
+    res = await pipeline.process([msg(ev(20, "newbie", "BRANDNEW", etype="view"), 9)], store)
+    rec = res.recs[0]
+    assert "BRANDNEW" in pipeline.index.pos
+    assert any(i.item_id == "22752" and i.source == "trending" for i in rec.items)
+
+
+async def test_filters(tiny_model_root):
+    bundle = ModelBundle.load(latest_version_dir(tiny_model_root))
+    p = Pipeline(settings(filter_purchased=True, filter_last_viewed=True), bundle)
+    store = DictStore()
+    res = await p.process([msg(ev(1, item="71053")), msg(ev(2, item="22633", etype="view"), 1)], store)
+    ids = {i.item_id for i in res.recs[0].items}
+    assert "71053" not in ids and "22633" not in ids
+
+
+async def test_erase_user(pipeline):
+    store = DictStore()
+    await pipeline.process([msg(ev(1))], store)
+    res = await pipeline.process([msg({"event_id": "x", "user_id": "u1", "type": "erase_user", "ts": T0}, 1)], store)
+    assert res.erased == ["u1"] and "u1" not in store.data
+
+
+def test_variant_split_is_stable_and_proportional():
+    split = (("ranker", 0.5), ("control", 0.5))
+    users = [f"user{i}" for i in range(4000)]
+    first = [variant_for(u, split) for u in users]
+    assert first == [variant_for(u, split) for u in users]
+    share = first.count("control") / len(users)
+    assert 0.45 < share < 0.55
