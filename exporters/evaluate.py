@@ -77,20 +77,20 @@ def evaluate(scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interac
         raw = np.asarray(scorer(cases), dtype=np.float64)
         if raw.shape != (len(cases), inter.n_items):
             raise ValueError(f"scorer returned {raw.shape}, expected {(len(cases), inter.n_items)}")
-        raw = np.where(np.isnan(raw), -np.inf, raw)
+        s_in = raw[:, order]  # columns in tie order: an earlier column wins a tie
+        s_in[np.isnan(s_in)] = -np.inf
         target_col = col_of[split.case_targets[cases]]
         for mode in split.modes:
-            scores = raw.copy()
-            excluded = np.zeros(len(cases), dtype=bool)
+            s, excluded = s_in, np.zeros(len(cases), dtype=bool)
             if mode == "ex":
                 h = history[cases].tocoo()
-                scores[h.row, h.col] = -np.inf
+                s = s_in.copy()
+                s[h.row, col_of[h.col]] = -np.inf
                 excluded = np.asarray(history[cases, split.case_targets[cases]]).ravel() > 0
-            s = scores[:, order]  # columns in tie order: an earlier column wins a tie
             st = s[np.arange(len(cases)), target_col][:, None]
             rank = 1 + (s > st).sum(1) + ((s == st) & (arange[None, :] < target_col[:, None])).sum(1)
             ranks[mode][cases] = np.where(excluded | ~np.isfinite(st[:, 0]), np.inf, rank)
-            covered[mode][order[_top_k_columns(s, k)]] = True
+            covered[mode][order[_top_k_mask(s, k).any(axis=0)]] = True
     out = {}
     for mode in split.modes:
         r = ranks[mode]
@@ -105,17 +105,14 @@ def evaluate(scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interac
     return out
 
 
-def _top_k_columns(s: np.ndarray, k: int) -> np.ndarray:
-    """Columns of every row's top k (ties to the earlier column), flattened; -inf never listed."""
+def _top_k_mask(s: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of every row's top k (ties to the earlier column); -inf is never listed."""
     k = min(k, s.shape[1])
-    thr = -np.partition(-s, k - 1, axis=1)[:, k - 1]
-    cols = []
-    for row, t in zip(s, thr):
-        above = np.flatnonzero(row > t)
-        if np.isfinite(t):
-            above = np.concatenate([above, np.flatnonzero(row == t)[: k - len(above)]])
-        cols.append(above)
-    return np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    thr = -np.partition(-s, k - 1, axis=1)[:, k - 1 : k]
+    above = s > thr
+    need = k - above.sum(axis=1, keepdims=True)
+    tied = (s == thr) & np.isfinite(thr)
+    return above | (tied & (np.cumsum(tied, axis=1) <= need))
 
 
 def format_table(title: str, rows: dict[str, dict[str, Metrics]], modes: tuple[str, ...]) -> str:

@@ -27,7 +27,7 @@ import base64
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
@@ -70,7 +70,7 @@ TS_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (inclusive)
 # Every reason code a ValidationError can carry (the DLQ's ``error_code``).
 REASONS = frozenset(
     {
-        "too_large",  # raw message (or context) over its byte limit
+        "too_large",  # raw message, or an event's context, over its byte limit
         "bad_json",  # not JSON, or not UTF-8
         "too_deep",  # nesting over the limit
         "not_object",  # top-level JSON value is not an object
@@ -85,7 +85,7 @@ REASONS = frozenset(
         "unsupported_version",
         "bad_timestamp",  # a string that is not an RFC 3339 date-time with offset
         "bad_format",  # base64, sha256 hex, version and file names
-        "duplicate",  # the same item twice in one recommendation
+        "duplicate",  # the same item twice in one recommendation (or a variant in a manifest)
         "internal_error",  # a bug in a check; wrapped so the caller still gets a ValidationError
     }
 )

@@ -20,12 +20,13 @@ import collections
 import csv
 import gzip
 import hashlib
+import itertools
 import os
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from schemas.models import Event, Item, ValidationError
 
@@ -74,7 +75,7 @@ class SourceStats:
         lines += [(f"  drop   {r}", n) for r, n in self.dropped.items()]
         lines.append(("  dropped total", sum(self.dropped.values())))
         status = "OK" if self.balanced else "MISMATCH"
-        lines.append((f"  check  rows == events + dropped", status))
+        lines.append(("  check  rows == events + dropped", status))
         lines.append(("items", self.items))
         lines += [(f"  note   {k}", n) for k, n in sorted(self.notes.items())]
         width = max(len(label) for label, _ in lines) + 2
@@ -83,6 +84,8 @@ class SourceStats:
 
 @dataclass
 class Dataset:
+    """Events in file order, items by id (first-seen order), and the accounting of every row."""
+
     name: str
     events: list[Event]
     items: dict[str, Item]
@@ -122,12 +125,9 @@ def load_dataset(name: str, data_dir: Path | None = None, limit_rows: int | None
     return dataset
 
 
-def _limited(lines: Iterator[str], limit_rows: int | None) -> Iterator[str]:
+def _limited(lines: Iterable[str], limit_rows: int | None) -> Iterator[str]:
     """Data lines without their line terminator, at most ``limit_rows`` of them."""
-    for i, line in enumerate(lines):
-        if limit_rows is not None and i >= limit_rows:
-            return
-        yield line.rstrip("\r\n")
+    return (line.rstrip("\r\n") for line in itertools.islice(lines, limit_rows))
 
 
 def _event(stats: SourceStats, fields: dict) -> Event | None:

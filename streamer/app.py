@@ -227,8 +227,10 @@ class Worker:
                     await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(dl))
                 if items:
                     metrics.EVENTS.labels("items", "valid").inc(len(items))
+                    bundle = self.pipeline.bundle
+                    vecs = await asyncio.get_running_loop().run_in_executor(None, self.pipeline.encode_items, items, bundle)
                     async with self.lock:
-                        self.pipeline.upsert_items(items)
+                        self.pipeline.upsert_items(items, vecs, bundle)
         except asyncio.CancelledError:
             raise
         except Exception:

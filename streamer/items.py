@@ -115,12 +115,17 @@ class ItemIndex:
             v = compose_item_vector(text_vec, cat)
             vecs[i] = v if v is not None else hash_vector(item.item_id, self.dim)
         rows = self.add_many([it.item_id for it in items], vecs)
-        for row, item in zip(rows, items):
+        self.set_metadata(items)
+        return rows
+
+    def set_metadata(self, items: list[Item]) -> None:
+        """Title, text, category and availability of items already in the index."""
+        for item in items:
+            row = self.pos[item.item_id]
             self.titles[row] = item.title
             self.texts[row] = item_text(item)
             self.categories[row] = item.category
             self.available[row] = item.available
-        return rows
 
     # ---- popularity (trending) ------------------------------------------------------------
     def bump(self, row: int, weight: float, ts: int) -> None:

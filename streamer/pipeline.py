@@ -115,15 +115,33 @@ class Pipeline:
     def install(self, bundle: ModelBundle, index: ItemIndex) -> None:
         """Switch model and index together (called between batches)."""
         self.bundle, self.index = bundle, index
+        self.model_items = set(bundle.item_ids)
         self.ranker = OnnxRanker(bundle)
         metrics.MODEL.clear()
         metrics.MODEL.labels(bundle.version, bundle.ranker_file, bundle.provider).set(1)
         metrics.ITEMS.set(len(index))
 
-    def upsert_items(self, items) -> None:
-        texts = [item_text(it) for it in items]
-        text_vecs = self.bundle.encode_texts([t for t in texts if t])
-        self.index.upsert_items(items, text_vecs, self.bundle.category_vecs)
+    def _needs_vector(self, items, bundle: ModelBundle) -> list:
+        """Items the model has no vector for. The model's own vectors (text + learned id part) win
+        for its catalog; only items new to it go through the text encoder."""
+        known = self.model_items if bundle is self.bundle else set(bundle.item_ids)
+        return [it for it in items if it.item_id not in known]
+
+    def encode_items(self, items, bundle: ModelBundle) -> np.ndarray:
+        """Text vectors of the new items that have text (CPU-heavy: run it off the event loop)."""
+        new = self._needs_vector(items, bundle)
+        return bundle.encode_texts([t for t in (item_text(it) for it in new) if t])
+
+    def upsert_items(self, items, text_vecs: np.ndarray | None = None, bundle: ModelBundle | None = None) -> None:
+        """Apply catalog records. ``text_vecs`` from ``encode_items`` with ``bundle``; recomputed
+        when the model was swapped in between."""
+        if text_vecs is None or bundle is not self.bundle:
+            text_vecs = self.encode_items(items, self.bundle)
+        new = self._needs_vector(items, self.bundle)
+        if new:
+            self.index.upsert_items(new, text_vecs, self.bundle.category_vecs)
+        if len(new) < len(items):
+            self.index.set_metadata([it for it in items if it.item_id in self.model_items])
         metrics.ITEMS.set(len(self.index))
 
     # ---- one micro-batch ----------------------------------------------------------------

