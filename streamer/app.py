@@ -35,6 +35,22 @@ from streamer.settings import Settings, SettingsError
 log = logging.getLogger("streamrec.worker")
 
 
+def _patch_fetch_wait(max_wait_ms: int) -> None:
+    """faust's aiokafka driver hard-codes fetch_max_wait_ms=1500 for the worker consumer; apply
+    STREAMREC_FETCH_MAX_WAIT_MS instead (before the consumer starts its fetcher)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = getattr(AIOKafkaConsumerThread._create_worker_consumer, "__wrapped__", AIOKafkaConsumerThread._create_worker_consumer)
+
+    def create(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    create.__wrapped__ = original
+    AIOKafkaConsumerThread._create_worker_consumer = create
+
+
 class FaustTableStore:
     """``StateStore`` over a faust Table. Each read and write is attributed to the event that caused
     it: faust picks the changelog partition *and* the RocksDB partition database from the *current
@@ -104,6 +120,7 @@ class Worker:
     # ---- faust wiring ---------------------------------------------------------------------
     def _build_app(self) -> faust.App:
         s = self.s
+        _patch_fetch_wait(s.fetch_max_wait_ms)
         app = faust.App(
             s.app_id,
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
@@ -194,7 +211,9 @@ class Worker:
             for user_id in result.erased:
                 await self.publisher.erase(user_id)
             if result.recs:
+                t0 = time.perf_counter()
                 await self.publisher.publish(result.recs)
+                metrics.STAGE.labels("publish").observe(time.perf_counter() - t0)
                 wall = time.time() * 1000
                 for rec in result.recs:
                     metrics.LISTS.labels(rec.variant).inc()
@@ -206,7 +225,8 @@ class Worker:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", **kafka_client_kwargs(self.s))
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.s.fetch_max_wait_ms,
+                                    **kafka_client_kwargs(self.s))
         await consumer.start()
         try:
             parts = await self._partitions(consumer, self.s.items_topic)
@@ -245,7 +265,8 @@ class Worker:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="latest", **kafka_client_kwargs(self.s))
+                                    auto_offset_reset="latest", fetch_max_wait_ms=max(self.s.fetch_max_wait_ms, 100),
+                                    **kafka_client_kwargs(self.s))
         await consumer.start()
         try:
             parts = await self._partitions(consumer, self.s.model_updates_topic)

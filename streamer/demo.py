@@ -164,6 +164,10 @@ def report(stack: LocalStack, ds, sent: dict, metrics_text: str) -> None:
         ("event->Redis p50 (ms)", f"{np.percentile(lat, 50) * 1000:.1f}" if len(lat) else "n/a"),
         ("event->Redis p99 (ms)", f"{np.percentile(lat, 99) * 1000:.1f}" if len(lat) else "n/a"),
     ]
+    for stage in ("ingest_state", "candidates_ranking", "publish"):
+        n = _metric(m, "streamrec_stage_seconds_count", stage=stage)
+        if n:
+            rows.append((f"mean {stage} per batch (ms)", f"{_metric(m, 'streamrec_stage_seconds_sum', stage=stage) / n * 1000:.1f}"))
     width = max(len(k) for k, _ in rows)
     print("\n== demo summary ==")
     for k, v in rows:

@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from tqdm import tqdm
+
 from schemas import encode
 from schemas.sources import DATASETS, Dataset, load_dataset
 
@@ -42,9 +46,6 @@ async def replay(
     Returns ``{"items": n, "events": n, "produced": {topic: acknowledged}, "seconds": s,
     "events_per_s": r}``; a delivery failure raises instead of being counted.
     """
-    from aiokafka import AIOKafkaProducer
-    from tqdm import tqdm
-
     if rate is not None and rate <= 0:
         raise ValueError("rate must be positive")
     producer = AIOKafkaProducer(
@@ -55,12 +56,14 @@ async def replay(
         max_batch_size=256 * 1024,
         client_id="streamrec-replay",
     )
+    topics = [items_topic, events_topic] if items_topic else [events_topic]
+    produced: collections.Counter[str] = collections.Counter(dict.fromkeys(topics, 0))
     n_items = len(dataset.items) if items_topic else 0
+    # disable=None: the bar shows on a terminal and stays out of logs and pipes.
     bar = tqdm(total=n_items + len(dataset.events), unit="msg", desc=f"replay {dataset.name}",
                disable=None if progress else True)
-    produced: collections.Counter[str] = collections.Counter(dict.fromkeys([items_topic, events_topic] if items_topic else [events_topic], 0))
-    await producer.start()
     try:
+        await producer.start()
         start = time.perf_counter()
         if items_topic:
             items = ((item.item_id, encode(item)) for item in dataset.items.values())
@@ -139,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     load_s = time.perf_counter() - started
     print(f"loaded {args.dataset} in {load_s:.1f} s ({dataset.stats.rows / max(load_s, 1e-9):,.0f} rows/s)", file=sys.stderr)
-
-    from aiokafka.errors import KafkaError
 
     items_topic = None if args.no_items else args.items_topic
     try:

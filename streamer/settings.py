@@ -144,6 +144,7 @@ SETTINGS_DOC: dict[str, tuple[str, str | None, Callable[[str, str], Any], str]] 
     "variants": ("STREAMREC_VARIANTS", "ranker:1.0", _variants, "A/B split by stable user hash, e.g. ranker:0.9,control:0.1"),
     "pseudonymize_key": ("STREAMREC_PSEUDONYMIZE_KEY", "", _str, "when set, user ids are replaced at ingest by HMAC-SHA256(key, id); never logged"),
     "producer_max_batch_bytes": ("STREAMREC_PRODUCER_MAX_BATCH_BYTES", "16384", _int(1, 64 * 1024 * 1024), "producer batch size per partition; the embedded stack sets 1 (one record per batch) because its broker (Tansu) reports wrong end offsets after multi-record batches, which breaks changelog recovery"),
+    "fetch_max_wait_ms": ("STREAMREC_FETCH_MAX_WAIT_MS", "500", _int(1, 60000), "longest a fetch waits on the broker; the embedded stack sets 10 because its broker (Tansu) does not answer a waiting fetch when data arrives, so the wait is added to every event's latency"),
     "session_timeout_s": ("STREAMREC_SESSION_TIMEOUT_S", "10", _float(1, 300), "Kafka consumer session timeout (group joins wait about half of it)"),
 }
 
@@ -187,6 +188,7 @@ class Settings:
     variants: tuple[tuple[str, float], ...]
     pseudonymize_key: str
     producer_max_batch_bytes: int
+    fetch_max_wait_ms: int
     session_timeout_s: float
 
     @classmethod

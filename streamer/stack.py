@@ -170,10 +170,14 @@ class LocalStack:
         """Environment for processes using this stack. With the embedded Tansu broker, producers
         must send one record per batch: Tansu answers ListOffsets(latest) with the last *batch's*
         base offset + 1, so after multi-record batches the end offset is too low, and faust's
-        changelog recovery would stop early (losing state) or refuse to start (ConsistencyError)."""
+        changelog recovery would stop early (losing state) or refuse to start (ConsistencyError).
+        And consumers must poll with a short fetch wait: Tansu holds a fetch for its whole
+        max-wait even when data arrives (measured: p50 459 ms produce->consume at 1500 ms,
+        4 ms at 10 ms)."""
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url}
         if not self.external_kafka:
             env["STREAMREC_PRODUCER_MAX_BATCH_BYTES"] = "1"
+            env["STREAMREC_FETCH_MAX_WAIT_MS"] = "10"
         return env
 
     def log_path(self, name: str) -> Path:

@@ -154,3 +154,12 @@ def test_cli_without_a_broker_address_names_the_variable(data_dir):
                          env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert run.returncode == 2
     assert "KAFKA_BOOTSTRAP_SERVERS" in run.stderr
+
+
+def test_cli_with_an_unreachable_broker_fails_cleanly(data_dir):
+    run = subprocess.run([sys.executable, "-m", "streamer.replay", "--dataset", "movielens", "--limit", "10",
+                          "--bootstrap", "127.0.0.1:1", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert run.returncode == 1
+    assert "Kafka at 127.0.0.1:1 failed" in run.stderr
+    assert "Unclosed" not in run.stderr  # the producer is closed on the way out
