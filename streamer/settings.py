@@ -236,3 +236,20 @@ def settings_table() -> str:
     for var, default, _p, doc in SETTINGS_DOC.values():
         rows.append(f"| `{var}` | {'(required)' if default is None else f'`{default}`' if default else '(empty)'} | {doc} |")
     return "\n".join(rows)
+
+
+def _write_readme(path: Path = Path(__file__).resolve().parents[1] / "README.md") -> None:
+    start, end = "<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->"
+    text = path.read_text()
+    head, rest = text.split(start, 1)
+    _old, tail = rest.split(end, 1)
+    path.write_text(head + start + settings_table() + end + tail)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--write-readme"]:
+        _write_readme()
+    else:
+        print(settings_table())
