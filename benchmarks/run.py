@@ -1,0 +1,340 @@
+"""Benchmarks on real data through the embedded broker, printed as tables (``make bench``).
+
+Sections (``--only`` picks some):
+
+* ``ingest``  — bare aiokafka consume→produce loop vs the worker with ranking disabled
+                (validation + state + candidates + publish), same broker, same events, same run;
+* ``e2e``     — the worker with the ranker: drain capacity (events/s, lists/s), then paced runs at
+                25/50/90 % of it with event→Redis latency percentiles;
+* ``onnx``    — the same ranker in ONNX Runtime (fp32, int8) vs PyTorch eager, per batch size;
+* ``memory``  — worker RSS with 100k users and 100k items in state.
+
+Nothing here asserts a time: the numbers go to the terminal and to ``var/bench/results.json``;
+BENCHMARKS.md quotes them with the machine they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from schemas import Item, encode
+from schemas.sources import load_dataset
+from streamer.demo import event_to_publish_latencies
+from streamer.local import WorkerProcess, produce
+from streamer.stack import LocalStack, ensure_topics
+
+RESULTS = Path("var/bench/results.json")
+
+
+def table(title: str, header: list[str], rows: list[list]) -> str:
+    cells = [header] + [[f"{c:,.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [f"\n## {title}", "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def topics_for(stack: LocalStack, prefix: str) -> dict[str, str]:
+    names = {k: f"{prefix}.{k}" for k in ("events", "items", "recs", "dlq", "updates")}
+    asyncio.run(ensure_topics(stack.bootstrap, list(names.values()), partitions=4))
+    names["prefix"] = f"{prefix}:rec:"
+    return names
+
+
+def event_messages(ds) -> list[tuple[bytes, bytes]]:
+    return [(e.user_id.encode(), encode(e)) for e in ds.events]
+
+
+def item_messages(items) -> list[tuple[bytes, bytes]]:
+    return [(i.item_id.encode(), encode(i)) for i in items]
+
+
+# ---- ingest: bare loop vs worker without ranking ------------------------------------------------
+async def bare_loop(bootstrap: str, src: str, dst: str, n: int) -> float:
+    """Consume ``n`` messages and produce each to ``dst``: the ceiling a Kafka-bound worker can reach."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    c = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=f"bare-{src}",
+                         fetch_max_wait_ms=10, enable_auto_commit=True, session_timeout_ms=10000, heartbeat_interval_ms=1000)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await c.start()
+    await p.start()
+    seen, t0 = 0, None
+    try:
+        while seen < n:
+            batch = await c.getmany(timeout_ms=100, max_records=1000)
+            for msgs in batch.values():
+                if t0 is None:
+                    t0 = time.perf_counter()
+                for m in msgs:
+                    await p.send(dst, m.value, key=m.key)
+                seen += sum(1 for _ in msgs)
+        await p.flush()
+        return n / (time.perf_counter() - t0)
+    finally:
+        await p.stop()
+        await c.stop()
+
+
+def drain(worker: WorkerProcess, n: int, timeout: float = 900) -> dict:
+    """Poll the worker's metrics until it has consumed ``n`` events; rate over the busy period."""
+    t0 = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = worker.metrics()
+        seen = sum(metric(m, "streamrec_events_total", topic="events", outcome=o) for o in ("valid", "duplicate", "dead_letter"))
+        now = time.perf_counter()
+        if seen and t0 is None:
+            t0, seen0 = now, seen
+        if seen >= n:
+            lists = metric(m, "streamrec_lists_published_total")
+            busy = now - t0
+            return {"events": n, "seconds": busy, "events_per_s": (n - seen0) / busy if busy else float("nan"),
+                    "lists": lists, "lists_per_s": lists / busy if busy else float("nan"),
+                    "rss_mb": rss_mb(worker.proc.pid)}
+        time.sleep(0.05)
+    raise RuntimeError(f"worker did not drain {n} events in {timeout} s:\n{worker.tail()}")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_worker(stack, model_root, tmp: Path, name: str, topics, **env) -> WorkerProcess:
+    w = WorkerProcess(stack, model_root, tmp / name, app_id=name, topics=topics, **env).start()
+    w.wait_ready(timeout=180)
+    return w
+
+
+def bench_ingest(stack, model_root, tmp, ds, results) -> None:
+    n = len(ds.events)
+    ev = event_messages(ds)
+    rows = []
+    t = topics_for(stack, "bare")
+    asyncio.run(produce(stack.bootstrap, t["events"], ev))
+    bare = asyncio.run(bare_loop(stack.bootstrap, t["events"], t["recs"], n))
+    rows.append(["bare aiokafka consume→produce", n, bare, "1.00"])
+    for label, env in (("worker, ranking off", {"STREAMREC_RANKING": "false"}),
+                       ("worker, ranking off, batched producer", {"STREAMREC_RANKING": "false", "STREAMREC_PRODUCER_MAX_BATCH_BYTES": "16384"})):
+        t = topics_for(stack, f"ingest{len(rows)}")
+        asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
+        asyncio.run(produce(stack.bootstrap, t["events"], ev))
+        name = f"ingest{len(rows)}"
+        w = run_worker(stack, model_root, tmp, name, t, **env)
+        try:
+            r = drain(w, n)
+        finally:
+            w.stop()
+        rows.append([label, n, r["events_per_s"], f"{r['events_per_s'] / bare:.2f}"])
+        results.setdefault("ingest", {"bare_events_per_s": bare})[label] = dict(r, ratio=r["events_per_s"] / bare)
+    print(table(f"ingest path vs bare aiokafka loop ({n:,} online_retail events, 4 partitions, one run)",
+                ["pipeline", "events", "events/s", "ratio to bare"], rows), flush=True)
+
+
+def bench_e2e(stack, model_root, tmp, ds, results, seconds: float) -> None:
+    n = len(ds.events)
+    t = topics_for(stack, "e2e")
+    asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
+    asyncio.run(produce(stack.bootstrap, t["events"], event_messages(ds)))
+    w = run_worker(stack, model_root, tmp, "e2e", t)
+    try:
+        cap = drain(w, n)
+    finally:
+        w.stop()
+    rows = [["drain (backlog)", "max", f"{cap['events_per_s']:,.0f}", f"{cap['lists_per_s']:,.0f}", "", "", ""]]
+    results["e2e"] = {"capacity": cap, "paced": []}
+    for frac in (0.25, 0.5, 0.9):
+        rate = cap["events_per_s"] * frac
+        k = min(n, int(rate * seconds))
+        sub = ds.events[:k]
+        t = topics_for(stack, f"paced{int(frac * 100)}")
+        asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
+        w = run_worker(stack, model_root, tmp, f"paced{int(frac * 100)}", t)
+        try:
+            t0 = time.perf_counter()
+            asyncio.run(_paced(stack.bootstrap, t["events"], [(e.user_id.encode(), encode(e)) for e in sub], rate))
+            r = drain(w, k, timeout=120)
+            elapsed = time.perf_counter() - t0
+            lat = asyncio.run(event_to_publish_latencies(stack.bootstrap, t["events"], t["recs"])) * 1000
+        finally:
+            w.stop()
+        p50, p95, p99 = (np.percentile(lat, q) for q in (50, 95, 99))
+        rows.append([f"paced {int(frac * 100)}%", f"{rate:,.0f}", f"{k / elapsed:,.0f}", f"{r['lists'] / elapsed:,.0f}",
+                     f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}"])
+        results["e2e"]["paced"].append({"fraction": frac, "rate": rate, "events": k, "lists": r["lists"],
+                                         "p50_ms": p50, "p95_ms": p95, "p99_ms": p99})
+    print(table("end to end with the ranker (event → Redis latency from Kafka timestamps)",
+                ["run", "offered ev/s", "events/s", "lists/s", "p50 ms", "p95 ms", "p99 ms"], rows), flush=True)
+
+
+async def _paced(bootstrap: str, topic: str, msgs, rate: float) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    await p.start()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        for i, (k, v) in enumerate(msgs):
+            delay = t0 + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await p.send(topic, v, key=k)
+        await p.flush()
+    finally:
+        await p.stop()
+
+
+# ---- ONNX Runtime vs PyTorch eager --------------------------------------------------------------
+def bench_onnx(results, seq_len: int, cands: int) -> None:
+    import torch
+
+    from exporters.bootstrap import build_models
+    from exporters.export import export_models
+    from streamer.model import ModelBundle
+
+    out = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    tok, encoder, ranker = build_models(tiny=False, n_layers=2, max_text_len=32)
+    export_models(encoder, ranker, tok, out, max_seq_len=seq_len, item_vecs=None)
+    tok.save(str(out / "tokenizer.json"))
+    import onnxruntime as ort
+
+    sessions = {}
+    for name in ("ranker.onnx", "ranker.int8.onnx"):
+        if (out / name).exists():
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sessions[name] = ort.InferenceSession(str(out / name), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    rows, res = [], []
+    torch.set_num_threads(os.cpu_count() or 1)
+    for b in (1, 16, 64, 256):
+        feeds = {"seq_vecs": rng.standard_normal((b, seq_len, 384)).astype(np.float32),
+                 "seq_types": np.full((b, seq_len), 5, np.int64), "seq_mask": np.ones((b, seq_len), np.int64),
+                 "cand_vecs": rng.standard_normal((b, cands, 384)).astype(np.float32),
+                 "cand_feats": rng.standard_normal((b, cands, 5)).astype(np.float32)}
+        tt = {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+        def torch_run():
+            with torch.inference_mode():
+                ranker(tt["seq_vecs"], tt["seq_types"], tt["seq_mask"], tt["cand_vecs"], tt["cand_feats"])
+
+        t_torch = _time(torch_run)
+        row = [b, f"{b / t_torch:,.0f}"]
+        r = {"batch": b, "torch_users_per_s": b / t_torch}
+        for name, sess in sessions.items():
+            t_ort = _time(lambda: sess.run(["scores"], feeds))
+            row += [f"{b / t_ort:,.0f}", f"{t_torch / t_ort:.2f}x"]
+            r[name] = {"users_per_s": b / t_ort, "speedup": t_torch / t_ort}
+        rows.append(row)
+        res.append(r)
+    header = ["batch", "torch eager users/s"]
+    for name in sessions:
+        header += [f"{name} users/s", "vs torch"]
+    print(table(f"ranker: ONNX Runtime vs PyTorch eager (CPU, L={seq_len}, C={cands}, 2 BERT layers)", header, rows), flush=True)
+    results["onnx"] = {"seq_len": seq_len, "candidates": cands, "rows": res}
+
+
+def _time(fn, min_s: float = 1.5) -> float:
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_s:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+# ---- memory ------------------------------------------------------------------------------------
+def bench_memory(stack, model_root, tmp, results, users: int, items: int) -> None:
+    t = topics_for(stack, "memory")
+    rng = np.random.default_rng(1)
+    catalog = [Item(item_id=f"sku{i}", category=f"c{i % 500}") for i in range(items)]
+    asyncio.run(produce(stack.bootstrap, t["items"], item_messages(catalog)))
+    base = 1_320_000_000_000
+    evs = []
+    for u in range(users):
+        for j in range(2):
+            d = {"event_id": f"m-{u}-{j}", "user_id": f"user{u}", "type": "purchase",
+                 "item_id": f"sku{int(rng.integers(items))}", "ts": base + u * 1000 + j}
+            evs.append((f"user{u}".encode(), orjson.dumps(d)))
+    asyncio.run(produce(stack.bootstrap, t["events"], evs))
+    w = run_worker(stack, model_root, tmp, "memory", t, STREAMREC_RANKING="false")
+    try:
+        before = rss_mb(w.proc.pid)
+        r = drain(w, len(evs))
+        time.sleep(2)
+        m = w.metrics()
+        after = rss_mb(w.proc.pid)
+        n_items = metric(m, "streamrec_items")
+    finally:
+        w.stop()
+    disk = sum(f.stat().st_size for f in (tmp / "memory").rglob("*") if f.is_file()) / 2**20
+    rows = [[f"{users:,}", f"{int(n_items):,}", f"{before:,.0f}", f"{after:,.0f}", f"{disk:,.0f}", f"{r['events_per_s']:,.0f}"]]
+    print(table("worker memory with many users and items (ranking off)",
+                ["users", "items in index", "RSS at ready MB", "RSS after MB", "state on disk MB", "events/s"], rows), flush=True)
+    results["memory"] = {"users": users, "items": int(n_items), "rss_ready_mb": before, "rss_after_mb": after,
+                         "state_disk_mb": disk}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="ingest,e2e,onnx,memory")
+    ap.add_argument("--rows", type=int, default=60_000, help="online_retail rows replayed (ingest, e2e)")
+    ap.add_argument("--paced-seconds", type=float, default=20.0)
+    ap.add_argument("--model-root", default=os.environ.get("STREAMREC_MODEL_ROOT", "var/models"))
+    ap.add_argument("--memory-users", type=int, default=100_000)
+    ap.add_argument("--memory-items", type=int, default=100_000)
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    model_root = Path(args.model_root)
+    if not (model_root / "LATEST").exists():
+        subprocess.run([sys.executable, "-m", "exporters.bootstrap", "--model-root", str(model_root), "--dataset", "online_retail"], check=True)
+    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+                     "model": (model_root / "LATEST").read_text().strip(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}; model {results['model']}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    if "onnx" in only:
+        bench_onnx(results, seq_len=50, cands=200)
+    if only & {"ingest", "e2e", "memory"}:
+        ds = load_dataset("online_retail", limit_rows=args.rows)
+        with LocalStack.from_env(partitions=4) as stack:
+            if "ingest" in only:
+                bench_ingest(stack, model_root, tmp, ds, results)
+            if "e2e" in only:
+                bench_e2e(stack, model_root, tmp, ds, results, args.paced_seconds)
+            if "memory" in only:
+                bench_memory(stack, model_root, tmp, results, args.memory_users, args.memory_items)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2, default=float))
+    print(f"\nresults written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
