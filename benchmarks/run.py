@@ -7,6 +7,7 @@ Sections (``--only`` picks some):
 * ``e2e``     — the worker with the ranker: drain capacity (events/s, lists/s), then paced runs at
                 25/50/90 % of it with event→Redis latency percentiles;
 * ``onnx``    — the same ranker in ONNX Runtime (fp32, int8) vs PyTorch eager, per batch size;
+* ``scale``   — 1 vs 2 worker processes in one consumer group draining the same events;
 * ``memory``  — worker RSS with 100k users and 100k items in state.
 
 Nothing here asserts a time: the numbers go to the terminal and to ``var/bench/results.json``;
@@ -211,6 +212,44 @@ async def _paced(bootstrap: str, topic: str, msgs, rate: float) -> None:
         await p.stop()
 
 
+# ---- scale-out: 1 vs 2 worker processes in one group ------------------------------------------
+def bench_scale(stack, model_root, tmp, ds, results) -> None:
+    n = len(ds.events)
+    rows, res = [], []
+    for workers in (1, 2):
+        name = f"scale{workers}"
+        t = topics_for(stack, name)
+        asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
+        asyncio.run(produce(stack.bootstrap, t["events"], event_messages(ds)))
+        procs = [WorkerProcess(stack, model_root, tmp / f"{name}-{i}", app_id=name, topics=t).start() for i in range(workers)]
+        try:
+            for w in procs:
+                w.wait_ready(timeout=180)
+            time.sleep(12)  # let the group settle (a join takes about half the session timeout)
+            t0, first = None, 0.0
+            while True:
+                seen = sum(sum(metric(w.metrics(), "streamrec_events_total", topic="events", outcome=o)
+                               for o in ("valid", "duplicate", "dead_letter")) for w in procs)
+                now = time.perf_counter()
+                if t0 is None and seen:
+                    t0, first = now, seen
+                if seen >= n:
+                    break
+                time.sleep(0.05)
+            lists = sum(metric(w.metrics(), "streamrec_lists_published_total") for w in procs)
+            busy = now - t0
+            share = [int(sum(metric(w.metrics(), "streamrec_events_total", topic="events", outcome=o) for o in ("valid", "duplicate"))) for w in procs]
+        finally:
+            for w in procs:
+                w.stop()
+        rate = (n - first) / busy if busy else float("nan")
+        rows.append([workers, n, f"{rate:,.0f}", f"{lists / busy:,.0f}", "/".join(map(str, share))])
+        res.append({"workers": workers, "events_per_s": rate, "lists_per_s": lists / busy, "events_per_worker": share})
+    print(table("scale-out on this machine: worker processes in one consumer group (ranker on)",
+                ["workers", "events", "events/s", "lists/s", "events per worker"], rows), flush=True)
+    results["scale"] = res
+
+
 # ---- ONNX Runtime vs PyTorch eager --------------------------------------------------------------
 def bench_onnx(results, seq_len: int, cands: int) -> None:
     import torch
@@ -304,7 +343,7 @@ def bench_memory(stack, model_root, tmp, results, users: int, items: int) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="ingest,e2e,onnx,memory")
+    ap.add_argument("--only", default="ingest,e2e,scale,onnx,memory")
     ap.add_argument("--rows", type=int, default=60_000, help="online_retail rows replayed (ingest, e2e)")
     ap.add_argument("--paced-seconds", type=float, default=20.0)
     ap.add_argument("--model-root", default=os.environ.get("STREAMREC_MODEL_ROOT", "var/models"))
@@ -321,13 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     if "onnx" in only:
         bench_onnx(results, seq_len=50, cands=200)
-    if only & {"ingest", "e2e", "memory"}:
+    if only & {"ingest", "e2e", "scale", "memory"}:
         ds = load_dataset("online_retail", limit_rows=args.rows)
         with LocalStack.from_env(partitions=4) as stack:
             if "ingest" in only:
                 bench_ingest(stack, model_root, tmp, ds, results)
             if "e2e" in only:
                 bench_e2e(stack, model_root, tmp, ds, results, args.paced_seconds)
+            if "scale" in only:
+                bench_scale(stack, model_root, tmp, ds, results)
             if "memory" in only:
                 bench_memory(stack, model_root, tmp, results, args.memory_users, args.memory_items)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -190,8 +190,9 @@ class Worker:
             metrics.MODEL_REFUSED.inc()
             raise SystemExit(f"STREAMREC_MODEL_ROOT: newest version refused: {exc}") from None
 
-    def _load(self, path: Path) -> ModelBundle:
-        return ModelBundle.load(path, device=self.s.device, variant=self.s.ranker_variant, threads=self.s.ort_threads)
+    def _load(self, path: Path, manifest_sha256: str | None = None) -> ModelBundle:
+        return ModelBundle.load(path, device=self.s.device, variant=self.s.ranker_variant, threads=self.s.ort_threads,
+                                manifest_sha256=manifest_sha256)
 
     async def _send_rec(self, key: bytes, value: bytes) -> None:
         await self.recs_topic.send(key=key, value=value)
@@ -280,16 +281,16 @@ class Worker:
                     log.error("model update refused: bad message: %s", exc)
                     metrics.MODEL_REFUSED.inc()
                     continue
-                await self.swap(Path(update.location))
+                await self.swap(Path(update.location), update.manifest_sha256)
         finally:
             await consumer.stop()
 
-    async def swap(self, path: Path) -> bool:
+    async def swap(self, path: Path, manifest_sha256: str | None = None) -> bool:
         """Load ``path``; on success switch to it between batches. Returns whether it switched."""
         loop = asyncio.get_running_loop()
         current = self.pipeline.bundle.version
         try:
-            bundle = await loop.run_in_executor(None, self._load, path)
+            bundle = await loop.run_in_executor(None, self._load, path, manifest_sha256)
         except ModelRefused as exc:
             metrics.MODEL_REFUSED.inc()
             log.error("model version refused, still serving %s: %s", current, exc)

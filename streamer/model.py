@@ -80,7 +80,11 @@ class ModelBundle:
     category_vecs: dict[str, np.ndarray]
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "auto", variant: str = "auto", threads: int = 0) -> "ModelBundle":
+    def load(cls, path: Path, *, device: str = "auto", variant: str = "auto", threads: int = 0,
+             manifest_sha256: str | None = None) -> "ModelBundle":
+        """Verify and load the version at ``path``; ``manifest_sha256`` (from a ``model-updates``
+        message) must then match the manifest file, so a folder rewritten after the announcement
+        is refused."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -88,6 +92,8 @@ class ModelBundle:
         manifest_path = path / "manifest.json"
         if not manifest_path.exists():
             raise ModelRefused(f"{path}: no manifest.json")
+        if manifest_sha256 is not None and sha256_file(manifest_path) != manifest_sha256:
+            raise ModelRefused(f"{path}: manifest.json does not match the announced manifest_sha256")
         try:
             manifest = orjson.loads(manifest_path.read_bytes())
         except orjson.JSONDecodeError as exc:
