@@ -256,7 +256,6 @@ def bench_onnx(results, seq_len: int, cands: int) -> None:
 
     from exporters.bootstrap import build_models
     from exporters.export import export_models
-    from streamer.model import ModelBundle
 
     out = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     tok, encoder, ranker = build_models(tiny=False, n_layers=2, max_text_len=32)
@@ -372,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             if "memory" in only:
                 bench_memory(stack, model_root, tmp, results, args.memory_users, args.memory_items)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, default=float))
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    RESULTS.write_text(json.dumps(previous | results, indent=2, default=float))  # sections run separately accumulate
     print(f"\nresults written to {RESULTS}")
     return 0
 

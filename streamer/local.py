@@ -6,7 +6,6 @@ OS process (so SIGKILL is a real crash), configured only through its environment
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import numpy as np
 import orjson
 
 from schemas.ranking import (
-    FEATURE_NAMES,
     ITEM_ENCODER_OUTPUT,
     NUM_FEATURES,
     RANKER_OUTPUT,
