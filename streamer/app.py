@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 
 import faust
+import numpy as np
 from faust.streams import _current_event
 
 from schemas import DeadLetter, ValidationError, decode_model_update, encode
@@ -49,6 +50,43 @@ def _patch_fetch_wait(max_wait_ms: int) -> None:
 
     create.__wrapped__ = original
     AIOKafkaConsumerThread._create_worker_consumer = create
+
+
+def _patch_recovery_after_broker_reset() -> None:
+    """Recover, instead of crashing, when a changelog partition is shorter than the local state.
+
+    The local RocksDB store remembers the last changelog offset it saw per partition. When the
+    broker lost the changelog (the embedded Tansu broker keeps everything in memory, so a broker
+    restart empties every topic; a real cluster can lose data too), that offset is beyond the
+    changelog's end and faust raises ``ConsistencyError`` during recovery: the worker crashed on
+    the next rebalance and on every restart after it (a crash loop, measured in
+    tests/integration/test_faults.py) until someone deleted the state folder.
+
+    Here such a partition is read again from the changelog's beginning, applied on top of the
+    local store: the keys the changelog still holds win, the rest of the local state is kept.
+    Offsets move back in line with the broker on the next changelog write. Nothing changes when
+    local offsets are consistent (the normal case): faust's own check stays enabled.
+    """
+    from faust.tables.recovery import Recovery
+
+    original = getattr(Recovery._build_offsets, "__wrapped__", Recovery._build_offsets)
+
+    async def build_offsets(self, consumer, tps, destination, title):
+        ahead = [tp for tp in tps if destination.get(tp) is not None and destination[tp] >= 0]
+        if ahead:
+            highwaters = await consumer.highwaters(*ahead)
+            for tp in ahead:
+                hw = highwaters.get(tp)
+                last = (hw - 1) if hw is not None else -1
+                if destination[tp] > last:
+                    log.warning("changelog %s:%d ends at offset %d but local state has seen %d: the broker lost "
+                                "data; reading the changelog from its start over the local state",
+                                tp.topic, tp.partition, last, destination[tp])
+                    destination[tp] = None
+        await original(self, consumer, tps, destination, title)
+
+    build_offsets.__wrapped__ = original
+    Recovery._build_offsets = build_offsets
 
 
 class FaustTableStore:
@@ -115,12 +153,14 @@ class Worker:
         self.lock = asyncio.Lock()  # held while a batch runs; model swaps and catalog updates wait for it
         self.probe = metrics.ProbeServer(settings.metrics_port)
         self.redis = None
+        self._preloaded: ModelBundle | None = None  # verified by main() before faust starts
         self.app = self._build_app()
 
     # ---- faust wiring ---------------------------------------------------------------------
     def _build_app(self) -> faust.App:
         s = self.s
         _patch_fetch_wait(s.fetch_max_wait_ms)
+        _patch_recovery_after_broker_reset()
         app = faust.App(
             s.app_id,
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap.split(",")],
@@ -167,7 +207,9 @@ class Worker:
         self.redis = aioredis.from_url(self.s.redis_url, password=self.s.redis_password or None,
                                        socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
         await self.probe.start()
-        bundle = await asyncio.get_running_loop().run_in_executor(None, self._load_latest)
+        bundle, self._preloaded = self._preloaded, None
+        if bundle is None:
+            bundle = await asyncio.get_running_loop().run_in_executor(None, self._load_latest)
         self.pipeline = Pipeline(self.s, bundle)
         self.publisher = Publisher(self.redis, self._send_rec, prefix=self.s.redis_prefix, ttl_s=self.s.redis_ttl_s)
         log.info("serving model %s (%s on %s), %d catalog items", bundle.version, bundle.ranker_file,
@@ -191,8 +233,25 @@ class Worker:
             raise SystemExit(f"STREAMREC_MODEL_ROOT: newest version refused: {exc}") from None
 
     def _load(self, path: Path, manifest_sha256: str | None = None) -> ModelBundle:
-        return ModelBundle.load(path, device=self.s.device, variant=self.s.ranker_variant, threads=self.s.ort_threads,
-                                manifest_sha256=manifest_sha256)
+        """Verify and load a version; every failure is a ``ModelRefused``.
+
+        ``ModelBundle.load`` raises ``ModelRefused`` for what it checks, but a version whose
+        manifest was sealed over damaged files (a buggy export) fails in numpy or orjson instead
+        (measured: a truncated ``item_vecs.npy`` raised ValueError, a corrupt ``item_ids.json``
+        JSONDecodeError). Unwrapped, that crashed the start without naming the setting, and at a
+        swap it killed the model-updates feed for good. Item vectors must also be finite: flipped
+        bytes under a resealed manifest load fine and would turn every score into NaN.
+        """
+        try:
+            bundle = ModelBundle.load(path, device=self.s.device, variant=self.s.ranker_variant,
+                                      threads=self.s.ort_threads, manifest_sha256=manifest_sha256)
+        except ModelRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to load is a refusal, never a crash
+            raise ModelRefused(f"{path}: cannot load: {type(exc).__name__}: {exc}") from None
+        if not np.isfinite(bundle.item_vecs).all():
+            raise ModelRefused(f"{path}: item_vecs.npy holds non-finite values")
+        return bundle
 
     async def _send_rec(self, key: bytes, value: bytes) -> None:
         await self.recs_topic.send(key=key, value=value)
@@ -281,7 +340,19 @@ class Worker:
                     log.error("model update refused: bad message: %s", exc)
                     metrics.MODEL_REFUSED.inc()
                     continue
-                await self.swap(Path(update.location), update.manifest_sha256)
+                try:
+                    await self.swap(Path(update.location), update.manifest_sha256)
+                except Exception:  # noqa: BLE001 - one bad update must not end the feed
+                    metrics.MODEL_REFUSED.inc()
+                    log.exception("model update %s failed; still serving %s", update.version, self.pipeline.bundle.version)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The feed is a fire-and-forget task: without this, an error (e.g. the broker lost the
+            # topic) would end it silently and no later version would ever be picked up.
+            log.exception("model-updates feed failed; restarting it in 2 s")
+            await asyncio.sleep(2)
+            asyncio.ensure_future(self._model_feed())
         finally:
             await consumer.stop()
 
@@ -355,6 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("settings: %s", settings.redacted())
     worker = Worker(settings)
+    # Verify the model before connecting to anything: a missing or refused version ends the
+    # process at once (exit 2, the message names STREAMREC_MODEL_ROOT) instead of after faust
+    # started, joined the group and crashed with a traceback.
+    try:
+        worker._preloaded = worker._load_latest()
+    except SystemExit as exc:
+        log.error("%s", exc)
+        print(f"streamrec-worker: {exc}", file=sys.stderr)
+        return 2
     sys.argv = [sys.argv[0], "worker", "-l", os.environ.get("STREAMREC_FAUST_LOG_LEVEL", "warn"), "--without-web"]
     worker.app.main()
     return 0

@@ -3,10 +3,16 @@
 Sources, in priority order (an item keeps the first source that found it):
 
 * ``history``  — the user's own items (wholesale customers rebuy: repeats must stay rankable);
-* ``search``   — nearest items to the user's last search query (same text encoder as items);
+* ``search``   — nearest items to the user's last search query (same text encoder as items), on
+  the search event and for a few events after it while the intent is fresh (the caller decides,
+  ``UserState.search_intent``, and passes the query vector);
 * ``covis``    — co-visitation neighbours of the user's recent items (counts kept incrementally);
 * ``ann``      — nearest items to the user embedding (HNSW);
 * ``trending`` — decayed global counts, so a brand-new user still gets a list.
+
+Each candidate keeps the evidence that found it, for the reason shown to the user: the query
+(search), the recent item it co-occurred with and how often (covis), the recent item it is most
+similar to (ann), the item's exact event counts over the last days (trending, ``RecentCounts``).
 
 Then filters (unavailable; purchased and the just-viewed item when configured) and the
 per-candidate features of ``schemas.ranking.FEATURE_NAMES``.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -52,6 +59,18 @@ class CoVisitation:
         nb.clear()
         nb.update(keep)
 
+    def pair_count(self, a: int, b: int) -> float:
+        return self.counts.get(a, {}).get(b, 0.0)
+
+    def remap(self, mapping: dict[int, int]) -> None:
+        """Follow items to their rows in a rebuilt index (after a model swap); drop the rest."""
+        old, self.counts = self.counts, defaultdict(dict)
+        for a, nb in old.items():
+            na = mapping.get(a)
+            if na is None:
+                continue
+            self.counts[na] = {mapping[b]: c for b, c in nb.items() if b in mapping}
+
     def neighbours(self, rows: list[int]) -> dict[int, tuple[float, int]]:
         """Candidate row -> (summed count, the anchor row that contributed most)."""
         out: dict[int, tuple[float, int]] = {}
@@ -66,12 +85,77 @@ class CoVisitation:
         return out
 
 
+DAY_MS = 86_400_000
+COUNTED_TYPES = ("view", "click", "add_to_cart", "favorite", "rating")  # "interactions" besides purchases
+
+
+class RecentCounts:
+    """Exact per-item event counts over the last ``days`` days of event time, in a ring of daily
+    buckets (rows of the item index): purchases, and other positive interactions. The trending
+    reason quotes them ("bought 37 times in the last 7 days"). Counted from this worker's events
+    (its partitions' users), like the trending and co-visitation counts themselves."""
+
+    def __init__(self, days: int = 7, capacity: int = 1024) -> None:
+        self.days = days
+        self.bought = np.zeros((capacity, days), dtype=np.int32)
+        self.other = np.zeros((capacity, days), dtype=np.int32)
+        self.slot_day = np.full(days, -1, dtype=np.int64)
+        self.newest_day = -1
+
+    def _grow(self, row: int) -> None:
+        cap = len(self.bought)
+        if row < cap:
+            return
+        new = max(row + 1, 2 * cap)
+        self.bought = np.concatenate([self.bought, np.zeros((new - cap, self.days), np.int32)])
+        self.other = np.concatenate([self.other, np.zeros((new - cap, self.days), np.int32)])
+
+    def add(self, row: int, etype: str, ts: int) -> None:
+        if etype != "purchase" and etype not in COUNTED_TYPES:
+            return
+        day = ts // DAY_MS
+        if day <= self.newest_day - self.days:
+            return  # older than the window
+        slot = day % self.days
+        if self.slot_day[slot] != day:  # the slot holds a day at least ``days`` older: reuse it
+            self.bought[:, slot] = 0
+            self.other[:, slot] = 0
+            self.slot_day[slot] = day
+        self.newest_day = max(self.newest_day, day)
+        self._grow(row)
+        (self.bought if etype == "purchase" else self.other)[row, slot] += 1
+
+    def counts(self, rows) -> list[tuple[int, int, int]]:
+        """(purchases, other interactions, days) of each row over the last ``days`` days up to the
+        newest event seen (the trending candidates' evidence, computed once per batch)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ok = rows < len(self.bought)
+        live = self.slot_day > self.newest_day - self.days
+        safe = np.where(ok, rows, 0)
+        b = np.where(ok, self.bought[safe][:, live].sum(axis=1), 0)
+        o = np.where(ok, self.other[safe][:, live].sum(axis=1), 0)
+        return [(int(x), int(y), self.days) for x, y in zip(b, o)]
+
+    def remap(self, mapping: dict[int, int]) -> None:
+        bought, other = self.bought, self.other
+        n = max(mapping.values(), default=-1) + 1
+        self.bought = np.zeros((max(n, len(bought)), self.days), np.int32)
+        self.other = np.zeros_like(self.bought)
+        src = np.fromiter((o for o in mapping if o < len(bought)), dtype=np.int64)
+        dst = np.fromiter((mapping[o] for o in mapping if o < len(bought)), dtype=np.int64)
+        self.bought[dst] = bought[src]
+        self.other[dst] = other[src]
+
+
 @dataclass
 class Candidates:
     rows: np.ndarray  # int64 [C] item rows
     sources: list[str]  # per candidate
-    evidence: list[int | str | None]  # anchor item row, query text, or None
+    # per candidate: query text (search), (anchor row, pair count) (covis), anchor row or None
+    # (ann), (purchases, interactions, days) (trending), None (history)
+    evidence: list
     feats: np.ndarray  # float32 [C, F]
+    query_sim: np.ndarray | None = None  # float32 [C]: cosine to the active search query, if any
 
 
 @dataclass(frozen=True)
@@ -92,7 +176,13 @@ def gather(
     trigger_type: str | None = None,
     query_vec: np.ndarray | None = None,
     trending_rows: np.ndarray | None = None,
+    trending_evidence: list | None = None,
+    meaningful: Callable[[int], bool] | None = None,
 ) -> Candidates:
+    """Candidates for one user. ``meaningful(row)`` says whether an item's vector carries meaning
+    (model catalog, text or category) rather than being an id-hash placeholder; the ``ann`` source
+    is skipped when none of the user's recent items has one (the neighbours of a random vector are
+    noise: a cold user then gets trending instead), and its "similar to" anchor is always such an item."""
     picked: dict[int, tuple[str, int | str | None]] = {}
     quota = max(cfg.n // 4, 1)
 
@@ -118,14 +208,23 @@ def gather(
     covis_scores = covis.neighbours(recent_rows)
     if covis_scores:
         ranked = sorted(covis_scores.items(), key=lambda kv: -kv[1][0])[:quota]
-        take([r for r, _ in ranked], "covis", [a for _, (_s, a) in ranked], quota)
+        take([r for r, _ in ranked], "covis", [(a, covis.pair_count(a, r)) for r, (_s, a) in ranked], quota)
     uvec = user.user_vector()
-    if uvec is not None and len(index):
+    anchor_rows = [r for r in recent_rows if meaningful(r)] if meaningful is not None else recent_rows
+    use_ann = bool(anchor_rows) or (meaningful is None) or (not recent_rows)  # no items: emb from searches
+    if uvec is not None and len(index) and use_ann:
         labels, _ = index.nearest(uvec[None, :], quota)
-        anchor = recent_rows[-1] if recent_rows else None
-        take(labels[0], "ann", anchor, quota)
+        cand = labels[0]
+        if anchor_rows and len(cand):
+            # the recent item each neighbour is closest to: "similar to <that item>"
+            anchors = np.asarray(anchor_rows)[np.argmax(index.vecs[cand] @ index.vecs[anchor_rows].T, axis=1)]
+            take(cand, "ann", [int(a) for a in anchors], quota)
+        else:
+            take(cand, "ann", None, quota)
     if len(picked) < cfg.n:
-        take(trending_rows if trending_rows is not None else index.trending(cfg.n), "trending")
+        if trending_rows is None:
+            trending_rows, trending_evidence = index.trending(cfg.n), None
+        take(trending_rows, "trending", trending_evidence)
 
     # filters
     drop: set[int] = set()
@@ -157,4 +256,6 @@ def gather(
             cov[j] = cs[0]
     sim = index.vecs[rows] @ uvec if (uvec is not None and c) else np.zeros(c, dtype=np.float32)
     feats = candidate_features(personal, last, now_ms, cov, index.popularity[rows], sim)
-    return Candidates(rows=rows, sources=[picked[r][0] for r in keep], evidence=[picked[r][1] for r in keep], feats=feats)
+    qsim = (index.vecs[rows] @ query_vec).astype(np.float32) if (query_vec is not None and c) else None
+    return Candidates(rows=rows, sources=[picked[r][0] for r in keep], evidence=[picked[r][1] for r in keep], feats=feats,
+                      query_sim=qsim)

@@ -7,14 +7,27 @@ faust table in production, a dict in unit tests) and returns what must be writte
 and recommendation lists. Users with several events in the batch are re-ranked once (coalescing).
 A user touched only by redelivered duplicates is re-ranked too, so a list lost in a crash between
 state write and publish is published on redelivery.
+
+Users' states are written after ranking, together with the list just built for them (its items
+and variant, for attributing later conversions: ``streamer.attribution``); the batch's A/B
+counters come back in ``BatchResult.stats`` for the app to write next to the lists.
+
+Search intent: a search event encodes the query with the item text encoder; for that event and
+the next ``STREAMREC_SEARCH_INTENT_EVENTS`` events of the user (within
+``STREAMREC_SEARCH_INTENT_S`` of event time) the query's nearest items join the candidates and
+the best matches take the top ``STREAMREC_SEARCH_SHARE`` of the list, halved with each later
+event (20 items: 10, 5, 2, 1 slots), so the intent fades instead of stopping dead.
+
+The A/B split (``self.variants``) starts as ``STREAMREC_VARIANTS`` and may be replaced at run time
+between batches (``set_variants``; ``streamer.variants`` polls the override from Redis).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,7 +36,8 @@ import numpy as np
 from schemas import DeadLetter, Event, Recommendation
 from schemas.ranking import EVENT_WEIGHTS
 from streamer import metrics
-from streamer.candidates import CandidateConfig, CoVisitation, gather
+from streamer.attribution import Stats, attribute, record_list
+from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, gather
 from streamer.ingest import Pseudonymizer, RawMessage, parse_event
 from streamer.items import ItemIndex, item_text
 from streamer.model import ModelBundle
@@ -31,26 +45,19 @@ from streamer.publish import build_list
 from streamer.ranking import CandidateScorer, OnnxRanker, RankRequest
 from streamer.settings import Settings
 from streamer.state import UserState
+from streamer.variants import Split, variant_for
+
+__all__ = ["BatchResult", "Pipeline", "StateStore", "variant_for"]
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
+QUERY_CACHE_SIZE = 4096
 
 
 class StateStore(Protocol):
     def get(self, user_id: str, msg: RawMessage) -> bytes | None: ...
     def put(self, user_id: str, value: bytes, msg: RawMessage) -> None: ...
     def delete(self, user_id: str, msg: RawMessage) -> None: ...
-
-
-def variant_for(user_id: str, split: tuple[tuple[str, float], ...]) -> str:
-    """Stable A/B assignment: the same user always lands in the same arm for a given split."""
-    h = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "big") / 2**64
-    acc = 0.0
-    for label, weight in split:
-        acc += weight
-        if h < acc:
-            return label
-    return split[-1][0]
 
 
 @dataclass
@@ -61,6 +68,7 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     trigger_ts: dict[str, int] = field(default_factory=dict)  # user -> Kafka timestamp of the last event
+    stats: Stats = field(default_factory=Stats)  # A/B impressions and attributed conversions of this batch
 
 
 @dataclass
@@ -69,6 +77,7 @@ class _Touched:
     last_event: Event
     last_msg: RawMessage
     dirty: bool = False
+    applied: bool = False  # at least one new (not duplicate) event in this batch
 
 
 class Pipeline:
@@ -79,6 +88,11 @@ class Pipeline:
         self.covis = CoVisitation()
         self.cand_cfg = CandidateConfig(settings.candidates, settings.filter_purchased, settings.filter_last_viewed)
         self.control = CandidateScorer()
+        self.recent = RecentCounts()
+        self.variants: Split = settings.variants
+        self.window_ms = settings.attribution_window_s * 1000
+        self.intent_ms = settings.search_intent_s * 1000
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.index: ItemIndex
         self.bundle: ModelBundle
         self.ranker: OnnxRanker
@@ -113,8 +127,15 @@ class Pipeline:
         return index
 
     def install(self, bundle: ModelBundle, index: ItemIndex) -> None:
-        """Switch model and index together (called between batches)."""
+        """Switch model and index together (called between batches). Counts kept by item row
+        (co-visitation, recent counts) follow their items to the new index's rows."""
+        previous = getattr(self, "index", None)
+        if previous is not None and previous is not index:
+            mapping = {r: index.pos[i] for i, r in previous.pos.items() if i in index.pos}
+            self.covis.remap(mapping)
+            self.recent.remap(mapping)
         self.bundle, self.index = bundle, index
+        self._query_cache.clear()  # query vectors belong to the old encoder's space
         self.model_items = set(bundle.item_ids)
         self.ranker = OnnxRanker(bundle)
         metrics.MODEL.clear()
@@ -144,6 +165,38 @@ class Pipeline:
             self.index.set_metadata([it for it in items if it.item_id in self.model_items])
         metrics.ITEMS.set(len(self.index))
 
+    def set_variants(self, split: Split) -> None:
+        """Replace the A/B split (between batches; lists name the variant that built them)."""
+        self.variants = split
+
+    def _meaningful(self, row: int) -> bool:
+        """The item's vector means something: the model's own, from text, or from a category
+        (an item known only from events has an id-hash placeholder)."""
+        idx = self.index
+        return idx.texts[row] is not None or idx.categories[row] is not None or idx.ids[row] in self.model_items
+
+    def search_slots(self, since_search: int | None) -> int:
+        """Top slots for the best query matches: ``list_size * share`` on the search event, halved
+        for each later event, at least 1 while the intent lasts; 0 without one."""
+        if since_search is None:
+            return 0
+        s = self.settings
+        return max(int(s.list_size * s.search_share / 2**since_search), 1) if s.search_share > 0 else 0
+
+    def query_vectors(self, queries: list[str]) -> dict[str, np.ndarray]:
+        """Encoded search queries, one encoder call for the ones not cached (LRU, per model)."""
+        missing = list(dict.fromkeys(q for q in queries if q not in self._query_cache))
+        if missing:
+            for q, v in zip(missing, self.bundle.encode_texts(missing)):
+                self._query_cache[q] = v
+            while len(self._query_cache) > QUERY_CACHE_SIZE:
+                self._query_cache.popitem(last=False)
+        out = {}
+        for q in queries:
+            self._query_cache.move_to_end(q)
+            out[q] = self._query_cache[q]
+        return out
+
     # ---- one micro-batch ----------------------------------------------------------------
     async def process(self, msgs: list[RawMessage], store: StateStore) -> BatchResult:
         out = BatchResult()
@@ -172,22 +225,29 @@ class Pipeline:
                     st.rebuild_embedding(self._vectors_of(st), self.bundle.version, self.half_life_ms)
                     t.dirty = True
             t.last_event, t.last_msg = ev, msg
-            if self._apply(t.state, ev):
-                t.dirty = True
+            if self._apply(t.state, ev, out.stats):
+                t.dirty = t.applied = True
                 out.applied += 1
                 metrics.EVENTS.labels("events", "valid").inc()
             else:
                 out.duplicates += 1
                 metrics.EVENTS.labels("events", "duplicate").inc()
         for user_id, t in touched.items():
-            if t.dirty:
-                store.put(user_id, t.state.to_bytes(), t.last_msg)
             out.trigger_ts[user_id] = t.last_msg.timestamp_ms
         t1 = time.perf_counter()
         metrics.STAGE.labels("ingest_state").observe(t1 - t0)
         if touched:
             out.recs = await self._rank(touched)
-        metrics.STAGE.labels("candidates_ranking").observe(time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        metrics.STAGE.labels("candidates_ranking").observe(t2 - t1)
+        for rec in out.recs:
+            t = touched[rec.user_id]
+            if t.applied:  # a fresh list (not a re-publication for duplicates): the user's live list
+                record_list(t.state, [i.item_id for i in rec.items], rec.variant, rec.event_ts, out.stats)
+        for user_id, t in touched.items():
+            if t.dirty:
+                store.put(user_id, t.state.to_bytes(), t.last_msg)
+        metrics.STAGE.labels("ingest_state").observe(time.perf_counter() - t2)
         metrics.BATCH.observe(len(msgs))
         metrics.RANKED.observe(len(touched))
         return out
@@ -195,7 +255,7 @@ class Pipeline:
     def _vectors_of(self, st: UserState) -> dict[str, np.ndarray]:
         return {i: self.index.vecs[self.index.pos[i]] for i in st.items if i in self.index.pos}
 
-    def _apply(self, st: UserState, ev: Event) -> bool:
+    def _apply(self, st: UserState, ev: Event, stats: Stats) -> bool:
         row = None
         recent_rows: list[int] = []
         if ev.item_id is not None:
@@ -203,30 +263,36 @@ class Pipeline:
             recent_rows = [self.index.pos[i] for i, _t, _ts in list(st.seq)[-5:] if i in self.index.pos]
         vec = self.index.vecs[row] if row is not None else None
         if ev.type == "search" and ev.query:
-            vec = self.bundle.encode_texts([ev.query])[0]
+            vec = self.query_vectors([ev.query])[ev.query]
         applied = st.apply(
             ev.event_id, ev.type, ev.item_id, ev.ts, vec,
             max_seq_len=self.settings.max_seq_len, dedup_window=self.settings.dedup_window,
             half_life_ms=self.half_life_ms, query=ev.query,
         )
         if applied and row is not None:
+            # against the list that was live when the event happened (``apply`` leaves it alone)
+            attribute(st, ev.type, ev.item_id, ev.ts, self.window_ms, stats)
             weight = EVENT_WEIGHTS.get(ev.type, 0.0)
             if weight > 0:
                 self.index.bump(row, weight, ev.ts)
                 self.covis.update(recent_rows, row)
+            self.recent.add(row, ev.type, ev.ts)
         return applied
 
     async def _rank(self, touched: dict[str, _Touched]) -> list[Recommendation]:
-        trending = self.index.trending(self.settings.candidates)
+        s = self.settings
+        trending = self.index.trending(s.candidates)
+        trending_evidence = self.recent.counts(trending)
+        intents = {u: t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms) for u, t in touched.items()}
+        qvecs = self.query_vectors([touched[u].state.last_query for u, k in intents.items() if k is not None])
         control_reqs, ranker_reqs = [], []
         for user_id, t in touched.items():
             st, ev = t.state, t.last_event
-            qvec = None
-            if st.last_query and ev.type == "search":
-                qvec = self.bundle.encode_texts([st.last_query])[0]
+            qvec = qvecs[st.last_query] if intents[user_id] is not None else None
             cands = gather(
                 st, self.index, self.covis, self.cand_cfg, now_ms=max(ev.ts, st.emb_ts),
                 trigger_item=ev.item_id, trigger_type=ev.type, query_vec=qvec, trending_rows=trending,
+                trending_evidence=trending_evidence, meaningful=self._meaningful,
             )
             seq = [(self.index.pos[i], ty) for i, ty, _ts in st.seq if i in self.index.pos]
             req = RankRequest(
@@ -235,7 +301,7 @@ class Pipeline:
                 cand_vecs=self.index.vecs[cands.rows],
                 cand_feats=cands.feats,
             )
-            variant = variant_for(user_id, self.settings.variants)
+            variant = variant_for(user_id, self.variants)
             use_ranker = self.settings.ranking and variant == "ranker"
             (ranker_reqs if use_ranker else control_reqs).append((user_id, t, cands, req, variant))
         scored = []
@@ -251,8 +317,9 @@ class Pipeline:
             version = self.bundle.version if variant == "ranker" and self.settings.ranking else f"{self.bundle.version}+control"
             recs.append(
                 build_list(
-                    user_id, t.state, cands, scores, self.index, size=self.settings.list_size,
+                    user_id, t.state, cands, scores, self.index, size=s.list_size,
                     model_version=version, variant=variant, event_id=t.last_event.event_id, event_ts=t.last_event.ts,
+                    search_slots=self.search_slots(intents[user_id]),
                 )
             )
         return recs

@@ -5,8 +5,9 @@ exactly the JSON of the ``recommendations`` topic message, with a TTL. Writes fo
 go in one pipeline. The Kafka message (key = user id) goes through the ``send`` callable the app
 passes in, so this module knows no Kafka client.
 
-Every item carries a short reason built from the evidence that found it ("bought together with
-WHITE METAL LANTERN", "similar to your search 'lantern'", "you bought this 3 times").
+Every item carries a short reason built from the evidence that found it ("often chosen with
+WHITE METAL LANTERN (12 times)", "matches your search 'lantern'", "you bought this 3 times, last on
+2011-12-01", "trending: bought 37 times in the last 7 days"). See ``reason_for``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from schemas import RecItem, Recommendation, encode
+from streamer import metrics
 from streamer.candidates import Candidates
 from streamer.items import ItemIndex
 from streamer.state import UserState
@@ -37,23 +39,75 @@ def _clip(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+_VERBS = {1: "you viewed this", 2: "you clicked this", 3: "you added this to your cart", 4: "you saved this",
+          5: "you bought this", 6: "you cancelled this", 7: "you rated this"}
+
+
+def _day(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else "twice" if n == 2 else f"{n} times"
+
+
 def reason_for(source: str, evidence, row: int, user: UserState, index: ItemIndex) -> str:
+    """A short reason from the evidence that found the candidate (see ``Candidates.evidence``):
+    real counts, dates, titles and the user's own query, never a fixed slogan where evidence exists."""
     if source == "history":
-        prof = user.items.get(index.ids[row])
+        item_id = index.ids[row]
+        prof = user.items.get(item_id)
         if prof and prof[2] > 0:
-            day = datetime.fromtimestamp(prof[1] / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
-            times = "once" if prof[2] == 1 else f"{prof[2]} times"
-            return f"you bought this {times}, last on {day}"
-        return "you looked at this recently"
+            return f"you bought this {_times(prof[2])}, last on {_day(prof[1])}"
+        last = next((ty for i, ty, _ts in reversed(user.seq) if i == item_id), None)
+        when = f" on {_day(prof[1])}" if prof else " recently"
+        return _VERBS.get(last, "you looked at this") + when
     if source == "search" and evidence:
-        return _clip(f"similar to your search '{evidence}'", 200)
+        return _clip(f"matches your search '{evidence}'", 200)
     if source == "covis" and evidence is not None:
-        return _clip(f"bought together with {_title(index, int(evidence))}", 200)
+        anchor, count = evidence if isinstance(evidence, tuple) else (evidence, 0)
+        n = int(round(count))
+        tail = f" ({_times(n)})" if n > 0 else ""
+        return _clip(f"often chosen with {_title(index, int(anchor))}{tail}", 200)
     if source == "ann" and evidence is not None:
         return _clip(f"similar to {_title(index, int(evidence))}", 200)
     if source == "ann":
-        return "matches your interests"
-    return "trending now"
+        if user.last_query:
+            return _clip(f"related to your search '{user.last_query}'", 200)
+        return "close to what you looked at"
+    if source == "trending" and isinstance(evidence, tuple):
+        bought, other, days = evidence
+        if bought:
+            return f"trending: bought {_times(bought)} in the last {days} days"
+        if other:
+            return f"trending: viewed or picked {_times(other)} in the last {days} days"
+    pop = float(index.popularity[row]) if row < len(index.popularity) else 0.0
+    if pop > 0:
+        return f"popular lately (recency-weighted count {pop:.1f})"
+    return "new in the catalog"
+
+
+def order_with_search(scores: np.ndarray, query_sim: np.ndarray | None, size: int, search_slots: int) -> tuple[list[int], np.ndarray]:
+    """Final order of candidate positions and the published scores.
+
+    Without an active search this is the ranker's order. With one, the ``search_slots`` candidates
+    closest to the query (cosine of item and query vectors, the same text encoder) take the top of
+    the list, best match first, and the ranker orders the rest: the learned ranker scores a user's
+    item sequence and never sees the query, so on its own it would bury the search. Their
+    published score is ``best score of the rest + 2 + cosine``, so scores still fall down the list
+    (a score is only comparable within one list).
+    """
+    order = [int(j) for j in np.argsort(-scores, kind="stable")]
+    out_scores = np.asarray(scores, dtype=np.float64).copy()
+    if search_slots <= 0 or query_sim is None or not len(order):
+        return order[:size], out_scores
+    pinned = [int(j) for j in np.argsort(-query_sim, kind="stable")[: min(search_slots, size)]]
+    pinned_set = set(pinned)
+    rest = [j for j in order if j not in pinned_set][: size - len(pinned)]
+    base = float(out_scores[rest].max()) if rest else 0.0
+    for j in pinned:
+        out_scores[j] = base + 2.0 + float(query_sim[j])
+    return pinned + rest, out_scores
 
 
 def build_list(
@@ -68,15 +122,16 @@ def build_list(
     variant: str,
     event_id: str,
     event_ts: int,
+    search_slots: int = 0,
 ) -> Recommendation:
-    order = np.argsort(-scores, kind="stable")[:size]
+    order, final = order_with_search(scores, cands.query_sim, size, search_slots)
     items = []
     for j in order:
         row = int(cands.rows[j])
         items.append(
             RecItem(
                 item_id=index.ids[row],
-                score=round(float(scores[j]), 6),
+                score=round(float(final[j]), 6),
                 reason=reason_for(cands.sources[j], cands.evidence[j], row, user, index),
                 title=index.titles[row],
                 source=cands.sources[j],
@@ -113,20 +168,40 @@ class Publisher:
         return payloads
 
     async def _write_redis(self, recs: list[Recommendation], payloads: list[bytes]) -> None:
+        async def write() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for rec, payload in zip(recs, payloads):
+                pipe.set(self.prefix + rec.user_id, payload, ex=self.ttl_s)
+            await pipe.execute()
+
+        await self._retry(write, "write")
+
+    async def _retry(self, op: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run ``op`` until Redis answers: exponential backoff from 0.1 s to ``max_backoff_s``.
+
+        Only connection-level failures are retried (refused, reset, timed out, and redis-py's
+        ``AuthenticationError``, a ``ConnectionError``, which a Redis restarted with a password
+        gives); a command error is a bug and propagates. While it waits the batch is not acked,
+        so Kafka keeps the events. Measured against a SIGKILLed and restarted redis-server
+        (tests/integration/test_faults.py): one warning per attempt, no busy loop, the lists of
+        the whole outage written once Redis is back.
+        """
         from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
 
         delay = 0.1
         while True:
             try:
-                pipe = self.redis.pipeline(transaction=False)
-                for rec, payload in zip(recs, payloads):
-                    pipe.set(self.prefix + rec.user_id, payload, ex=self.ttl_s)
-                await pipe.execute()
+                await op()
                 return
             except (RedisConnectionError, RedisTimeout, OSError) as exc:
-                log.warning("redis unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
+                metrics.REDIS_RETRIES.inc()
+                log.warning("redis unavailable for %s (%s); retrying in %.1f s", what, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff_s)
 
     async def erase(self, user_id: str) -> None:
-        await self.redis.delete(self.prefix + user_id)
+        """Delete the user's list, retried like writes: an ``erase_user`` event must not be acked
+        (and so forgotten) while its list is still readable. Before this it was a single DELETE
+        whose ConnectionError escaped into the agent."""
+        key = self.prefix + user_id
+        await self._retry(lambda: self.redis.delete(key), "erase")

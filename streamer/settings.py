@@ -146,6 +146,12 @@ SETTINGS_DOC: dict[str, tuple[str, str | None, Callable[[str, str], Any], str]] 
     "producer_max_batch_bytes": ("STREAMREC_PRODUCER_MAX_BATCH_BYTES", "16384", _int(1, 64 * 1024 * 1024), "producer batch size per partition; the embedded stack sets 1 (one record per batch) because its broker (Tansu) reports wrong end offsets after multi-record batches, which breaks changelog recovery"),
     "fetch_max_wait_ms": ("STREAMREC_FETCH_MAX_WAIT_MS", "500", _int(1, 60000), "longest a fetch waits on the broker; the embedded stack sets 10 because its broker (Tansu) does not answer a waiting fetch when data arrives, so the wait is added to every event's latency"),
     "session_timeout_s": ("STREAMREC_SESSION_TIMEOUT_S", "10", _float(1, 300), "Kafka consumer session timeout (group joins wait about half of it)"),
+    "search_intent_events": ("STREAMREC_SEARCH_INTENT_EVENTS", "3", _int(0, 100), "later events for which the user's last search keeps adding candidates and top slots (0: only the search event itself)"),
+    "search_intent_s": ("STREAMREC_SEARCH_INTENT_S", "1800", _int(0, 10**8), "event-time seconds after which a search no longer shapes the list"),
+    "search_share": ("STREAMREC_SEARCH_SHARE", "0.5", _float(0, 1), "share of the list's top slots given to the best query matches on a search event; halved for each later event"),
+    "attribution_window_s": ("STREAMREC_ATTRIBUTION_WINDOW_S", "86400", _int(1, 10**9), "event-time window in which a click, add-to-cart or purchase of a listed item is attributed to the user's live list"),
+    "variants_poll_s": ("STREAMREC_VARIANTS_POLL_S", "5", _float(0, 3600), "how often the worker reads the runtime A/B split from Redis <meta prefix>config:variants (0 = never)"),
+    "redis_meta_prefix": ("STREAMREC_REDIS_META_PREFIX", "streamrec:", _nonempty, "prefix of the worker's own Redis keys: <prefix>config:variants (runtime A/B split), <prefix>stats:<variant> (online metrics)"),
 }
 
 
@@ -190,6 +196,12 @@ class Settings:
     producer_max_batch_bytes: int
     fetch_max_wait_ms: int
     session_timeout_s: float
+    search_intent_events: int
+    search_intent_s: int
+    search_share: float
+    attribution_window_s: int
+    variants_poll_s: float
+    redis_meta_prefix: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -99,6 +99,19 @@ async def ensure_topics(bootstrap: str, topics: tuple[str, ...] | list[str], par
     raise StackError(f"could not create topics on {bootstrap}: {last!r}")
 
 
+async def _topic_layout(bootstrap: str) -> dict[str, int]:
+    """Topic name -> partition count, as the broker reports it now (internal topics left out)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await consumer.start()
+    try:
+        names = await consumer.topics()
+        return {t: len(consumer.partitions_for_topic(t) or ()) for t in names if not t.startswith("__")}
+    finally:
+        await consumer.stop()
+
+
 @dataclass
 class LocalStack:
     """A broker and a Redis server owned by this process (or external ones, when configured)."""
@@ -184,8 +197,12 @@ class LocalStack:
         return Path(self._tmp or ".") / f"{name}.log"
 
     def restart_broker(self, timeout: float = 30.0) -> None:
-        """Kill and restart the embedded broker on the same port (memory storage: topics are lost
-        and re-created)."""
+        """Kill and restart the embedded broker on the same port. Memory storage loses the data;
+        the topic layout is put back: every topic that existed (the stack's, the worker's
+        changelogs, anything a client created) is re-created empty with its partition count.
+        Without that, a worker's changelog writes after the restart failed with UnknownError and
+        its state stopped reaching the broker (measured, tests/integration/test_faults.py)."""
+        layout = asyncio.run(_topic_layout(self.bootstrap))
         for name, proc in list(self._procs):
             if name == "broker":
                 _terminate(proc)
@@ -196,6 +213,11 @@ class LocalStack:
                                       "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"])
         _wait_tcp(host, int(port), proc, "Kafka broker (tansu)", timeout)
         asyncio.run(ensure_topics(self.bootstrap, self.topics, self.partitions, timeout))
+        by_count: dict[int, list[str]] = {}
+        for topic, n in layout.items():
+            by_count.setdefault(n, []).append(topic)
+        for n, topics in by_count.items():
+            asyncio.run(ensure_topics(self.bootstrap, topics, n, timeout))
 
     def stop(self) -> None:
         while self._procs:

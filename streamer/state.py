@@ -9,7 +9,15 @@ A user's state holds:
   Decay is applied in *event time* relative to ``emb_ts``, which makes the sum commutative: the
   same set of events gives the same embedding whatever order they arrive in;
 * ``seen``: the last ``dedup_window`` event-id hashes. An event whose id is there is ignored, so a
-  redelivery (at-least-once Kafka, a crash before commit, a producer retry) changes nothing.
+  redelivery (at-least-once Kafka, a crash before commit, a producer retry) changes nothing;
+* the search intent: ``last_query``, its event time ``query_ts`` and ``since_query``, the number
+  of events applied after it (``search_intent`` says whether it still shapes the list);
+* the live list, for online metrics (``streamer.attribution``): ``rec_items`` (item ids of the
+  last list published for the user), ``rec_variant``, ``rec_ts`` (event time of the event that
+  triggered it), ``rec_hits`` (which conversion kinds it already earned, a bit mask), and
+  ``ab_seen`` (variants this user was ever shown, to count users per variant once).
+
+Fields added later are read with defaults, so values written by an older worker still load.
 
 The state is one value per user (one atomic changelog write): the dedup memory and the effect of
 the event can never be persisted apart.
@@ -48,6 +56,13 @@ class UserState:
     seen_set: set = field(default_factory=set)
     last_query: str | None = None
     events_applied: int = 0
+    query_ts: int = 0
+    since_query: int = 0
+    rec_items: list = field(default_factory=list)
+    rec_variant: str | None = None
+    rec_ts: int = 0
+    rec_hits: int = 0
+    ab_seen: list = field(default_factory=list)
 
     # ---- idempotent update -------------------------------------------------------------
     def apply(
@@ -75,6 +90,10 @@ class UserState:
         weight = EVENT_WEIGHTS.get(etype, 0.0)
         if etype == "search":
             self.last_query = query
+            self.query_ts = ts
+            self.since_query = 0
+        elif self.last_query is not None:
+            self.since_query += 1
         if item_id is not None:
             prof = self.items.get(item_id)
             if prof is None:
@@ -120,6 +139,14 @@ class UserState:
                 self._add_to_embedding(vec, weight, last_ts, half_life_ms)
         self.space = space
 
+    def search_intent(self, now_ms: int, max_events: int, max_age_ms: int) -> int | None:
+        """Events applied since the last search while it still shapes the list (0 on the search
+        event itself), or None when there is no search or it is older than ``max_events`` events
+        or ``max_age_ms`` of event time."""
+        if self.last_query is None or self.since_query > max_events or now_ms - self.query_ts > max_age_ms:
+            return None
+        return self.since_query
+
     def user_vector(self) -> np.ndarray | None:
         if self.emb is None:
             return None
@@ -139,6 +166,11 @@ class UserState:
                 "s": base64.b64encode(np.asarray(self.seen, dtype=np.uint64).tobytes()).decode(),
                 "lq": self.last_query,
                 "n": self.events_applied,
+                "qt": self.query_ts,
+                "qk": self.since_query,
+                "rl": None if self.rec_variant is None else
+                {"i": self.rec_items, "v": self.rec_variant, "t": self.rec_ts, "h": self.rec_hits},
+                "ab": self.ab_seen,
             }
         )
 
@@ -147,6 +179,7 @@ class UserState:
         d = orjson.loads(raw)
         seen = deque(int(x) for x in np.frombuffer(base64.b64decode(d["s"]), dtype=np.uint64))
         emb = None if d["e"] is None else np.frombuffer(base64.b64decode(d["e"]), dtype=np.float32).copy()
+        rl = d.get("rl")
         return cls(
             dim=d["d"],
             space=d["sp"],
@@ -158,6 +191,14 @@ class UserState:
             seen_set=set(seen),
             last_query=d.get("lq"),
             events_applied=d["n"],
+            query_ts=d.get("qt", 0),
+            # an older value knows no count: its query (if any) no longer shapes the list
+            since_query=d.get("qk", 1 << 30),
+            rec_items=rl["i"] if rl else [],
+            rec_variant=rl["v"] if rl else None,
+            rec_ts=rl["t"] if rl else 0,
+            rec_hits=rl["h"] if rl else 0,
+            ab_seen=d.get("ab", []),
         )
 
     def fingerprint(self) -> dict:
