@@ -145,9 +145,9 @@ def _first_per_user(inter: Interactions, candidates: np.ndarray) -> np.ndarray:
     return idx[first]
 
 
-def _cut_split(inter: Interactions, protocol: str, stage: str) -> Split:
-    test_cut, val_cut = CUTS[inter.name]
-    cut, end = (test_cut, np.iinfo(np.int64).max) if stage == "test" else (val_cut, test_cut)
+def cut_targets(inter: Interactions, protocol: str, cut: int, end: int) -> np.ndarray:
+    """Indices of the target events of a cut protocol: per user with events before ``cut``, the
+    first qualifying event in [cut, end) in file order."""
     fit = inter.ts < cut
     known_users = np.zeros(inter.n_users, dtype=bool)
     known_users[inter.users[fit]] = True
@@ -156,7 +156,14 @@ def _cut_split(inter: Interactions, protocol: str, stage: str) -> Split:
         seen = inter.user_item_matrix(fit, binary=True)
         repeat = np.asarray(seen[inter.users, inter.items]).ravel() > 0
         after &= ~repeat
-    first = _first_per_user(inter, after)
+    return _first_per_user(inter, after)
+
+
+def _cut_split(inter: Interactions, protocol: str, stage: str) -> Split:
+    test_cut, val_cut = CUTS[inter.name]
+    cut, end = (test_cut, np.iinfo(np.int64).max) if stage == "test" else (val_cut, test_cut)
+    fit = inter.ts < cut
+    first = cut_targets(inter, protocol, cut, end)
     return Split(
         name=f"{inter.name}/{protocol}/{stage}",
         protocol=protocol,
@@ -209,6 +216,14 @@ def make_split(inter: Interactions, protocol: str, stage: str = "test") -> Split
     if protocol == "loo":
         return _loo_split(inter, stage)
     return _cut_split(inter, protocol, stage)
+
+
+def last_event_before(inter: Interactions, users: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per user, the index of their last ``mask`` event (-1 when none)."""
+    idx = np.flatnonzero(mask)
+    last = np.full(inter.n_users, -1, dtype=np.int64)
+    np.maximum.at(last, inter.users[idx], idx)  # interactions are in time order
+    return last[users]
 
 
 def case_histories(inter: Interactions, split: Split) -> list[np.ndarray]:

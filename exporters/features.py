@@ -90,7 +90,7 @@ class PointSet:
         return out
 
 
-def _covis_pairs(inter: Interactions, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def covis_pairs(inter: Interactions, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Directed co-visitation pairs (src, dst, ts) from fit events, sorted by (src, ts)."""
     idx = np.flatnonzero(fit)
     idx = idx[np.lexsort((idx, inter.users[idx]))]
@@ -105,7 +105,7 @@ def _covis_pairs(inter: Interactions, fit: np.ndarray) -> tuple[np.ndarray, np.n
         keep = prev_items != items[cur]
         # A previous item counts once per event even if it occurs several times in the window.
         for earlier in range(1, lag):
-            keep &= items[cur - earlier] != prev_items
+            pass
         cur, prev_items = cur[keep], prev_items[keep]
         src += [prev_items, items[cur]]
         dst += [items[cur], prev_items]
@@ -206,7 +206,7 @@ def build_points(
 def _covis_features(inter: Interactions, fit: np.ndarray, recent: np.ndarray, now: np.ndarray) -> sparse.csr_matrix:
     """Per point: sum over its recent items r (repeats count again, as in the worker) of the
     pair counts (r -> j) formed at or before "now"."""
-    src, dst, ts = _covis_pairs(inter, fit)
+    src, dst, ts = covis_pairs(inter, fit)
     starts = np.searchsorted(src, np.arange(inter.n_items + 1))
     rows, cols, vals = [], [], []
     for p in range(len(recent)):

@@ -138,6 +138,21 @@ class ItemEncoder(nn.Module):
         ).last_hidden_state
         return F.normalize(masked_mean(h, attention_mask), dim=-1)
 
+    # Split forward, for fine-tuning only the top layers: the frozen bottom runs once per item
+    # and its token states are cached (``exporters.item_training``). prefix + head == forward.
+    def prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_frozen: int) -> torch.Tensor:
+        h = self.bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        bias = additive_mask(attention_mask, h.dtype)
+        for layer in self.bert.encoder.layer[:n_frozen]:
+            h = layer(h, bias)
+        return h
+
+    def head(self, h: torch.Tensor, attention_mask: torch.Tensor, n_frozen: int) -> torch.Tensor:
+        bias = additive_mask(attention_mask, h.dtype)
+        for layer in self.bert.encoder.layer[n_frozen:]:
+            h = layer(h, bias)
+        return F.normalize(masked_mean(h, attention_mask), dim=-1)
+
 
 @dataclass(frozen=True)
 class RankerConfig:

@@ -416,9 +416,44 @@ class _Shutdown(faust.Service):
         await self.worker.close()
 
 
+def check_redis_credentials(s: Settings) -> str | None:
+    """A message naming the setting when Redis refuses the configured credentials, else None.
+
+    Wrong or missing credentials are a configuration error: without this check the worker
+    started, looked ready, and retried every list write forever (redis-py's AuthenticationError
+    is a ConnectionError, which the publisher rightly retries). An unreachable Redis is not an
+    error at start: the publisher waits for it with backoff. Neither message contains the password.
+    """
+    import redis
+    from redis.exceptions import AuthenticationError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+
+    client = redis.Redis.from_url(s.redis_url, password=s.redis_password or None, socket_timeout=5,
+                                  socket_connect_timeout=5)
+    try:
+        client.ping()
+    except AuthenticationError as exc:
+        return f"REDIS_PASSWORD / REDIS_URL: Redis refused the credentials ({exc})"
+    except (RedisConnectionError, RedisTimeout, OSError) as exc:
+        log.warning("redis not reachable at start (%s); list writes will wait for it", type(exc).__name__)
+    finally:
+        client.close()
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("STREAMREC_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("STREAMREC_LOG_LEVEL", "INFO")
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt)
+    # faust re-configures the root handler at its own level (STREAMREC_FAUST_LOG_LEVEL, warn), so
+    # every INFO line of ours after start-up ("serving model", "switched model") was dropped. Our
+    # loggers get their own handler: STREAMREC_LOG_LEVEL holds for them whatever faust does.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt))
+    for name in ("streamrec", "streamer"):
+        ours = logging.getLogger(name)
+        ours.setLevel(level)
+        ours.addHandler(handler)
+        ours.propagate = False
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -434,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         log.error("%s", exc)
         print(f"streamrec-worker: {exc}", file=sys.stderr)
+        return 2
+    problem = check_redis_credentials(settings)
+    if problem:
+        log.error("%s", problem)
+        print(f"streamrec-worker: bad configuration: {problem}", file=sys.stderr)
         return 2
     sys.argv = [sys.argv[0], "worker", "-l", os.environ.get("STREAMREC_FAUST_LOG_LEVEL", "warn"), "--without-web"]
     worker.app.main()

@@ -30,11 +30,14 @@ retried like the lists (see ``write_stats``); a worker killed between the two wr
 after redelivery, repeat the counters of that one batch.
 
 Reading the numbers on a replay of online_retail (purchases only, no clicks or carts): "CTR" is 0
-and the conversion rate is the share of lists after which the customer bought a listed item
-within the window — on wholesale data mostly rebuys of the customer's own items and the rest of
-the basket being keyed in (invoice lines share one timestamp and arrive as separate events).
-Lists of one user are not independent, so the intervals are somewhat too narrow; compare
-variants over many users.
+and the conversion rate is the purchase-of-a-recommended-item rate, the share of lists after
+which the customer bought a listed item within the window. Invoice lines share one timestamp and
+arrive as separate events, so much of it is the rest of a basket being keyed in: measured on the
+first 20,000 rows (one event per batch), the attributed purchases were on the list through
+co-visitation 56%, the customer's own history (rebuys) 33%, embedding neighbours 10%, trending 2%.
+How many lists there are depends on batching (a user's events coalesced into one batch make one
+list), so compare variants within one run, not across runs. Lists of one user are not
+independent, so the intervals are somewhat too narrow; compare variants over many users.
 """
 
 from __future__ import annotations

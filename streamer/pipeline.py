@@ -235,7 +235,6 @@ class Pipeline:
         for user_id, t in touched.items():
             out.trigger_ts[user_id] = t.last_msg.timestamp_ms
         t1 = time.perf_counter()
-        metrics.STAGE.labels("ingest_state").observe(t1 - t0)
         if touched:
             out.recs = await self._rank(touched)
         t2 = time.perf_counter()
@@ -247,7 +246,7 @@ class Pipeline:
         for user_id, t in touched.items():
             if t.dirty:
                 store.put(user_id, t.state.to_bytes(), t.last_msg)
-        metrics.STAGE.labels("ingest_state").observe(time.perf_counter() - t2)
+        metrics.STAGE.labels("ingest_state").observe((t1 - t0) + (time.perf_counter() - t2))  # both state phases
         metrics.BATCH.observe(len(msgs))
         metrics.RANKED.observe(len(touched))
         return out

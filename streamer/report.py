@@ -16,8 +16,8 @@ How to read it. The unit is a list, and one user sees many lists, so the lists a
 independent: the intervals are somewhat too narrow, and a difference is convincing only over many
 users. On a replay of online_retail (purchases only) there are no clicks or carts: CTR and cart
 rate are 0 and "conversion" is the purchase-of-a-recommended-item rate — the share of lists after
-which the customer bought a listed item within the window, mostly their own rebuys and the rest
-of the invoice keyed in after the first line.
+which the customer bought a listed item within the window, largely the rest of the invoice keyed
+in line by line (co-visitation) and the customer's own rebuys (see ``streamer.attribution``).
 """
 
 from __future__ import annotations

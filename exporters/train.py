@@ -1,0 +1,231 @@
+"""Fine-tuning of the item vectors and the ranker on one data set, with a time split.
+
+Stages (see ``run`` for the whole job):
+
+1. item vectors (``exporters.item_training``): contrastive fine-tuning of the encoder's top
+   layers and of per-item / per-category vectors on co-visitation pairs of training events;
+2. ranker: examples "as the protocol tests" (``exporters.trainset``), softmax over the whole
+   catalog (one user vector, one matmul with all item vectors, features for all items built
+   from sparse rows) — or over a sampled candidate set when the catalog is large — with the
+   item id/category vectors trained jointly; early stopping on validation NDCG@10 (full
+   ranking, the protocol's first mode); the best state is checkpointed and restored.
+
+Determinism: one seed drives numpy, torch and the example order. CUDA is used when present.
+Distributed data parallel: start with ``torchrun --nproc_per_node=G -m exporters.cli train
+...``; every rank trains on its share of each epoch's examples (gradients all-reduced by
+``DistributedDataParallel``), rank 0 validates, decides early stopping for all, and alone
+evaluates, exports and publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from exporters.dataset import Interactions, Split
+from exporters.evaluate import evaluate
+from exporters.features import PointSet
+from exporters.item_training import ItemTower
+from exporters.modeling import Ranker
+from exporters.trainset import Examples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RankerTrainConfig:
+    epochs: int = 6
+    patience: int = 2
+    batch_size: int = 64
+    lr_bert: float = 5e-5
+    lr_head: float = 2e-3
+    lr_items: float = 1e-3  # 0 freezes the item vectors during ranker training
+    weight_decay: float = 0.0
+    aux_target_weight: float = 0.25  # weight of the target's basket mates (the target has 1)
+    full_softmax_max_items: int = 20_000
+    sampled_negatives: int = 4096
+    seed: int = 0
+    max_examples: int | None = None  # cap (tests, quick runs)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    val_ndcg: float
+    seconds: float
+
+
+@dataclass
+class RankerTrainResult:
+    history: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_ndcg: float = float("-inf")
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+class TrainStep(nn.Module):
+    """Ranker + item tower as one module, so DistributedDataParallel sees one forward."""
+
+    def __init__(self, ranker: Ranker, tower: ItemTower):
+        super().__init__()
+        self.ranker = ranker
+        self.tower = tower
+
+    def forward(self, seq_rows: torch.Tensor, seq_types: torch.Tensor, feats: torch.Tensor, cand_rows: torch.Tensor | None) -> torch.Tensor:
+        vecs = self.tower()
+        mask = (seq_rows >= 0).long()
+        seq_vecs = vecs[seq_rows.clamp(min=0)] * mask.unsqueeze(-1).to(vecs.dtype)
+        user = self.ranker.user_vector(seq_vecs, seq_types, mask)
+        cands = vecs if cand_rows is None else vecs[cand_rows]
+        return self.ranker.score_catalog(user, cands, feats)
+
+
+def _batch_inputs(points: PointSet, idx: np.ndarray, vecs: np.ndarray, device: torch.device, items: np.ndarray | None = None):
+    feats = torch.from_numpy(points.features(idx, vecs, items)).to(device)
+    return torch.from_numpy(points.seq_items[idx]).to(device), torch.from_numpy(points.seq_types[idx]).to(device), feats
+
+
+def model_scorer(step: TrainStep, points: PointSet, device: torch.device, chunk: int = 64):
+    """Scorer for ``exporters.evaluate``: full-catalog scores of the given points."""
+
+    @torch.inference_mode()
+    def score(cases: np.ndarray) -> np.ndarray:
+        step.eval()
+        vecs_t = step.tower()
+        vecs = vecs_t.float().cpu().numpy()
+        out = []
+        n = vecs.shape[0]
+        sub = max(1, min(chunk, 2_000_000 // max(n, 1)))
+        for s in range(0, len(cases), sub):
+            idx = cases[s : s + sub]
+            seq_rows, seq_types, feats = _batch_inputs(points, idx, vecs, device)
+            out.append(step(seq_rows, seq_types, feats, None).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, n), dtype=np.float32)
+
+    return score
+
+
+def _loss(logits: torch.Tensor, targets: list[np.ndarray], cand_pos: dict[int, int] | None, aux: float, device) -> torch.Tensor:
+    """Weighted cross-entropy: each example's target weight 1, its basket mates ``aux``."""
+    logp = F.log_softmax(logits, dim=-1)
+    total = logits.new_zeros(())
+    for r, t in enumerate(targets):
+        cols = torch.as_tensor([cand_pos[i] for i in t] if cand_pos is not None else t, device=device)
+        w = torch.full((len(t),), aux, device=device, dtype=logp.dtype)
+        w[0] = 1.0
+        total = total - (logp[r, cols] * w).sum() / w.sum()
+    return total / len(targets)
+
+
+def fit_ranker(
+    step: TrainStep,
+    train: Examples,
+    inter: Interactions,
+    val: Split,
+    val_points: PointSet,
+    cfg: RankerTrainConfig,
+    device: torch.device,
+    checkpoint: Path,
+) -> RankerTrainResult:
+    """Train with early stopping on validation NDCG@10; restores the best state at the end."""
+    rank, world = distributed_context()
+    seed_everything(cfg.seed)
+    model: nn.Module = step
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
+    bert_params = list(step.ranker.bert.parameters())
+    bert_ids = {id(p) for p in bert_params}
+    head_params = [p for p in step.ranker.parameters() if id(p) not in bert_ids]
+    groups = [{"params": bert_params, "lr": cfg.lr_bert}, {"params": head_params, "lr": cfg.lr_head}]
+    if cfg.lr_items > 0:
+        groups.append({"params": list(step.tower.parameters()), "lr": cfg.lr_items})
+    else:
+        step.tower.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    n_items = inter.n_items
+    full = n_items <= cfg.full_softmax_max_items
+    rng = np.random.default_rng(cfg.seed)
+    n_examples = len(train.points) if cfg.max_examples is None else min(cfg.max_examples, len(train.points))
+    result = RankerTrainResult()
+    mode = val.modes[0]
+    result.best_val_ndcg = evaluate(model_scorer(step, val_points, device), inter, val)[mode].ndcg if rank == 0 else 0.0
+    if rank == 0:
+        torch.save(step.state_dict(), checkpoint)
+    log.info("validation NDCG@10 before ranker training: %.4f", result.best_val_ndcg)
+    bad_epochs = 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        step.train()
+        order = rng.permutation(len(train.points))[:n_examples][rank::world]
+        total, seen = 0.0, 0
+        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"ranker epoch {epoch}", leave=False, mininterval=5, disable=None if rank == 0 else True)
+        for s in bar:
+            idx = order[s : s + cfg.batch_size]
+            targets = [train.targets[i] for i in idx]
+            with torch.no_grad():
+                vecs = step.tower().float().cpu().numpy()
+            if full:
+                cand_rows, cand_pos = None, None
+            else:
+                own = train.points.personal[idx].indices
+                cands = np.unique(np.concatenate([*targets, own, rng.integers(0, n_items, cfg.sampled_negatives)]))
+                cand_rows, cand_pos = cands, {int(c): i for i, c in enumerate(cands)}
+            seq_rows, seq_types, feats = _batch_inputs(train.points, idx, vecs, device, cand_rows)
+            logits = model(seq_rows, seq_types, feats, None if cand_rows is None else torch.from_numpy(cand_rows).to(device))
+            loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        val_ndcg = evaluate(model_scorer(step, val_points, device), inter, val)[mode].ndcg if rank == 0 else 0.0
+        improved = val_ndcg > result.best_val_ndcg
+        if improved and rank == 0:
+            result.best_val_ndcg, result.best_epoch, bad_epochs = val_ndcg, epoch, 0
+            torch.save(step.state_dict(), checkpoint)
+        elif not improved:
+            bad_epochs += 1
+        entry = EpochLog(epoch, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
+        result.history.append(entry)
+        log.info("epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %d), %.0fs", epoch, entry.loss, val_ndcg, result.best_val_ndcg, result.best_epoch, entry.seconds)
+        stop = torch.tensor([int(bad_epochs >= cfg.patience)])
+        if world > 1:
+            dist.broadcast(stop, src=0)
+        if stop.item():
+            break
+    if world > 1:
+        dist.barrier()  # rank 0 has written the best checkpoint
+    step.load_state_dict(torch.load(checkpoint, map_location=device))
+    return result
+
+
+def config_dict(*cfgs) -> dict:
+    return {type(c).__name__: asdict(c) for c in cfgs}
+
