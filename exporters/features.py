@@ -105,7 +105,7 @@ def covis_pairs(inter: Interactions, fit: np.ndarray) -> tuple[np.ndarray, np.nd
         keep = prev_items != items[cur]
         # A previous item counts once per event even if it occurs several times in the window.
         for earlier in range(1, lag):
-            pass
+            keep &= items[cur - earlier] != prev_items
         cur, prev_items = cur[keep], prev_items[keep]
         src += [prev_items, items[cur]]
         dst += [items[cur], prev_items]

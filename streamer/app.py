@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import logging
 import os
 import sys
@@ -27,11 +29,13 @@ from faust.streams import _current_event
 
 from schemas import DeadLetter, ValidationError, decode_model_update, encode
 from streamer import metrics
+from streamer.attribution import write_stats
 from streamer.ingest import RawMessage, parse_item
 from streamer.model import ModelBundle, ModelRefused, latest_version_dir
 from streamer.pipeline import Pipeline
 from streamer.publish import Publisher
 from streamer.settings import Settings, SettingsError
+from streamer.variants import start_variant_poller
 
 log = logging.getLogger("streamrec.worker")
 
@@ -116,6 +120,31 @@ class FaustTableStore:
             del self.table[key]
 
 
+DLQ_VALUE_LIMIT = 256 * 1024  # bytes of the original value (and key) a dead letter carries
+
+
+def bounded_dead_letter(dl: DeadLetter, limit: int = DLQ_VALUE_LIMIT) -> DeadLetter:
+    """The dead letter, with the original value and key cut to their first ``limit`` bytes.
+
+    A dead letter carries the original bytes base64-encoded (4/3 larger): an input near the
+    broker's 1 MB limit made a dead letter over the producer's ``max_request_size``, whose send
+    failed and took the events agent down (measured with a 900 KB event). The reason says what
+    was cut, so the letter stays truthful; small messages are untouched.
+    """
+    cut = {}
+    notes = []
+    for field, get in (("value_b64", dl.value), ("key_b64", dl.key)):
+        encoded = getattr(dl, field)
+        if encoded is not None and len(encoded) > limit * 4 // 3 + 4:
+            raw = get()
+            cut[field] = base64.b64encode(raw[:limit]).decode("ascii")
+            notes.append(f"{field[:-4]} truncated to its first {limit} of {len(raw)} bytes")
+    if not cut:
+        return dl
+    note = " [" + "; ".join(notes) + "]"
+    return dataclasses.replace(dl, **cut, value_utf8=None, reason=dl.reason[: 2048 - len(note)] + note)
+
+
 def kafka_client_kwargs(s: Settings) -> dict:
     """aiokafka security settings shared by the side consumers."""
     kw: dict = {"security_protocol": s.kafka_security_protocol}
@@ -191,7 +220,11 @@ class Worker:
         async def on_events(stream):
             await self.ready.wait()
             async for batch in stream.take_events(s.max_batch, within=s.max_wait_ms / 1000):
-                await self._handle(batch)
+                try:
+                    await self._handle(batch)
+                except Exception as exc:
+                    await self._fail(exc)
+                    raise
 
         @app.task
         async def startup() -> None:
@@ -212,6 +245,7 @@ class Worker:
             bundle = await asyncio.get_running_loop().run_in_executor(None, self._load_latest)
         self.pipeline = Pipeline(self.s, bundle)
         self.publisher = Publisher(self.redis, self._send_rec, prefix=self.s.redis_prefix, ttl_s=self.s.redis_ttl_s)
+        self._variant_poller = start_variant_poller(self.redis, self.pipeline, self.s)  # runtime A/B split from Redis
         log.info("serving model %s (%s on %s), %d catalog items", bundle.version, bundle.ranker_file,
                  bundle.provider, len(self.pipeline.index))
         asyncio.ensure_future(self._items_feed())
@@ -267,17 +301,35 @@ class Worker:
         async with self.lock:
             result = await self.pipeline.process(msgs, FaustTableStore(self.table, by_msg))
             for dl in result.dead_letters:
-                await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(dl))
+                await self._send_dead_letter(dl)
             for user_id in result.erased:
                 await self.publisher.erase(user_id)
             if result.recs:
                 t0 = time.perf_counter()
                 await self.publisher.publish(result.recs)
+                if result.stats:  # per-variant online metrics for `streamrec-report`
+                    await self.publisher._retry(lambda: write_stats(self.redis, result.stats, self.s.redis_meta_prefix), "stats")
                 metrics.STAGE.labels("publish").observe(time.perf_counter() - t0)
                 wall = time.time() * 1000
                 for rec in result.recs:
                     metrics.LISTS.labels(rec.variant).inc()
                     metrics.LATENCY.observe(max(wall - result.trigger_ts[rec.user_id], 0) / 1000)
+
+    async def _fail(self, exc: BaseException) -> None:
+        """A batch could not be processed: stop the whole worker with a non-zero exit.
+
+        faust only marks a crashed agent dead; measured in tests/integration/test_fuzz.py (a dead
+        letter over the producer's size limit), the process then stayed up and ready while
+        consuming nothing: a silent stall. Exiting instead makes the fault visible and lets the
+        supervisor restart the worker; the batch was not acked, so it is redelivered, and the
+        idempotent state makes the redelivery harmless.
+        """
+        log.critical("event batch failed, stopping the worker: %s: %s", type(exc).__name__, exc)
+        self.probe.ready = False
+        await self.app.crash(exc)
+
+    async def _send_dead_letter(self, dl: DeadLetter) -> None:
+        await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(bounded_dead_letter(dl)))
 
     # ---- side feeds -----------------------------------------------------------------------
     async def _items_feed(self) -> None:
@@ -304,7 +356,7 @@ class Worker:
                 for dl in dead:
                     metrics.EVENTS.labels("items", "dead_letter").inc()
                     metrics.DLQ.labels(dl.error_code).inc()
-                    await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(dl))
+                    await self._send_dead_letter(dl)
                 if items:
                     metrics.EVENTS.labels("items", "valid").inc(len(items))
                     bundle = self.pipeline.bundle

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -42,7 +42,7 @@ def human_age(seconds: float) -> str:
 
 
 def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _cut(text: str | None, n: int) -> str:
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None, now_ms: int | None = None) -> int:
     p.add_argument("--no-pseudonymize", action="store_true", help="use USER_ID as stored even when STREAMREC_PSEUDONYMIZE_KEY is set")
     args = p.parse_args(argv)
     import redis
-    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeout
 
     user = args.user_id
     if not args.no_pseudonymize:

@@ -93,7 +93,7 @@ def render(summary: dict[str, dict]) -> str:
         for v, r in sorted(summary.items())
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     diffs = [(v, r["vs_control"]) for v, r in sorted(summary.items()) if "vs_control" in r]
     if diffs:
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     import redis
-    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeout
 
     r = redis.Redis.from_url(args.redis_url, password=os.environ.get("REDIS_PASSWORD") or None, socket_connect_timeout=5, socket_timeout=5)
     try:

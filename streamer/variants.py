@@ -118,7 +118,8 @@ class VariantPoller:
         return True
 
     async def poll_once(self) -> None:
-        from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeout
 
         try:
             raw = await self.redis.get(self.key)
@@ -138,12 +139,12 @@ class VariantPoller:
                 await self.poll_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the poller must outlive any one bad read
+            except Exception:  # the poller must outlive any one bad read
                 log.exception("A/B split poll failed")
             await asyncio.sleep(self.interval_s)
 
 
-def start_variant_poller(redis, pipeline, settings) -> "asyncio.Task | None":
+def start_variant_poller(redis, pipeline, settings) -> asyncio.Task | None:
     """Start polling (hook for the worker's startup, after the pipeline exists); None when
     ``STREAMREC_VARIANTS_POLL_S`` is 0."""
     export_split(pipeline.variants)

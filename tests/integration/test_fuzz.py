@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from schemas import MAX_MESSAGE_BYTES, ValidationError, decode_dead_letter, decode_event, encode
 from schemas.sources import load_dataset
+from streamer.app import DLQ_VALUE_LIMIT
 from tests.integration.helpers import WorkerProcess, produce, read_all, unique_topics
 from tests.integration.test_faults import metric, wait_until
 
@@ -177,8 +178,9 @@ def build_corpus(data_dir) -> tuple[list[tuple[bytes | None, bytes | None]], dic
             last[ev.user_id] = (ev.event_id, ev.type)
         else:
             invalid[reason] += 1
-            bad_values[value or b""] += 1
-            reasons[value or b""].add(reason)
+            kept = (value or b"")[:DLQ_VALUE_LIMIT]  # a dead letter keeps the first 256 KiB
+            bad_values[kept] += 1
+            reasons[kept].add(reason)
             messages.append((rng.choice([None, b"k", b"12347"]), value))
     return messages, {"last": last, "invalid": invalid, "bad_values": bad_values, "reasons": reasons,
                       "kinds": kinds, "real": len(real), "items": dataset.items}
@@ -272,6 +274,8 @@ def test_ten_thousand_bad_and_mutated_messages(stack, model_root, data_dir, tmp_
     assert got_values == info["bad_values"], "DLQ values differ from the invalid messages sent"
     assert not wrong_reason, wrong_reason[:5]
     assert all(dl.reason and dl.source_topic == topics["events"] and dl.offset >= 0 for dl in decoded)
+    cut = [dl for dl in decoded if "truncated to its first" in dl.reason]
+    assert len(cut) == sum(1 for _k, v in messages if v is not None and len(v) > DLQ_VALUE_LIMIT) >= 1
     assert metric(m, 'streamrec_events_total{outcome="dead_letter",topic="events"}') == n_invalid
     valid_seen = metric(m, 'streamrec_events_total{outcome="valid",topic="events"}') + \
         metric(m, 'streamrec_events_total{outcome="duplicate",topic="events"}') + \

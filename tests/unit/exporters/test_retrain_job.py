@@ -1,0 +1,101 @@
+"""The retrain job end to end on a small synthetic shop, with tiny models."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from exporters import registry
+from exporters.item_training import ItemTrainConfig
+from exporters.job import JobConfig, run
+from exporters.publish import build_model_update
+from exporters.train import RankerTrainConfig
+from schemas.models import Event, ModelUpdate, decode_model_update, encode, validate_manifest
+
+
+def shop(seed: int = 0) -> SimpleNamespace:
+    """60 customers buying from 40 products in baskets through 2011; each customer has a few
+    favourite products (so repeat purchases are learnable)."""
+    rng = np.random.default_rng(seed)
+    start = datetime(2011, 1, 3, tzinfo=timezone.utc).timestamp() * 1000
+    events, n = [], 0
+    for u in range(60):
+        favourites = rng.choice(40, 5, replace=False)
+        t = start + rng.integers(0, 30) * 86_400_000
+        while t < datetime(2011, 12, 1, tzinfo=timezone.utc).timestamp() * 1000:
+            basket = np.unique(np.concatenate([rng.choice(favourites, 3), rng.choice(40, 2)]))
+            for item in basket:
+                events.append(Event(event_id=f"e{n}", user_id=f"c{u}", type="purchase", ts=int(t), item_id=f"P{item:03d}"))
+                n += 1
+            t += rng.integers(7, 40) * 86_400_000
+    events.sort(key=lambda e: e.ts)
+    items = {
+        f"P{i:03d}": SimpleNamespace(item_id=f"P{i:03d}", title=f"{['red', 'blue', 'green', 'gold'][i % 4]} gift {i}", description=None, category=None)
+        for i in range(40)
+    }
+    return SimpleNamespace(name="online_retail", events=events, items=items)
+
+
+def config(root: Path, **kw) -> JobConfig:
+    return JobConfig(
+        dataset="online_retail",
+        model_root=root,
+        tiny=True,
+        max_seq_len=8,
+        cut_step_days=30,
+        item=ItemTrainConfig(steps=3, batch_pairs=32),
+        ranker=RankerTrainConfig(epochs=2, patience=1, batch_size=32),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("registry")
+    return root, run(config(root), dataset=shop())
+
+
+def test_job_writes_a_complete_published_version(first_run) -> None:
+    root, result = first_run
+    assert result.published and registry.read_latest(root) == result.version_dir.name
+    manifest = registry.load_manifest(result.version_dir)
+    validate_manifest(manifest)
+    assert registry.verify_version(result.version_dir) == []
+    assert manifest["kind"] == "trained" and manifest["parity"]["ok"]
+    for name in ("training_curves.png", "metrics.png", "report.json", "report.md", "item_vecs.npy", "tokenizer.json"):
+        assert name in manifest["files"], name
+    report = json.loads((result.version_dir / "report.json").read_text())
+    models = set(report["test"])
+    assert {"popularity", "personal frequency", "ranker (this run)"} <= models
+    assert report["training"]["epochs"] and report["summary"]["protocol"] == "next-line"
+    start, end = manifest["training_window"]["start"], manifest["training_window"]["end"]
+    assert start < end <= datetime(2011, 9, 1, tzinfo=timezone.utc).timestamp() * 1000
+    ids = json.loads((result.version_dir / "item_ids.json").read_text())
+    assert len(ids) == 40 and np.load(result.version_dir / "item_vecs.npy").shape == (40, manifest["dim"])
+
+
+def test_gate_keeps_a_worse_version_unpublished(first_run, tmp_path: Path) -> None:
+    root, first = first_run
+    # Demand an improvement no model can make: the version is written but LATEST stays.
+    second = run(config(root, tolerance=-1.0, version="stricter"), dataset=shop())
+    assert not second.published and "production" in second.gate_reason
+    assert registry.read_latest(root) == first.version_dir.name
+    assert (root / "stricter" / "manifest.json").is_file()
+    report = json.loads((root / "stricter" / "report.json").read_text())
+    assert f"production ({first.version_dir.name})" in report["test"]
+    forced = run(config(root, tolerance=-1.0, force=True, version="forced"), dataset=shop())
+    assert forced.published and registry.read_latest(root) == "forced"
+
+
+def test_model_update_message_round_trips(first_run) -> None:
+    _, result = first_run
+    update = build_model_update(result.version_dir, location="s3://models/x")
+    decoded = decode_model_update(encode(update))
+    assert isinstance(decoded, ModelUpdate) and decoded.version == result.version_dir.name
+    assert decoded.manifest_sha256 == registry.sha256_file(result.version_dir / "manifest.json")
+    assert decoded.metrics["next-line"]["ndcg@10"] == pytest.approx(result.report["summary"]["ndcg@10"])
