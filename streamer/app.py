@@ -394,7 +394,7 @@ class Worker:
                     continue
                 try:
                     await self.swap(Path(update.location), update.manifest_sha256)
-                except Exception:  # noqa: BLE001 - one bad update must not end the feed
+                except Exception:
                     metrics.MODEL_REFUSED.inc()
                     log.exception("model update %s failed; still serving %s", update.version, self.pipeline.bundle.version)
         except asyncio.CancelledError:
@@ -477,7 +477,9 @@ def check_redis_credentials(s: Settings) -> str | None:
     error at start: the publisher waits for it with backoff. Neither message contains the password.
     """
     import redis
-    from redis.exceptions import AuthenticationError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeout
 
     client = redis.Redis.from_url(s.redis_url, password=s.redis_password or None, socket_timeout=5,
                                   socket_connect_timeout=5)

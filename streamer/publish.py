@@ -186,7 +186,8 @@ class Publisher:
         (tests/integration/test_faults.py): one warning per attempt, no busy loop, the lists of
         the whole outage written once Redis is back.
         """
-        from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeout
 
         delay = 0.1
         while True:

@@ -26,7 +26,13 @@ import redis
 from schemas import ModelUpdate, encode
 from streamer.stack import LocalStack, _wait_tcp, free_port
 from streamer.state import UserState
-from tests.integration.helpers import WorkerProcess, event, produce, read_all, unique_topics
+from tests.integration.helpers import (
+    WorkerProcess,
+    event,
+    produce,
+    read_all,
+    unique_topics,
+)
 from tests.integration.test_crash_recovery import ITEMS, final_states
 
 pytestmark = pytest.mark.integration
@@ -55,7 +61,7 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         argv = [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir), "--daemonize", "no"]
         if self.password:
@@ -126,14 +132,25 @@ def make_stream(prefix: str, n_users: int, n: int, start: int, seed: int) -> tup
     return evs, last, counts
 
 
+_SHARED_MODEL: list[Path] = []
+
+
+def shared_model_root(tmp_path_factory) -> Path:
+    """One tiny model version (``v1-good``) for every fault-suite module of this session: an
+    export costs seconds, and these tests only need a valid version, never a particular one."""
+    if not _SHARED_MODEL:
+        from exporters.bootstrap import export_bootstrap
+        from tests.unit.streamer.conftest import CATALOG
+
+        root = tmp_path_factory.mktemp("models")
+        export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v1-good")
+        _SHARED_MODEL.append(root)
+    return _SHARED_MODEL[0]
+
+
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory):
-    from exporters.bootstrap import export_bootstrap
-    from tests.unit.streamer.conftest import CATALOG
-
-    root = tmp_path_factory.mktemp("models")
-    export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v1-good")
-    return root
+    return shared_model_root(tmp_path_factory)
 
 
 # ---- Redis outage ------------------------------------------------------------------------------
@@ -172,6 +189,7 @@ def test_redis_outage_worker_backs_off_and_catches_up(stack, model_root, tmp_pat
         recovery_s = time.monotonic() - back_at
         states = final_states(stack.bootstrap, "redisout", counts)  # every event applied exactly once
         assert states.keys() == counts.keys()
+        wait_until(lambda: metric(w.metrics(), "streamrec_consumer_lag") == 0, 15, "consumer lag drained")
         warnings = re.findall(r"redis unavailable for write \(\w+\); retrying in ([\d.]+) s", w.log.read_text())
         delays = [float(d) for d in warnings]
         m = w.metrics()
@@ -294,7 +312,9 @@ def test_bad_model_refused_at_swap_running_version_keeps_serving(stack, model_ro
     from exporters.bootstrap import export_bootstrap
     from tests.unit.streamer.conftest import CATALOG
 
-    v2 = export_bootstrap(model_root, dataset=None, tiny=True, items=CATALOG, version="v2-good", publish=False)
+    v2 = model_root / "v2-good"
+    if not v2.exists():
+        export_bootstrap(model_root, dataset=None, tiny=True, items=CATALOG, version="v2-good", publish=False)
     topics = unique_topics(stack, "badswap")
     r = redis.Redis.from_url(stack.redis_url)
     w = WorkerProcess(stack, model_root, tmp_path / "w", app_id="badswap", topics=topics).start()

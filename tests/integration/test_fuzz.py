@@ -24,11 +24,17 @@ import redis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from schemas import MAX_MESSAGE_BYTES, ValidationError, decode_dead_letter, decode_event, encode
+from schemas import (
+    MAX_MESSAGE_BYTES,
+    ValidationError,
+    decode_dead_letter,
+    decode_event,
+    encode,
+)
 from schemas.sources import load_dataset
 from streamer.app import DLQ_VALUE_LIMIT
 from tests.integration.helpers import WorkerProcess, produce, read_all, unique_topics
-from tests.integration.test_faults import metric, wait_until
+from tests.integration.test_faults import metric, shared_model_root, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +133,8 @@ def specials() -> list[bytes | None]:
 def hypothesis_messages(n: int) -> list[bytes | None]:
     """Messages invented by hypothesis (derandomized: the same list every run): raw bytes, any
     JSON value, and event-like objects whose fields are mostly valid."""
-    from tests.unit.schemas.test_schema_agreement import events as event_dicts, json_values
+    from tests.unit.schemas.test_schema_agreement import events as event_dicts
+    from tests.unit.schemas.test_schema_agreement import json_values
 
     strategy = st.one_of(
         st.binary(max_size=300),
@@ -181,7 +188,8 @@ def build_corpus(data_dir) -> tuple[list[tuple[bytes | None, bytes | None]], dic
             kept = (value or b"")[:DLQ_VALUE_LIMIT]  # a dead letter keeps the first 256 KiB
             bad_values[kept] += 1
             reasons[kept].add(reason)
-            messages.append((rng.choice([None, b"k", b"12347"]), value))
+            key = rng.choice([None, b"k", b"12347"])
+            messages.append((key if value is not None else b"tombstone", value))  # Kafka needs one of the two
     return messages, {"last": last, "invalid": invalid, "bad_values": bad_values, "reasons": reasons,
                       "kinds": kinds, "real": len(real), "items": dataset.items}
 
@@ -189,12 +197,7 @@ def build_corpus(data_dir) -> tuple[list[tuple[bytes | None, bytes | None]], dic
 # ---- the test --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory):
-    from exporters.bootstrap import export_bootstrap
-    from tests.unit.streamer.conftest import CATALOG
-
-    root = tmp_path_factory.mktemp("models")
-    export_bootstrap(root, dataset=None, tiny=True, items=CATALOG)
-    return root
+    return shared_model_root(tmp_path_factory)
 
 
 async def produce_big(bootstrap: str, topic: str, messages) -> None:

@@ -16,8 +16,14 @@ import orjson
 import pytest
 
 from streamer.ingest import Pseudonymizer
-from tests.integration.helpers import WorkerProcess, event, produce, read_all, unique_topics
-from tests.integration.test_faults import RedisServer, wait_until
+from tests.integration.helpers import (
+    WorkerProcess,
+    event,
+    produce,
+    read_all,
+    unique_topics,
+)
+from tests.integration.test_faults import RedisServer, shared_model_root, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +41,27 @@ def ev(i: int, user: str, item: str | None, **kw):
     return event(i, user, item, event_id=f"priv-ev-{i}", **kw)
 
 
+def redis_value(r, key: bytes) -> bytes:
+    """Every byte a key holds, whatever its type (lists, A/B stats hashes, ...)."""
+    kind = r.type(key)
+    if kind == b"string":
+        return r.get(key) or b""
+    if kind == b"hash":
+        return b"".join(k + v for k, v in r.hgetall(key).items())
+    if kind == b"list":
+        return b"".join(r.lrange(key, 0, -1))
+    if kind == b"set":
+        return b"".join(r.smembers(key))
+    if kind == b"zset":
+        return b"".join(m for m, _s in r.zrange(key, 0, -1, withscores=True))
+    if kind == b"stream":
+        return b"".join(k + v for _id, fields in r.xrange(key) for k, v in fields.items())
+    return r.dump(key) or b""
+
+
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory):
-    from exporters.bootstrap import export_bootstrap
-    from tests.unit.streamer.conftest import CATALOG
-
-    root = tmp_path_factory.mktemp("models")
-    export_bootstrap(root, dataset=None, tiny=True, items=CATALOG)
-    return root
+    return shared_model_root(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +107,7 @@ def test_pseudonymised_ids_no_personal_data_in_logs_metrics_and_erase(stack, mod
         wait_until(fresh_state, 30, "state rebuilt from empty after erase")
 
         # what the worker wrote: Redis, the recommendations topic, the changelog
-        redis_dump = b"".join(k + (r.get(k) or b"") for k in r.scan_iter("*"))
+        redis_dump = b"".join(k + redis_value(r, k) for k in r.scan_iter("*"))
         recs = asyncio.run(read_all(stack.bootstrap, topics["recs"], timeout=10))
         clog = asyncio.run(read_all(stack.bootstrap, changelog, timeout=10))
         metrics_text = w.metrics()

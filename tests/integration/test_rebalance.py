@@ -17,19 +17,19 @@ import redis
 
 from tests.integration.helpers import WorkerProcess, event, produce, unique_topics
 from tests.integration.test_crash_recovery import ITEMS, final_states
-from tests.integration.test_faults import lists_current, metric, wait_until
+from tests.integration.test_faults import (
+    lists_current,
+    metric,
+    shared_model_root,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory):
-    from exporters.bootstrap import export_bootstrap
-    from tests.unit.streamer.conftest import CATALOG
-
-    root = tmp_path_factory.mktemp("models")
-    export_bootstrap(root, dataset=None, tiny=True, items=CATALOG)
-    return root
+    return shared_model_root(tmp_path_factory)
 
 
 def make_events(n_users: int, n: int, seed: int):
