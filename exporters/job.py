@@ -29,7 +29,7 @@ from exporters.features import covis_pairs, feature_params
 from exporters.item_index import ItemIndex, item_fields
 from exporters.item_training import ItemTrainConfig, train_item_vectors
 from exporters.modeling import BASE_MODEL_NAME, base_model_info, pick_device
-from exporters.production import OnnxModel
+from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
 from exporters.train import RankerTrainConfig, TrainStep, config_dict, distributed_context, fit_ranker, model_scorer, seed_everything
@@ -56,7 +56,8 @@ class JobConfig:
     max_examples_per_user: int = 20
     item: ItemTrainConfig = field(default_factory=ItemTrainConfig)
     ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
-    tolerance: float = 0.002
+    tolerance: float = 0.002  # allowed test NDCG@10 drop vs production
+    int8_tolerance: float = 0.002  # allowed validation NDCG@10 drop of the int8 ranker vs fp32
     force: bool = False
     publish: bool = True
     kafka_bootstrap: str | None = None
@@ -174,6 +175,8 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         result = export_models(encoder, ranker, tok, staged.path, max_seq_len=cfg.max_seq_len, item_vecs=index.vecs)
         if not result.parity["ok"]:
             gate_ok, reason = False, "parity check failed"
+        if "int8" in result.variant_files:
+            _check_int8(result, staged.path, inter, val, val_points, vecs, fit.best_val_ndcg, cfg.int8_tolerance)
         tok.save(str(staged.path / TOKENIZER_FILE))
         index.write(staged.path)
         epochs = [{"epoch": e.epoch, "loss": e.loss, "val_ndcg": e.val_ndcg, "seconds": e.seconds} for e in fit.history]
@@ -244,6 +247,18 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         update = publish_model_update(cfg.kafka_bootstrap, final, cfg.kafka_topic, location=cfg.location)
         log.info("announced %s on %s", update.version, cfg.kafka_topic)
     return JobResult(final, published, reason, table, report)
+
+
+def _check_int8(result, folder: Path, inter: Interactions, val, val_points, vecs: np.ndarray, fp32_ndcg: float, tolerance: float) -> None:
+    """Ship the int8 ranker only if its validation NDCG@10 holds (workers prefer it on CPU)."""
+    scorer = onnx_scorer(session(folder / result.variant_files["int8"]), vecs, val_points)
+    ndcg = evaluate(scorer, inter, val)[val.modes[0]].ndcg
+    ok = ndcg >= fp32_ndcg - tolerance
+    result.parity["ranker_int8"].update({"validation_ndcg@10": ndcg, "fp32_validation_ndcg@10": fp32_ndcg, "metric_tolerance": tolerance, "ok": ok})
+    if not ok:
+        (folder / result.variant_files.pop("int8")).unlink()
+        result.ranker_variants.remove("int8")
+    log.info("int8 ranker: validation NDCG@10 %.4f vs fp32 %.4f -> %s", ndcg, fp32_ndcg, "shipped" if ok else "dropped")
 
 
 def _job_dict(cfg: JobConfig) -> dict[str, Any]:

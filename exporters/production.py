@@ -24,9 +24,7 @@ class OnnxModel:
         self.dir = Path(version_dir)
         self.manifest = json.loads((self.dir / "manifest.json").read_text())
         files = self.manifest.get("ranker_variant_files", {"fp32": "ranker.onnx"})
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.dir / files["fp32"]), opts, providers=providers or ["CPUExecutionProvider"])
+        self.session = session(self.dir / files["fp32"], providers)
         self.item_ids: list[str] = json.loads((self.dir / "item_ids.json").read_text())
         self.item_vecs = np.load(self.dir / "item_vecs.npy").astype(np.float32)
         self.max_seq_len = int(self.manifest["max_seq_len"])
@@ -42,26 +40,36 @@ class OnnxModel:
                 out[r] = self.item_vecs[p]
         return out
 
-    def scorer(self, inter: Interactions, points: PointSet, budget_floats: int = 20_000_000):
+    def scorer(self, inter: Interactions, points: PointSet):
         """Full-catalog scores for points built with this model's ``max_seq_len``."""
-        vecs = self.catalog_vectors(inter)
-        n, d = vecs.shape
+        return onnx_scorer(self.session, self.catalog_vectors(inter), points)
 
-        def score(cases: np.ndarray) -> np.ndarray:
-            out = []
-            step = max(1, budget_floats // (n * d))
-            for s in range(0, len(cases), step):
-                idx = cases[s : s + step]
-                seq = points.seq_items[idx]
-                mask = (seq >= 0).astype(np.int64)
-                feeds = {
-                    "seq_vecs": vecs[np.maximum(seq, 0)] * mask[..., None].astype(np.float32),
-                    "seq_types": points.seq_types[idx],
-                    "seq_mask": mask,
-                    "cand_vecs": np.broadcast_to(vecs, (len(idx), n, d)).copy(),
-                    "cand_feats": points.features(idx, vecs),
-                }
-                out.append(self.session.run([RANKER_OUTPUT], feeds)[0])
-            return np.concatenate(out)
 
-        return score
+def session(path: Path, providers: list[str] | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def onnx_scorer(sess: ort.InferenceSession, vecs: np.ndarray, points: PointSet, budget_floats: int = 20_000_000):
+    """Scorer for ``exporters.evaluate``: an ONNX ranker over the whole catalog ``vecs`` [N, D]."""
+    n, d = vecs.shape
+
+    def score(cases: np.ndarray) -> np.ndarray:
+        out = []
+        step = max(1, budget_floats // (n * d))
+        for s in range(0, len(cases), step):
+            idx = cases[s : s + step]
+            seq = points.seq_items[idx]
+            mask = (seq >= 0).astype(np.int64)
+            feeds = {
+                "seq_vecs": vecs[np.maximum(seq, 0)] * mask[..., None].astype(np.float32),
+                "seq_types": points.seq_types[idx],
+                "seq_mask": mask,
+                "cand_vecs": np.broadcast_to(vecs, (len(idx), n, d)).copy(),
+                "cand_feats": points.features(idx, vecs),
+            }
+            out.append(sess.run([RANKER_OUTPUT], feeds)[0])
+        return np.concatenate(out)
+
+    return score
