@@ -28,7 +28,7 @@ from exporters.export import export_models
 from exporters.features import covis_pairs, feature_params
 from exporters.item_index import ItemIndex, item_fields
 from exporters.item_training import ItemTrainConfig, train_item_vectors
-from exporters.modeling import BASE_MODEL_NAME, base_model_info, pick_device
+from exporters.modeling import BASE_MODEL_NAME, TRAINING_INIT_FEATURE_WEIGHTS, TRAINING_INIT_TASTE, base_model_info, pick_device
 from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
@@ -112,6 +112,7 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
     # Stage 1: item vectors.
     t0 = time.perf_counter()
     tok, encoder, ranker = build_models(cfg.tiny, cfg.n_layers, cfg.max_text_len, seed=cfg.seed)
+    ranker.reset_head(TRAINING_INIT_FEATURE_WEIGHTS, TRAINING_INIT_TASTE)
     encoder.to(device)
     ranker.to(device)
     texts, cats = _catalog_texts(inter)

@@ -54,6 +54,17 @@ BOOTSTRAP_FEATURE_WEIGHTS: dict[str, float] = {
     "embedding_sim": 0.0,
 }
 assert tuple(BOOTSTRAP_FEATURE_WEIGHTS) == FEATURE_NAMES
+# Starting point of fine-tuning: personal frequency (the strongest baseline on repeat-heavy
+# data), with trending popularity and taste (cosine, scaled by TRAINING_INIT_TASTE) only as
+# tie-breakers. Early stopping keeps this state unless training beats it on validation.
+TRAINING_INIT_FEATURE_WEIGHTS: dict[str, float] = {
+    "log_personal_weight": 1.0,
+    "personal_recency": 0.0,
+    "log_covis": 0.0,
+    "log_popularity": 0.05,
+    "embedding_sim": 0.0,
+}
+TRAINING_INIT_TASTE = 0.05
 
 
 def pick_device() -> torch.device:
@@ -189,9 +200,9 @@ class Ranker(nn.Module):
         return RankerConfig(self.item_dim, self.bert.config.num_hidden_layers, self.feat_mlp[0].out_features)
 
     @torch.no_grad()
-    def reset_head(self) -> None:
-        """The documented untuned state: content-mean user vector, cosine score plus the linear
-        feature formula. The pretrained transformer layers are kept, gated off."""
+    def reset_head(self, feature_weights: dict[str, float] = BOOTSTRAP_FEATURE_WEIGHTS, taste: float = 1.0) -> None:
+        """The documented untuned state: content-mean user vector, ``taste`` x cosine plus the
+        linear feature formula. The pretrained transformer layers are kept, gated off."""
         hidden = self.bert.config.hidden_size
         if hidden == self.item_dim:
             self.in_proj.weight.copy_(torch.eye(hidden))
@@ -204,8 +215,8 @@ class Ranker(nn.Module):
             weights[type_id, 0] = max(EVENT_WEIGHTS.get(name, 0.0), 0.0)
         self.type_weight.weight.copy_(weights)
         self.gate.weight.zero_()
-        self.bilinear.weight.copy_(torch.eye(self.item_dim))
-        self.feat_linear.weight.copy_(torch.tensor([[BOOTSTRAP_FEATURE_WEIGHTS[n] for n in FEATURE_NAMES]]))
+        self.bilinear.weight.copy_(taste * torch.eye(self.item_dim))
+        self.feat_linear.weight.copy_(torch.tensor([[feature_weights[n] for n in FEATURE_NAMES]]))
         self.feat_linear.bias.zero_()
         self.feat_mlp[2].weight.zero_()
         self.feat_mlp[2].bias.zero_()
