@@ -28,8 +28,8 @@ from typing import Any, Iterable
 
 from exporters import registry
 from exporters.export import export_models
-from exporters.logs import setup_logging
 from exporters.item_index import BOOTSTRAP_CATEGORY_SCALE, ItemIndex, bootstrap_item_index
+from exporters.logs import setup_logging
 from exporters.modeling import (
     BASE_MODEL_NAME,
     BOOTSTRAP_FEATURE_WEIGHTS,

@@ -55,6 +55,7 @@ def _train(args: argparse.Namespace) -> int:
         tiny=args.tiny,
         n_layers=args.layers,
         max_seq_len=args.max_seq_len,
+        cut_step_days=args.cut_step_days,
         item=ItemTrainConfig(text_layers=args.text_layers, steps=args.item_steps, seed=args.seed),
         ranker=RankerTrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, seed=args.seed),
         tolerance=args.tolerance,
@@ -113,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--layers", type=int, default=2, help="pretrained layers in the ranker")
     t.add_argument("--max-seq-len", type=int, default=20)
     t.add_argument("--text-layers", type=int, default=1, help="top item-encoder layers fine-tuned")
-    t.add_argument("--item-steps", type=int, default=100)
-    t.add_argument("--epochs", type=int, default=6)
-    t.add_argument("--patience", type=int, default=2)
+    t.add_argument("--item-steps", type=int, default=60)
+    t.add_argument("--cut-step-days", type=float, default=None, help="spacing of the training cuts (default per data set)")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--patience", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--tolerance", type=float, default=0.002, help="allowed NDCG@10 drop vs production")

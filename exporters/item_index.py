@@ -18,8 +18,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from exporters.modeling import ItemEncoder, hash_unit_vector
-from exporters.text import encode_texts, item_text
-from schemas.ranking import compose_item_vector
+from exporters.text import encode_texts
+from schemas.ranking import compose_item_vector, item_text
 
 # Length of an untrained category vector relative to a (unit) text vector: the category tells
 # less about an item than its own text, so it shifts the text vector without replacing it.

@@ -71,7 +71,7 @@ class ItemTower(nn.Module):
 @dataclass
 class ItemTrainConfig:
     text_layers: int = 1  # top encoder layers fine-tuned (0: text vectors frozen)
-    steps: int = 100
+    steps: int = 60
     batch_pairs: int = 128
     lr_text: float = 3e-5
     lr_vectors: float = 5e-3

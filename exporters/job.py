@@ -38,6 +38,9 @@ from schemas.ranking import EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "ranker (this run)"
+# Training cuts (spacing, first cut after the data starts), in days: the spans differ (a year of
+# invoices, nine days of Taobao clicks).
+CUT_STEP_DAYS = {"online_retail": (28.0, 28.0), "taobao": (1.0, 2.0)}
 
 
 @dataclass
@@ -51,8 +54,8 @@ class JobConfig:
     n_layers: int = 2
     max_seq_len: int = 20
     max_text_len: int = 32
-    cut_step_days: float = 14.0
-    warmup_days: float = 28.0
+    cut_step_days: float | None = None  # default per data set: CUT_STEP_DAYS
+    warmup_days: float | None = None
     max_examples_per_user: int = 20
     item: ItemTrainConfig = field(default_factory=ItemTrainConfig)
     ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
@@ -125,7 +128,8 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
     if protocol == "loo":
         train_ex = event_examples(inter, val, cfg.max_seq_len, cfg.max_examples_per_user)
     else:
-        train_ex = cut_examples(inter, val, cfg.max_seq_len, cfg.cut_step_days, cfg.warmup_days)
+        step_days, warmup_days = CUT_STEP_DAYS.get(inter.name, (7.0, 7.0))
+        train_ex = cut_examples(inter, val, cfg.max_seq_len, cfg.cut_step_days or step_days, cfg.warmup_days or warmup_days)
     val_points, test_points = eval_points(inter, val, cfg.max_seq_len), eval_points(inter, test, cfg.max_seq_len)
     timings["examples"] = time.perf_counter() - t0
     log.info("ranker examples: %d training, %d validation, %d test", len(train_ex.points), len(val_points), len(test_points))
@@ -180,7 +184,8 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
             _check_int8(result, staged.path, inter, val, val_points, vecs, fit.best_val_ndcg, cfg.int8_tolerance)
         tok.save(str(staged.path / TOKENIZER_FILE))
         index.write(staged.path)
-        epochs = [{"epoch": e.epoch, "loss": e.loss, "val_ndcg": e.val_ndcg, "seconds": e.seconds} for e in fit.history]
+        epochs = [{"epoch": 0, "loss": None, "val_ndcg": fit.initial_val_ndcg, "seconds": 0.0}]
+        epochs += [{"epoch": e.epoch, "loss": e.loss, "val_ndcg": e.val_ndcg, "seconds": e.seconds} for e in fit.history]
         references = {
             f"item-kNN K={base.knn_k}": base.validation[f"item-kNN K={base.knn_k}"],
             f"blend a={base.blend_a:g}": base.validation[f"blend a={base.blend_a:g}"],

@@ -24,13 +24,14 @@ def metrics_json(rows: dict[str, dict[str, Metrics]]) -> dict[str, dict[str, dic
 
 
 def plot_curves(path: Path, item_losses: list[float], epochs: list[dict[str, float]], baseline_ndcg: dict[str, float]) -> None:
-    """Item-vector loss per step, ranker loss per epoch and validation NDCG@10 per epoch (with
-    the validation NDCG of the baselines as dashed lines)."""
+    """Item-vector loss per step, ranker loss per epoch and validation NDCG@10 per epoch (epoch
+    0: before ranker training), with the validation NDCG of tuned baselines as dashed lines."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(item_losses, color="tab:purple")
     axes[0].set(title="item vectors: contrastive loss", xlabel="step", ylabel="loss")
     xs = [e["epoch"] for e in epochs]
-    axes[1].plot(xs, [e["loss"] for e in epochs], marker="o")
+    trained = [e for e in epochs if e["loss"] is not None]
+    axes[1].plot([e["epoch"] for e in trained], [e["loss"] for e in trained], marker="o")
     axes[1].set(title="ranker: training loss", xlabel="epoch", ylabel="cross-entropy")
     axes[2].plot(xs, [e["val_ndcg"] for e in epochs], marker="o", label="ranker")
     for i, (name, value) in enumerate(sorted(baseline_ndcg.items(), key=lambda kv: -kv[1])[:3]):

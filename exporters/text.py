@@ -1,4 +1,4 @@
-"""Item text, tokenisation and batch encoding of a catalog.
+"""Tokenisation and batch encoding of item texts (``schemas.ranking.item_text``).
 
 The job tokenises with the very ``tokenizers.Tokenizer`` it saves into the model directory
 (``tokenizer.json``), so training, export and the worker see identical token ids.
@@ -27,15 +27,6 @@ def load_tokenizer(max_text_len: int) -> Tokenizer:
     tok.enable_truncation(max_length=max_text_len)
     tok.enable_padding(pad_id=PAD_ID, pad_token="[PAD]")
     return tok
-
-
-def item_text(title: str | None, description: str | None = None) -> str:
-    """The text the item encoder sees: title and description joined ('' when the item has none)."""
-    parts = [p.strip() for p in (title, description) if p and p.strip()]
-    # Online Retail puts the description in both fields at times: keep one copy.
-    if len(parts) == 2 and parts[0].lower() == parts[1].lower():
-        parts = parts[:1]
-    return " ".join(parts)
 
 
 def tokenize(tok: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RankerTrainConfig:
-    epochs: int = 6
-    patience: int = 2
+    epochs: int = 3
+    patience: int = 1
     batch_size: int = 64
     lr_bert: float = 5e-5
     lr_head: float = 2e-3
@@ -69,6 +69,7 @@ class EpochLog:
 @dataclass
 class RankerTrainResult:
     history: list[EpochLog] = field(default_factory=list)
+    initial_val_ndcg: float = 0.0  # before any ranker step (epoch 0; kept if no epoch beats it)
     best_epoch: int = 0
     best_val_ndcg: float = float("-inf")
 
@@ -175,6 +176,7 @@ def fit_ranker(
     result = RankerTrainResult()
     mode = val.modes[0]
     result.best_val_ndcg = evaluate(model_scorer(step, val_points, device), inter, val)[mode].ndcg if rank == 0 else 0.0
+    result.initial_val_ndcg = result.best_val_ndcg
     if rank == 0:
         torch.save(step.state_dict(), checkpoint)
     log.info("validation NDCG@10 before ranker training: %.4f", result.best_val_ndcg)

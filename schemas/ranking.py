@@ -85,6 +85,16 @@ MODEL_DIR_LAYOUT = """
 """
 
 
+def item_text(title: str | None, description: str | None = None) -> str:
+    """The text the item encoder sees: title and description joined by a space ('' when the
+    item has none; a description equal to the title counts once). The job builds the catalog
+    vectors with it, so a worker encoding a new item must use it too."""
+    parts = [p.strip() for p in (title, description) if p and p.strip()]
+    if len(parts) == 2 and parts[0].lower() == parts[1].lower():
+        parts = parts[:1]
+    return " ".join(parts)
+
+
 def compose_item_vector(text_vec: np.ndarray | None, category_vec: np.ndarray | None) -> np.ndarray | None:
     """Vector of an item that is not in the model's item index (a new item).
 

@@ -61,15 +61,13 @@ def _patch_recovery_after_broker_reset() -> None:
 
     The local RocksDB store remembers the last changelog offset it saw per partition. When the
     broker lost the changelog (the embedded Tansu broker keeps everything in memory, so a broker
-    restart empties every topic; a real cluster can lose data too), that offset is beyond the
-    changelog's end and faust raises ``ConsistencyError`` during recovery: the worker crashed on
-    the next rebalance and on every restart after it (a crash loop, measured in
-    tests/integration/test_faults.py) until someone deleted the state folder.
-
-    Here such a partition is read again from the changelog's beginning, applied on top of the
-    local store: the keys the changelog still holds win, the rest of the local state is kept.
-    Offsets move back in line with the broker on the next changelog write. Nothing changes when
-    local offsets are consistent (the normal case): faust's own check stays enabled.
+    restart empties every topic), that offset is beyond the changelog's end and faust raised
+    ``ConsistencyError`` during recovery: the worker crashed on the rebalance after the broker
+    restart and on every start after it (a crash loop until the state folder was deleted;
+    measured in tests/integration/test_faults.py). Such a partition is now read from the
+    changelog's beginning instead, and the offsets move back in line with the broker on the next
+    changelog write. Nothing changes while local offsets are consistent (the normal case, always
+    on a broker that keeps its data): faust's own check stays enabled for everything else.
     """
     from faust.tables.recovery import Recovery
 
