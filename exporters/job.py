@@ -138,7 +138,7 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
     ckpt_dir = root / ".checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    fit = fit_ranker(step, train_ex, inter, val, val_points, cfg.ranker, device, ckpt_dir / f"{inter.name}-{protocol}-rank{rank}.pt")
+    fit = fit_ranker(step, train_ex, inter, val, val_points, cfg.ranker, device, ckpt_dir / f"{inter.name}-{protocol}.pt")
     timings["ranker"] = time.perf_counter() - t0
     if rank != 0:
         return JobResult(Path(), False, "not rank 0", "", {})

@@ -179,7 +179,8 @@ def fit_ranker(
     result.initial_val_ndcg = result.best_val_ndcg
     if rank == 0:
         torch.save(step.state_dict(), checkpoint)
-    log.info("validation NDCG@10 before ranker training: %.4f", result.best_val_ndcg)
+    if rank == 0:
+        log.info("validation NDCG@10 before ranker training: %.4f", result.best_val_ndcg)
     bad_epochs = 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -216,7 +217,8 @@ def fit_ranker(
             bad_epochs += 1
         entry = EpochLog(epoch, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
         result.history.append(entry)
-        log.info("epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %d), %.0fs", epoch, entry.loss, val_ndcg, result.best_val_ndcg, result.best_epoch, entry.seconds)
+        if rank == 0:
+            log.info("epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %d), %.0fs", epoch, entry.loss, val_ndcg, result.best_val_ndcg, result.best_epoch, entry.seconds)
         stop = torch.tensor([int(bad_epochs >= cfg.patience)])
         if world > 1:
             dist.broadcast(stop, src=0)
