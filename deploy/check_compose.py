@@ -112,6 +112,22 @@ PRODUCT_ENV_VARS: dict[str, str] = {
     "STREAMREC_DATA_DIR": "where the data sets are (mounted read-only)",
     "STREAMREC_LOG_LEVEL": "log level of the streamrec loggers",
     "STREAMREC_FAUST_LOG_LEVEL": "log level of faust itself",
+    "KAFKA_SSL_CERTFILE": 'Kafka TLS client certificate (PEM)',
+    "KAFKA_SSL_KEYFILE": 'private key of the client certificate',
+    "KAFKA_SSL_KEY_PASSWORD": 'password of an encrypted KAFKA_SSL_KEYFILE',
+    "KAFKA_SSL_CHECK_HOSTNAME": "verify that the broker's certificate names the host connected to",
+    "REDIS_SSL_CAFILE": 'CA bundle for Redis TLS',
+    "REDIS_SSL_CERTFILE": 'Redis TLS client certificate (PEM)',
+    "REDIS_SSL_KEYFILE": 'private key of the client certificate',
+    "REDIS_SSL_CHECK_HOSTNAME": "verify that the Redis server's certificate names the host connected to",
+    "STREAMREC_FETCH_MAX_WAIT_MS": 'longest a fetch waits on the broker',
+    "STREAMREC_LOST_LOG_CHECK_S": "how often the worker checks that its consumers' positions lie inside the broker's logs",
+    "STREAMREC_SEARCH_INTENT_EVENTS": "later events for which the user's last search keeps adding candidates and top slots",
+    "STREAMREC_SEARCH_INTENT_S": 'event-time seconds after which a search no longer shapes the list',
+    "STREAMREC_SEARCH_SHARE": "share of the list's top slots given to the best query matches on a search event",
+    "STREAMREC_ATTRIBUTION_WINDOW_S": "event-time window in which a click, add-to-cart or purchase of a listed item is attributed to the user's live list",
+    "STREAMREC_VARIANTS_POLL_S": 'how often the worker reads the runtime A/B split from Redis <meta prefix>config:variants',
+    "STREAMREC_REDIS_META_PREFIX": "prefix of the worker's own Redis keys: <prefix>config:variants",
 }
 
 #: Product variables read outside streamer.settings (replay/retrain data, logging).

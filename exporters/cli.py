@@ -57,7 +57,11 @@ def _train(args: argparse.Namespace) -> int:
         max_seq_len=args.max_seq_len,
         cut_step_days=args.cut_step_days,
         item=ItemTrainConfig(text_layers=args.text_layers, steps=args.item_steps, seed=args.seed),
-        ranker=RankerTrainConfig(epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, seed=args.seed),
+        ranker=RankerTrainConfig(
+            epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, seed=args.seed,
+            **{k: v for k, v in (("lr_bert", args.lr_bert), ("lr_head", args.lr_head), ("lr_items", args.lr_items),
+                                 ("aux_target_weight", args.aux_weight), ("val_every", args.val_every), ("head_k", args.head_k)) if v is not None},
+        ),
         tolerance=args.tolerance,
         force=args.force,
         publish=not args.no_publish,
@@ -120,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--patience", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr-bert", type=float, default=None, help="(default: RankerTrainConfig) learning rate of the ranker's BERT layers")
+    t.add_argument("--lr-head", type=float, default=None, help="(default: RankerTrainConfig) learning rate of the scoring head")
+    t.add_argument("--lr-items", type=float, default=None, help="(default: RankerTrainConfig) learning rate of item vectors (0 freezes them)")
+    t.add_argument("--head-k", type=int, default=None,
+                   help="softmax over each example's current top K items plus its targets (default 0: the whole catalog)")
+    t.add_argument("--val-every", type=int, default=None, help="also validate every N steps inside an epoch (default: epoch ends)")
+    t.add_argument("--aux-weight", type=float, default=None,
+                   help="loss weight of the target's basket mates (the target has 1; 0 trains on the target alone)")
     t.add_argument("--tolerance", type=float, default=0.002, help="allowed NDCG@10 drop vs production")
     t.add_argument("--force", action="store_true", help="publish even if worse than production")
     t.add_argument("--no-publish", action="store_true", help="write the version, leave LATEST alone")

@@ -28,21 +28,13 @@ import numpy as np
 from scipy import sparse
 
 from exporters.dataset import Interactions
-from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, EVENT_WEIGHTS, NUM_FEATURES, RECENCY_DAYS
-
-# Must equal the worker's (streamer.candidates.COVIS_WINDOW, settings half_life_days); both are
-# written to the manifest's "feature_params" so a mismatch is visible.
-COVIS_WINDOW = 5
-HALF_LIFE_DAYS = 14.0
+from schemas.ranking import COVIS_WINDOW, DAY_MS, EVENT_TYPE_IDS, EVENT_WEIGHTS, NUM_FEATURES, RECENCY_DAYS
+from schemas.ranking import DEFAULT_HALF_LIFE_DAYS as HALF_LIFE_DAYS
 HOUR_MS = 3_600_000
 
 _WEIGHT_OF_TYPE = np.zeros(max(EVENT_TYPE_IDS.values()) + 1)
 for _name, _tid in EVENT_TYPE_IDS.items():
     _WEIGHT_OF_TYPE[_tid] = EVENT_WEIGHTS.get(_name, 0.0)
-
-
-def feature_params() -> dict[str, float]:
-    return {"covis_window": COVIS_WINDOW, "half_life_days": HALF_LIFE_DAYS, "recency_days": RECENCY_DAYS}
 
 
 @dataclass

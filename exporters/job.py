@@ -25,7 +25,7 @@ from exporters.bootstrap import TOKENIZER_FILE, build_models
 from exporters.dataset import CUTS, PROTOCOLS, Interactions, build_interactions, make_split
 from exporters.evaluate import Metrics, evaluate
 from exporters.export import export_models
-from exporters.features import covis_pairs, feature_params
+from exporters.features import covis_pairs
 from exporters.item_index import ItemIndex, item_fields
 from exporters.item_training import ItemTrainConfig, train_item_vectors
 from exporters.modeling import BASE_MODEL_NAME, TRAINING_INIT_FEATURE_WEIGHTS, TRAINING_INIT_TASTE, base_model_info, pick_device
@@ -34,7 +34,7 @@ from exporters.publish import publish_model_update
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
 from exporters.train import RankerTrainConfig, TrainStep, config_dict, distributed_context, fit_ranker, model_scorer, seed_everything
 from exporters.trainset import cut_examples, eval_points, event_examples
-from schemas.ranking import EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector
+from schemas.ranking import EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "ranker (this run)"
@@ -155,6 +155,16 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         prod_name = f"production ({production})"
         rows[prod_name] = evaluate(prod.scorer(inter, eval_points(inter, test, prod.max_seq_len)), inter, test)
     rows[MODEL_NAME] = evaluate(model_scorer(step, test_points, device), inter, test)
+    # The data set's other protocols (online_retail: next-new) read out with the same model: it
+    # is trained for the first protocol, but the other question matters to the product too.
+    other: dict[str, tuple[Any, dict[str, dict[str, Metrics]]]] = {}
+    for extra in PROTOCOLS[inter.name]:
+        if extra == protocol:
+            continue
+        extra_test = make_split(inter, extra, "test")
+        extra_rows = dict(run_baselines(inter, extra).test)
+        extra_rows[MODEL_NAME] = evaluate(model_scorer(step, eval_points(inter, extra_test, cfg.max_seq_len), device), inter, extra_test)
+        other[extra] = (extra_test, extra_rows)
     timings["evaluation"] = time.perf_counter() - t0
 
     ours = rows[MODEL_NAME][mode]
@@ -189,6 +199,7 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         references = {
             f"item-kNN K={base.knn_k}": base.validation[f"item-kNN K={base.knn_k}"],
             f"blend a={base.blend_a:g}": base.validation[f"blend a={base.blend_a:g}"],
+            **{n: base.validation[n] for n in ("personal frequency", "Markov chain") if n in base.validation},
         }
         plot_curves(staged.path / CURVES_FILE, item_losses, epochs, references)
         plot_metrics(staged.path / METRICS_FILE, title, rows, mode)
@@ -219,7 +230,10 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
             "device": str(device),
             "world_size": world,
         }
-        table = write_report(staged.path, report, title, rows, test.modes)
+        report["other_protocols"] = {name: {"cases": len(sp), "test": metrics_json(r)} for name, (sp, r) in other.items()}
+        extra_titles = {name: f"{inter.name} {name} ({len(sp)} test cases, same model)" for name, (sp, _) in other.items()}
+        table = write_report(staged.path, report, title, rows, test.modes,
+                             extra=[(extra_titles[n], r, sp.modes) for n, (sp, r) in other.items()])
         _, val_cut = CUTS.get(inter.name, (0, 0))
         fit_ts = inter.ts[val.fit]
         manifest = {
@@ -248,6 +262,8 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         }
         final = staged.commit(manifest, publish=gate_ok and cfg.publish)
     published = gate_ok and cfg.publish
+    if gate_ok and not cfg.publish:
+        reason += "; publishing disabled"
     log.info("version %s written (%s); %s", final, "published" if published else "NOT published", reason)
     if published and cfg.kafka_bootstrap:
         update = publish_model_update(cfg.kafka_bootstrap, final, cfg.kafka_topic, location=cfg.location)

@@ -34,6 +34,9 @@ def plot_curves(path: Path, item_losses: list[float], epochs: list[dict[str, flo
     axes[1].plot([e["epoch"] for e in trained], [e["loss"] for e in trained], marker="o")
     axes[1].set(title="ranker: training loss", xlabel="epoch", ylabel="cross-entropy")
     axes[2].plot(xs, [e["val_ndcg"] for e in epochs], marker="o", label="ranker")
+    best = max(epochs, key=lambda e: e["val_ndcg"])
+    axes[2].plot([best["epoch"]], [best["val_ndcg"]], marker="*", markersize=14, color="tab:red", linestyle="none",
+                 label=f"kept: epoch {best['epoch']}")
     for i, (name, value) in enumerate(sorted(baseline_ndcg.items(), key=lambda kv: -kv[1])[:3]):
         axes[2].axhline(value, linestyle="--", color=f"C{i + 1}", label=name)
     axes[2].set(title="validation NDCG@10 (full ranking)", xlabel="epoch")
@@ -58,9 +61,17 @@ def plot_metrics(path: Path, title: str, rows: dict[str, dict[str, Metrics]], mo
     plt.close(fig)
 
 
-def write_report(folder: Path, report: dict[str, Any], title: str, rows: dict[str, dict[str, Metrics]], modes: tuple[str, ...]) -> str:
-    """report.json + report.md; returns the markdown table (also printed by the CLI)."""
-    table = format_table(title, rows, modes)
+def write_report(
+    folder: Path,
+    report: dict[str, Any],
+    title: str,
+    rows: dict[str, dict[str, Metrics]],
+    modes: tuple[str, ...],
+    extra: list[tuple[str, dict[str, dict[str, Metrics]], tuple[str, ...]]] = (),  # type: ignore[assignment]
+) -> str:
+    """report.json + report.md; returns the markdown tables (also printed by the CLI): the
+    trained protocol first, then ``extra`` (title, rows, modes) tables of other protocols."""
+    table = "\n\n".join([format_table(title, rows, modes), *(format_table(t, r, m) for t, r, m in extra)])
     (folder / REPORT_FILE).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     (folder / TABLE_FILE).write_text(table + "\n")
     return table

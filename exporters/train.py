@@ -56,11 +56,13 @@ class RankerTrainConfig:
     sampled_negatives: int = 4096
     seed: int = 0
     max_examples: int | None = None  # cap (tests, quick runs)
+    head_k: int = 0  # >0: softmax over each example's current top head_k items plus its targets (a loss for the top of the list)
+    val_every: int = 0  # also validate (and checkpoint if better) every N steps inside an epoch; 0: epoch ends only
 
 
 @dataclass
 class EpochLog:
-    epoch: int
+    epoch: float  # fractional for checks inside an epoch (val_every)
     loss: float
     val_ndcg: float
     seconds: float
@@ -70,7 +72,7 @@ class EpochLog:
 class RankerTrainResult:
     history: list[EpochLog] = field(default_factory=list)
     initial_val_ndcg: float = 0.0  # before any ranker step (epoch 0; kept if no epoch beats it)
-    best_epoch: int = 0
+    best_epoch: float = 0  # fractional when the best check was inside an epoch
     best_val_ndcg: float = float("-inf")
 
 
@@ -132,8 +134,24 @@ def model_scorer(step: TrainStep, points: PointSet, device: torch.device, chunk:
     return score
 
 
-def _loss(logits: torch.Tensor, targets: list[np.ndarray], cand_pos: dict[int, int] | None, aux: float, device) -> torch.Tensor:
-    """Weighted cross-entropy: each example's target weight 1, its basket mates ``aux``."""
+def head_mask(logits: torch.Tensor, targets: list[np.ndarray], cand_pos: dict[int, int] | None, k: int) -> torch.Tensor:
+    """Additive mask [B, C]: 0 on each row's current top ``k`` columns and its target columns,
+    -inf elsewhere, so the softmax only orders the head of the list (NDCG@10 never sees the tail)."""
+    k = min(k, logits.shape[1])
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    keep.scatter_(1, logits.detach().topk(k, dim=1).indices, True)
+    for r, t in enumerate(targets):
+        cols = [cand_pos[i] for i in t] if cand_pos is not None else list(t)
+        keep[r, cols] = True
+    return torch.zeros_like(logits).masked_fill(~keep, float("-inf"))
+
+
+def _loss(logits: torch.Tensor, targets: list[np.ndarray], cand_pos: dict[int, int] | None, aux: float, device,
+          head_k: int = 0) -> torch.Tensor:
+    """Weighted cross-entropy: each example's target weight 1, its basket mates ``aux``;
+    with ``head_k``, over the head of each row only (``head_mask``)."""
+    if head_k > 0:
+        logits = logits + head_mask(logits, targets, cand_pos, head_k)
     logp = F.log_softmax(logits, dim=-1)
     total = logits.new_zeros(())
     for r, t in enumerate(targets):
@@ -175,10 +193,19 @@ def fit_ranker(
     n_examples = len(train.points) if cfg.max_examples is None else min(cfg.max_examples, len(train.points))
     result = RankerTrainResult()
     mode = val.modes[0]
-    result.best_val_ndcg = evaluate(model_scorer(step, val_points, device), inter, val)[mode].ndcg if rank == 0 else 0.0
+
+    def validate(at: float) -> tuple[float, bool]:
+        """Validation NDCG@10 now (rank 0; others 0.0); checkpoint and record when it is the best."""
+        ndcg = evaluate(model_scorer(step, val_points, device), inter, val)[mode].ndcg if rank == 0 else 0.0
+        better = ndcg > result.best_val_ndcg
+        if better:
+            result.best_val_ndcg, result.best_epoch = ndcg, at
+            if rank == 0:
+                torch.save(step.state_dict(), checkpoint)
+        return ndcg, better
+
+    validate(0)
     result.initial_val_ndcg = result.best_val_ndcg
-    if rank == 0:
-        torch.save(step.state_dict(), checkpoint)
     if rank == 0:
         log.info("validation NDCG@10 before ranker training: %.4f", result.best_val_ndcg)
     bad_epochs = 0
@@ -188,7 +215,9 @@ def fit_ranker(
         order = rng.permutation(len(train.points))[:n_examples][rank::world]
         total, seen = 0.0, 0
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"ranker epoch {epoch}", leave=False, mininterval=5, disable=None if rank == 0 else True)
-        for s in bar:
+        n_steps = len(bar)
+        improved_inside = False
+        for step_no, s in enumerate(bar, start=1):
             idx = order[s : s + cfg.batch_size]
             targets = [train.targets[i] for i in idx]
             with torch.no_grad():
@@ -201,24 +230,31 @@ def fit_ranker(
                 cand_rows, cand_pos = cands, {int(c): i for i, c in enumerate(cands)}
             seq_rows, seq_types, feats = _batch_inputs(train.points, idx, vecs, device, cand_rows)
             logits = model(seq_rows, seq_types, feats, None if cand_rows is None else torch.from_numpy(cand_rows).to(device))
-            loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device)
+            loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device, cfg.head_k)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
-        val_ndcg = evaluate(model_scorer(step, val_points, device), inter, val)[mode].ndcg if rank == 0 else 0.0
-        improved = val_ndcg > result.best_val_ndcg
-        if improved and rank == 0:
-            result.best_val_ndcg, result.best_epoch, bad_epochs = val_ndcg, epoch, 0
-            torch.save(step.state_dict(), checkpoint)
-        elif not improved:
+            if cfg.val_every and rank == 0 and step_no % cfg.val_every == 0 and step_no < n_steps:
+                # A check inside the epoch: checkpoint when better; stopping is decided at epoch ends
+                # only, so every rank of a distributed run stops at the same step.
+                at = round(epoch - 1 + step_no / n_steps, 3)
+                inner, better = validate(at)
+                improved_inside |= better
+                result.history.append(EpochLog(at, total / max(seen, 1), inner, time.perf_counter() - t0))
+                log.info("epoch %.2f: loss %.4f, validation NDCG@10 %.4f (best %.4f)", at, total / max(seen, 1), inner, result.best_val_ndcg)
+                step.train()
+        val_ndcg, improved = validate(epoch)
+        if improved or improved_inside:
+            bad_epochs = 0
+        else:
             bad_epochs += 1
         entry = EpochLog(epoch, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
         result.history.append(entry)
         if rank == 0:
-            log.info("epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %d), %.0fs", epoch, entry.loss, val_ndcg, result.best_val_ndcg, result.best_epoch, entry.seconds)
+            log.info("epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs", epoch, entry.loss, val_ndcg, result.best_val_ndcg, result.best_epoch, entry.seconds)
         stop = torch.tensor([int(bad_epochs >= cfg.patience)])
         if world > 1:
             dist.broadcast(stop, src=0)

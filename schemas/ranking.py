@@ -57,6 +57,17 @@ FEATURE_NAMES: tuple[str, ...] = (
 NUM_FEATURES = len(FEATURE_NAMES)
 RECENCY_DAYS = 30.0
 DAY_MS = 86_400_000
+# Co-visitation: each positive event pairs with the user's previous COVIS_WINDOW items (both
+# directions); the candidate feature sums the pair counts from the user's last COVIS_WINDOW items.
+COVIS_WINDOW = 5
+# Default event-time half-life of the user embedding and of trending popularity (the worker's
+# STREAMREC_HALF_LIFE_DAYS; the job writes the value it trained with to the manifest).
+DEFAULT_HALF_LIFE_DAYS = 14.0
+
+
+def feature_params(half_life_days: float = DEFAULT_HALF_LIFE_DAYS) -> dict[str, float]:
+    """The parameters behind FEATURE_NAMES, as written to a manifest's ``feature_params``."""
+    return {"covis_window": COVIS_WINDOW, "half_life_days": half_life_days, "recency_days": RECENCY_DAYS}
 
 # ONNX signatures (dynamic axes: B batch, L sequence, C candidates, T tokens, N items).
 ITEM_ENCODER_INPUTS = ("input_ids", "attention_mask")  # int64 [N, T], int64 [N, T]
@@ -157,6 +168,10 @@ def check_manifest_features(manifest: Mapping[str, object]) -> str | None:
     names: Sequence[str] = manifest.get("features", ())  # type: ignore[assignment]
     if tuple(names) != FEATURE_NAMES:
         return f"features mismatch: model expects {list(names)}, worker computes {list(FEATURE_NAMES)}"
+    params = manifest.get("feature_params") or {}
+    for key, ours in (("covis_window", COVIS_WINDOW), ("recency_days", RECENCY_DAYS)):
+        if key in params and float(params[key]) != float(ours):  # type: ignore[index]
+            return f"feature_params mismatch: model was trained with {key}={params[key]}, worker computes {ours}"  # type: ignore[index]
     types = manifest.get("event_type_ids", {})
     if dict(types) != EVENT_TYPE_IDS:  # type: ignore[arg-type]
         return "event_type_ids mismatch between model and worker"

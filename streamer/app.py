@@ -28,12 +28,13 @@ import numpy as np
 from faust.streams import _current_event
 
 from schemas import DeadLetter, ValidationError, decode_model_update, encode
-from streamer import metrics
+from streamer import metrics, watchdog
 from streamer.attribution import write_stats
 from streamer.ingest import RawMessage, parse_item
 from streamer.model import ModelBundle, ModelRefused, latest_version_dir
 from streamer.pipeline import Pipeline
 from streamer.publish import Publisher
+from streamer.security import faust_credentials, kafka_client_kwargs, kafka_ssl_context, redis_client_kwargs
 from streamer.settings import Settings, SettingsError
 from streamer.variants import start_variant_poller
 
@@ -143,33 +144,6 @@ def bounded_dead_letter(dl: DeadLetter, limit: int = DLQ_VALUE_LIMIT) -> DeadLet
     return dataclasses.replace(dl, **cut, value_utf8=None, reason=dl.reason[: 2048 - len(note)] + note)
 
 
-def kafka_client_kwargs(s: Settings) -> dict:
-    """aiokafka security settings shared by the side consumers."""
-    kw: dict = {"security_protocol": s.kafka_security_protocol}
-    if s.kafka_security_protocol.startswith("SASL"):
-        kw.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-                  sasl_plain_password=s.kafka_sasl_password)
-    if s.kafka_security_protocol.endswith("SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        kw["ssl_context"] = create_ssl_context(cafile=s.kafka_ssl_cafile or None)
-    return kw
-
-
-def faust_credentials(s: Settings):
-    if s.kafka_security_protocol == "PLAINTEXT":
-        return None
-    ssl_context = None
-    if s.kafka_security_protocol.endswith("SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        ssl_context = create_ssl_context(cafile=s.kafka_ssl_cafile or None)
-    if s.kafka_security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
-                                     mechanism=s.kafka_sasl_mechanism, ssl_context=ssl_context)
-    return faust.SSLCredentials(ssl_context)
-
-
 class Worker:
     """Owns the faust app, the pipeline, the Redis client and the side feeds."""
 
@@ -181,6 +155,7 @@ class Worker:
         self.probe = metrics.ProbeServer(settings.metrics_port)
         self.redis = None
         self._preloaded: ModelBundle | None = None  # verified by main() before faust starts
+        self._last_seen: dict = {}  # (topic, partition) -> (offset, fingerprint) of the last event handled
         self.app = self._build_app()
 
     # ---- faust wiring ---------------------------------------------------------------------
@@ -235,7 +210,7 @@ class Worker:
     async def _startup(self) -> None:
         import redis.asyncio as aioredis
 
-        self.redis = aioredis.from_url(self.s.redis_url, password=self.s.redis_password or None,
+        self.redis = aioredis.from_url(self.s.redis_url, **redis_client_kwargs(self.s),
                                        socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
         await self.probe.start()
         bundle, self._preloaded = self._preloaded, None
@@ -249,6 +224,12 @@ class Worker:
         asyncio.ensure_future(self._items_feed())
         asyncio.ensure_future(self._model_feed())
         asyncio.ensure_future(self._lag_monitor())
+        # a partition whose log the broker lost (memory-only broker restarted) is rewound instead
+        # of waiting for ever past the new log's end: see streamer/watchdog.py
+        probe = watchdog.RecordProbe(self.s.kafka_bootstrap, **kafka_client_kwargs(self.s))
+        self._watchdog = watchdog.start(watchdog.FaustConsumerHandle(self.app.consumer, [self.s.events_topic],
+                                                                     last_seen=self._last_seen, probe=probe),
+                                        self.s.lost_log_check_s)
         self.probe.ready = True
         self.ready.set()
 
@@ -296,6 +277,11 @@ class Worker:
             raw = RawMessage(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000))
             msgs.append(raw)
             by_msg[(m.partition, m.offset)] = ev
+        last = {}
+        for ev in batch:  # the last record per partition, for the lost-log watchdog's replaced-log check
+            last[(ev.message.topic, ev.message.partition)] = ev.message
+        for key, m in last.items():
+            self._last_seen[key] = (m.offset, watchdog.fingerprint(round(m.timestamp * 1000), m.key, m.value))
         async with self.lock:
             result = await self.pipeline.process(msgs, FaustTableStore(self.table, by_msg))
             for dl in result.dead_letters:
@@ -338,11 +324,13 @@ class Worker:
                                     auto_offset_reset="earliest", fetch_max_wait_ms=self.s.fetch_max_wait_ms,
                                     **kafka_client_kwargs(self.s))
         await consumer.start()
+        guard = None
         try:
             parts = await self._partitions(consumer, self.s.items_topic)
             tps = [TopicPartition(self.s.items_topic, p) for p in parts]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
+            guard = watchdog.start(watchdog.AIOKafkaHandle(consumer, "items feed"), self.s.lost_log_check_s)
             while True:
                 records = await consumer.getmany(timeout_ms=500, max_records=1000)
                 items, dead = [], []
@@ -368,6 +356,8 @@ class Worker:
             await asyncio.sleep(2)
             asyncio.ensure_future(self._items_feed())
         finally:
+            if guard is not None:
+                guard.cancel()
             await consumer.stop()
 
     async def _model_feed(self) -> None:
@@ -378,11 +368,13 @@ class Worker:
                                     auto_offset_reset="latest", fetch_max_wait_ms=max(self.s.fetch_max_wait_ms, 100),
                                     **kafka_client_kwargs(self.s))
         await consumer.start()
+        guard = None
         try:
             parts = await self._partitions(consumer, self.s.model_updates_topic)
             tps = [TopicPartition(self.s.model_updates_topic, p) for p in parts]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
+            guard = watchdog.start(watchdog.AIOKafkaHandle(consumer, "model-updates feed"), self.s.lost_log_check_s)
             async for m in consumer:
                 try:
                     update = decode_model_update(m.value or b"")
@@ -404,6 +396,8 @@ class Worker:
             await asyncio.sleep(2)
             asyncio.ensure_future(self._model_feed())
         finally:
+            if guard is not None:
+                guard.cancel()
             await consumer.stop()
 
     async def swap(self, path: Path, manifest_sha256: str | None = None) -> bool:
@@ -479,13 +473,18 @@ def check_redis_credentials(s: Settings) -> str | None:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
 
-    client = redis.Redis.from_url(s.redis_url, password=s.redis_password or None, socket_timeout=5,
-                                  socket_connect_timeout=5)
+    client = redis.Redis.from_url(s.redis_url, **redis_client_kwargs(s), socket_timeout=5, socket_connect_timeout=5)
     try:
         client.ping()
     except AuthenticationError as exc:
         return f"REDIS_PASSWORD / REDIS_URL: Redis refused the credentials ({exc})"
     except (RedisConnectionError, RedisTimeout, OSError) as exc:
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text.lower() or "hostname mismatch" in text.lower():
+            return (f"REDIS_SSL_CAFILE / REDIS_SSL_CHECK_HOSTNAME / REDIS_URL: the Redis server's certificate was "
+                    f"refused ({text[:300]})")
+        if "SSL" in text and s.redis_url.startswith("rediss://"):
+            return f"REDIS_URL / REDIS_SSL_*: TLS to Redis failed ({text[:300]})"
         log.warning("redis not reachable at start (%s); list writes will wait for it", type(exc).__name__)
     finally:
         client.close()
@@ -512,7 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"streamrec-worker: bad configuration: {exc}", file=sys.stderr)
         return 2
     log.info("settings: %s", settings.redacted())
-    worker = Worker(settings)
+    for warning in settings.warnings():
+        log.warning("settings: %s", warning)
+    try:
+        kafka_ssl_context(settings)  # a CA or client certificate that does not load stops the start here
+        worker = Worker(settings)
+    except SettingsError as exc:
+        print(f"streamrec-worker: bad configuration: {exc}", file=sys.stderr)
+        log.error("bad configuration: %s", exc)
+        return 2
     # Verify the model before connecting to anything: a missing or refused version ends the
     # process at once (exit 2, the message names STREAMREC_MODEL_ROOT) instead of after faust
     # started, joined the group and crashed with a traceback.

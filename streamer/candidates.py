@@ -29,11 +29,10 @@ from typing import Callable
 
 import numpy as np
 
-from schemas.ranking import candidate_features
+from schemas.ranking import COVIS_WINDOW, candidate_features
 from streamer.items import ItemIndex
 from streamer.state import UserState
 
-COVIS_WINDOW = 5  # recent items paired with each new interaction
 COVIS_MAX_NEIGHBOURS = 200
 
 

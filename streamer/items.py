@@ -22,6 +22,7 @@ import numpy as np
 
 from schemas import Item
 from schemas.ranking import compose_item_vector
+from schemas.ranking import item_text as _item_text
 
 
 def hash_vector(item_id: str, dim: int) -> np.ndarray:
@@ -31,8 +32,8 @@ def hash_vector(item_id: str, dim: int) -> np.ndarray:
 
 
 def item_text(item: Item) -> str | None:
-    parts = [p for p in (item.title, item.description) if p]
-    return " . ".join(parts) if parts else None
+    """The encoder's input for an item: the job's rule (``schemas.ranking.item_text``), None when empty."""
+    return _item_text(item.title, item.description) or None
 
 
 @dataclass

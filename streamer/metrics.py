@@ -28,6 +28,11 @@ MODEL_REFUSED = Counter("streamrec_model_refused_total", "Model versions refused
 MODEL_SWAPS = Counter("streamrec_model_swaps_total", "Model versions switched to while running", registry=REGISTRY)
 ITEMS = Gauge("streamrec_items", "Items in the item index", registry=REGISTRY)
 REDIS_RETRIES = Counter("streamrec_redis_retries_total", "Redis writes retried after an error", registry=REGISTRY)
+LOST_LOG_RESETS = Counter(
+    "streamrec_lost_log_resets_total",
+    "Partitions rewound to the beginning because the broker lost their log (position beyond the log), by topic and reason",
+    ["topic", "reason"], registry=REGISTRY,
+)
 
 
 class ProbeServer:

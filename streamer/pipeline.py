@@ -134,6 +134,10 @@ class Pipeline:
             mapping = {r: index.pos[i] for i, r in previous.pos.items() if i in index.pos}
             self.covis.remap(mapping)
             self.recent.remap(mapping)
+        trained = (bundle.manifest.get("feature_params") or {}).get("half_life_days")
+        if trained is not None and float(trained) != self.settings.half_life_days:
+            log.warning("model %s was trained with half_life_days=%s, this worker uses STREAMREC_HALF_LIFE_DAYS=%s: "
+                        "its features will differ from training", bundle.version, trained, self.settings.half_life_days)
         self.bundle, self.index = bundle, index
         self._query_cache.clear()  # query vectors belong to the old encoder's space
         self.model_items = set(bundle.item_ids)

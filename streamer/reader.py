@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None, now_ms: int | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON: the list plus key, age_s, ttl_s")
     p.add_argument("--no-pseudonymize", action="store_true", help="use USER_ID as stored even when STREAMREC_PSEUDONYMIZE_KEY is set")
     args = p.parse_args(argv)
-    import redis
+    from streamer.security import tool_redis_client
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None, now_ms: int | None = None) -> int:
     if not args.no_pseudonymize:
         user = Pseudonymizer(os.environ.get("STREAMREC_PSEUDONYMIZE_KEY", ""))(user)
     key = args.prefix + user
-    r = redis.Redis.from_url(args.redis_url, password=os.environ.get("REDIS_PASSWORD") or None, socket_connect_timeout=5, socket_timeout=5)
+    r = tool_redis_client(args.redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:
         with r.pipeline(transaction=False) as pipe:
             raw, ttl = pipe.get(key).ttl(key).execute()

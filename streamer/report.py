@@ -115,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="STREAMREC_REDIS_META_PREFIX of the workers (keys <prefix>stats:<variant>)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    import redis
+    from streamer.security import tool_redis_client
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
 
-    r = redis.Redis.from_url(args.redis_url, password=os.environ.get("REDIS_PASSWORD") or None, socket_connect_timeout=5, socket_timeout=5)
+    r = tool_redis_client(args.redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:
         stats = read_stats(r, args.prefix)
     except (RedisConnectionError, RedisTimeout, OSError) as exc:

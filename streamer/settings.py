@@ -109,12 +109,20 @@ def _variants(name: str, raw: str) -> tuple[tuple[str, float], ...]:
 SETTINGS_DOC: dict[str, tuple[str, str | None, Callable[[str, str], Any], str]] = {
     "kafka_bootstrap": ("KAFKA_BOOTSTRAP_SERVERS", None, _bootstrap, "Kafka bootstrap servers, host:port[,...] (required for the worker; the embedded stack sets it)"),
     "redis_url": ("REDIS_URL", None, _redis_url, "Redis URL (redis://, rediss:// for TLS; password in the URL or REDIS_PASSWORD)"),
-    "redis_password": ("REDIS_PASSWORD", "", _str, "Redis AUTH password (overrides the URL's); never logged"),
+    "redis_password": ("REDIS_PASSWORD", "", _str, "Redis AUTH password, for a REDIS_URL without one (redis-py lets a password in the URL win); never logged"),
     "kafka_security_protocol": ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol"),
     "kafka_sasl_mechanism": ("KAFKA_SASL_MECHANISM", "PLAIN", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SASL mechanism"),
     "kafka_sasl_username": ("KAFKA_SASL_USERNAME", "", _str, "SASL user name"),
     "kafka_sasl_password": ("KAFKA_SASL_PASSWORD", "", _str, "SASL password; never logged"),
-    "kafka_ssl_cafile": ("KAFKA_SSL_CAFILE", "", _str, "CA bundle for Kafka TLS"),
+    "kafka_ssl_cafile": ("KAFKA_SSL_CAFILE", "", _str, "CA bundle (PEM) that signs the Kafka brokers' certificates (SSL, SASL_SSL; empty: the system's CAs)"),
+    "kafka_ssl_certfile": ("KAFKA_SSL_CERTFILE", "", _str, "client certificate (PEM) for Kafka mutual TLS (SSL, SASL_SSL)"),
+    "kafka_ssl_keyfile": ("KAFKA_SSL_KEYFILE", "", _str, "private key (PEM) of KAFKA_SSL_CERTFILE (empty: the key is inside the certificate file)"),
+    "kafka_ssl_key_password": ("KAFKA_SSL_KEY_PASSWORD", "", _str, "password of an encrypted KAFKA_SSL_KEYFILE; never logged"),
+    "kafka_ssl_check_hostname": ("KAFKA_SSL_CHECK_HOSTNAME", "true", _bool, "verify that the broker's certificate names the host connected to"),
+    "redis_ssl_cafile": ("REDIS_SSL_CAFILE", "", _str, "CA bundle (PEM) that signs the Redis server's certificate (rediss:// only; empty: the system's CAs)"),
+    "redis_ssl_certfile": ("REDIS_SSL_CERTFILE", "", _str, "client certificate (PEM) for Redis mutual TLS (rediss:// only)"),
+    "redis_ssl_keyfile": ("REDIS_SSL_KEYFILE", "", _str, "private key (PEM) of REDIS_SSL_CERTFILE"),
+    "redis_ssl_check_hostname": ("REDIS_SSL_CHECK_HOSTNAME", "true", _bool, "verify that the Redis server's certificate names the host connected to (rediss:// only)"),
     "app_id": ("STREAMREC_APP_ID", "streamrec", _nonempty, "consumer group / faust app id (all workers of one deployment share it)"),
     "worker_id": ("STREAMREC_WORKER_ID", "", _str, "name of this worker in logs and dead letters (default: host:pid)"),
     "events_topic": ("STREAMREC_EVENTS_TOPIC", "events", _nonempty, "input events topic"),
@@ -146,6 +154,7 @@ SETTINGS_DOC: dict[str, tuple[str, str | None, Callable[[str, str], Any], str]] 
     "producer_max_batch_bytes": ("STREAMREC_PRODUCER_MAX_BATCH_BYTES", "16384", _int(1, 64 * 1024 * 1024), "producer batch size per partition; the embedded stack sets 1 (one record per batch) because its broker (Tansu) reports wrong end offsets after multi-record batches, which breaks changelog recovery"),
     "fetch_max_wait_ms": ("STREAMREC_FETCH_MAX_WAIT_MS", "500", _int(1, 60000), "longest a fetch waits on the broker; the embedded stack sets 10 because its broker (Tansu) does not answer a waiting fetch when data arrives, so the wait is added to every event's latency"),
     "session_timeout_s": ("STREAMREC_SESSION_TIMEOUT_S", "10", _float(1, 300), "Kafka consumer session timeout (group joins wait about half of it)"),
+    "lost_log_check_s": ("STREAMREC_LOST_LOG_CHECK_S", "2", _float(0, 3600), "how often the worker checks that its consumers' positions lie inside the broker's logs; a partition whose log the broker lost (a memory-only broker restarted) is rewound to its beginning (0 = never)"),
     "search_intent_events": ("STREAMREC_SEARCH_INTENT_EVENTS", "3", _int(0, 100), "later events for which the user's last search keeps adding candidates and top slots (0: only the search event itself)"),
     "search_intent_s": ("STREAMREC_SEARCH_INTENT_S", "1800", _int(0, 10**8), "event-time seconds after which a search no longer shapes the list"),
     "search_share": ("STREAMREC_SEARCH_SHARE", "0.5", _float(0, 1), "share of the list's top slots given to the best query matches on a search event; halved for each later event"),
@@ -165,6 +174,14 @@ class Settings:
     kafka_sasl_username: str
     kafka_sasl_password: str
     kafka_ssl_cafile: str
+    kafka_ssl_certfile: str
+    kafka_ssl_keyfile: str
+    kafka_ssl_key_password: str
+    kafka_ssl_check_hostname: bool
+    redis_ssl_cafile: str
+    redis_ssl_certfile: str
+    redis_ssl_keyfile: str
+    redis_ssl_check_hostname: bool
     app_id: str
     worker_id: str
     events_topic: str
@@ -196,6 +213,7 @@ class Settings:
     producer_max_batch_bytes: int
     fetch_max_wait_ms: int
     session_timeout_s: float
+    lost_log_check_s: float
     search_intent_events: int
     search_intent_s: int
     search_share: float
@@ -222,6 +240,7 @@ class Settings:
             values["worker_id"] = f"{os.uname().nodename}:{os.getpid()}"
         if values["candidates"] < values["list_size"]:
             raise SettingsError("STREAMREC_CANDIDATES: must be >= STREAMREC_LIST_SIZE")
+        _check_transport_security(values, env)
         return cls(**values)
 
     @property
@@ -229,17 +248,114 @@ class Settings:
         return Path(self.model_root)
 
     def redacted(self) -> dict[str, Any]:
-        """Settings safe to log: secrets replaced by '***'."""
-        secret = {"redis_password", "kafka_sasl_password", "pseudonymize_key"}
+        """Settings safe to log: secrets replaced by '***', also inside URLs (user-info and
+        secret-looking query parameters such as ``?password=``)."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in secret and v:
+            if f.name in SECRET_FIELDS and v:
                 v = "***"
-            elif f.name == "redis_url" and "@" in str(v):
-                v = "redis://***@" + str(v).split("@", 1)[1]
+            elif isinstance(v, str) and "://" in v:
+                v = redact_url(v)
             out[f.name] = v
         return out
+
+    def warnings(self) -> list[str]:
+        """Settings that are consistent enough to start but probably not what was meant."""
+        out = []
+        if not self.kafka_security_protocol.startswith("SASL") and (self.kafka_sasl_username or self.kafka_sasl_password):
+            out.append(f"KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD: set but unused with "
+                       f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} (use SASL_SSL or SASL_PLAINTEXT)")
+        if self.kafka_security_protocol == "SASL_PLAINTEXT" and self.kafka_sasl_mechanism == "PLAIN":
+            out.append("KAFKA_SECURITY_PROTOCOL: SASL_PLAINTEXT with KAFKA_SASL_MECHANISM=PLAIN sends the password "
+                       "in clear text; use SASL_SSL")
+        return out
+
+
+SECRET_FIELDS = frozenset({"redis_password", "kafka_sasl_password", "kafka_ssl_key_password", "pseudonymize_key"})
+
+#: query parameters of a URL whose value is a secret (lower case; matched also as a suffix, e.g.
+#: ``sasl_password``, ``ssl_password``, ``auth_token``)
+_SECRET_PARAMS = ("password", "passwd", "pass", "pwd", "secret", "token", "key", "credential", "credentials", "auth")
+
+
+def _secret_param(name: str) -> bool:
+    low = name.lower().replace("-", "_")
+    if low in ("ssl_keyfile", "ssl_certfile", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_cert_reqs",
+               "ssl_check_hostname", "key_prefix"):
+        return False  # paths and switches, not secrets
+    return any(low == p or low.endswith("_" + p) or low.endswith(p) for p in _SECRET_PARAMS)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user-info and every secret-looking query parameter
+    replaced by ``***`` (``redis://u:pw@h:1/0?password=x&db=1`` -> ``redis://u:***@h:1/0?password=***&db=1``).
+    A URL that does not parse is hidden whole after its scheme."""
+    from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user, sep, _pw = userinfo.partition(":")
+            netloc = f"{user}:***@{host}" if sep else f"***@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = "&".join(f"{quote(k, safe='')}={'***' if _secret_param(k) else quote(v, safe='/:,')}" for k, v in pairs)
+        fragment = "***" if parts.fragment else ""
+        return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+    except ValueError:
+        return url.split("://", 1)[0] + "://***"
+
+
+def _check_file(var: str, path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"{var}: file not found: {path}")
+    if not os.access(p, os.R_OK):
+        raise SettingsError(f"{var}: file not readable: {path}")
+
+
+def _check_transport_security(v: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Fail at start, naming the setting, when the Kafka or Redis security settings contradict
+    each other or name files that are not there (instead of a TLS or SASL error at connect time,
+    or a silent fallback to plaintext)."""
+    proto = v["kafka_security_protocol"]
+    if proto.startswith("SASL"):
+        if not v["kafka_sasl_username"]:
+            raise SettingsError(f"KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL={proto} "
+                                f"(KAFKA_SASL_MECHANISM={v['kafka_sasl_mechanism']})")
+        if not v["kafka_sasl_password"]:
+            raise SettingsError(f"KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL={proto} "
+                                f"(KAFKA_SASL_MECHANISM={v['kafka_sasl_mechanism']})")
+    elif env.get("KAFKA_SASL_MECHANISM"):
+        raise SettingsError(f"KAFKA_SASL_MECHANISM: set to {env['KAFKA_SASL_MECHANISM']!r} but KAFKA_SECURITY_PROTOCOL is "
+                            f"{proto}: SASL needs SASL_SSL or SASL_PLAINTEXT")
+    kafka_tls = {"KAFKA_SSL_CAFILE": v["kafka_ssl_cafile"], "KAFKA_SSL_CERTFILE": v["kafka_ssl_certfile"],
+                 "KAFKA_SSL_KEYFILE": v["kafka_ssl_keyfile"]}
+    _check_tls_files(kafka_tls, proto.endswith("SSL"), f"KAFKA_SECURITY_PROTOCOL is {proto}: TLS needs SSL or SASL_SSL")
+    if v["kafka_ssl_key_password"] and not (v["kafka_ssl_keyfile"] or v["kafka_ssl_certfile"]):
+        raise SettingsError("KAFKA_SSL_KEY_PASSWORD: set without KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE")
+
+    url = v["redis_url"]
+    redis_tls = {"REDIS_SSL_CAFILE": v["redis_ssl_cafile"], "REDIS_SSL_CERTFILE": v["redis_ssl_certfile"],
+                 "REDIS_SSL_KEYFILE": v["redis_ssl_keyfile"]}
+    _check_tls_files(redis_tls, url.startswith("rediss://"), "REDIS_URL is not rediss:// (TLS): use rediss://host:port/db")
+
+
+def _check_tls_files(files: dict[str, str], tls_on: bool, why_off: str) -> None:
+    """TLS file settings (``<PREFIX>_SSL_CAFILE/CERTFILE/KEYFILE``): only with TLS on, readable,
+    and no key without its certificate."""
+    for var, path in files.items():
+        if path and not tls_on:
+            raise SettingsError(f"{var}: set but {why_off}")
+        if path:
+            _check_file(var, path)
+    key, cert = [k for k in files if k.endswith("_KEYFILE")][0], [k for k in files if k.endswith("_CERTFILE")][0]
+    if files[key] and not files[cert]:
+        raise SettingsError(f"{key}: set without {cert} (the client certificate)")
 
 
 def settings_table() -> str:

@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--prefix", default=os.environ.get("STREAMREC_REDIS_META_PREFIX", "streamrec:"))
     args = p.parse_args(argv)
-    import redis
+    from streamer.security import tool_redis_client
 
-    r = redis.Redis.from_url(args.redis_url, password=os.environ.get("REDIS_PASSWORD") or None)
+    r = tool_redis_client(args.redis_url)
     key = config_key(args.prefix)
     if args.action == "set":
         if not args.split:

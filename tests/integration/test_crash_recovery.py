@@ -43,7 +43,24 @@ def make_events(n_users: int, per_user: int, seed: int) -> tuple[list, dict[str,
     return evs, expected
 
 
-def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout: float = 120) -> dict[str, dict]:
+async def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple]:
+    """partition -> (committed offset of ``group``, records in the log): for a failure message."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        counts = {p.partition: 0 for p in tps}
+        for m in await read_all(bootstrap, topic, timeout=10):
+            counts[m.partition] += 1
+        return {tp.partition: (await c.committed(tp), counts[tp.partition]) for tp in tps}
+    finally:
+        await c.stop()
+
+
+def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout: float = 120,
+                 worker=None, events_topic: str | None = None) -> dict[str, dict]:
     """Last changelog value per user, once every user's state has applied all its events."""
     deadline = time.monotonic() + timeout
     while True:
@@ -54,7 +71,14 @@ def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout:
             return {u: s.fingerprint() for u, s in states.items()}
         if time.monotonic() > deadline:
             missing = {u: (n, done.get(u)) for u, n in expected.items() if done.get(u) != n}
-            raise AssertionError(f"state incomplete or over-applied for {len(missing)} users: {list(missing.items())[:5]}")
+            detail = ""
+            if events_topic:
+                positions = asyncio.run(group_positions(bootstrap, app_id, events_topic))
+                detail += f"\n(committed offset, records) per partition of {events_topic}: {positions}"
+            if worker is not None:
+                detail += f"\nworker log:\n{worker.tail(40)}"
+            raise AssertionError(f"state incomplete or over-applied for {len(missing)} users: "
+                                 f"{list(missing.items())[:5]}{detail}")
         time.sleep(1)
 
 
@@ -78,7 +102,7 @@ def test_sigkill_and_restart_equals_clean_run(stack, model_root, tmp_path):
     w = WorkerProcess(stack, model_root, state_dir, app_id="crashy", topics=topics).start()
     try:
         w.wait_ready()
-        crashed = final_states(stack.bootstrap, "crashy", expected)
+        crashed = final_states(stack.bootstrap, "crashy", expected, worker=w, events_topic=topics["events"])
         # every user's final list is published and reflects their last event
         last_event = {}
         for k, v in evs:
@@ -99,7 +123,7 @@ def test_sigkill_and_restart_equals_clean_run(stack, model_root, tmp_path):
     w2 = WorkerProcess(stack, model_root, tmp_path / "clean", app_id="clean", topics=clean_topics).start()
     try:
         w2.wait_ready()
-        clean = final_states(stack.bootstrap, "clean", expected)
+        clean = final_states(stack.bootstrap, "clean", expected, worker=w2, events_topic=topics["events"])
     finally:
         w2.stop()
     assert kills == 2

@@ -35,16 +35,37 @@ def update_for(folder) -> bytes:
                               created_at="2026-11-23T10:00:00Z", metrics={}))
 
 
+def random_stream(seed: int, users: list[str], n: int) -> tuple[list[tuple[bytes, bytes]], dict[str, int]]:
+    """``n`` purchases of random catalog items by ``users``, and the number of events per user."""
+    rng = random.Random(seed)
+    evs = [event(i, rng.choice(users), rng.choice(ITEMS), ts=1_320_000_000_000 + i * 1000) for i in range(n)]
+    expected: dict[str, int] = {}
+    for k, _v in evs:
+        expected[k.decode()] = expected.get(k.decode(), 0) + 1
+    return evs, expected
+
+
+def wait_swapped_and_serving(stack, w, r, topics, user: str, version: str) -> None:
+    """The worker swapped once, and an event of ``user`` sent now gets a list from ``version``."""
+    deadline = time.monotonic() + 90
+    while 'streamrec_model_swaps_total 1.0' not in w.metrics():
+        assert time.monotonic() < deadline, w.tail()
+        time.sleep(0.3)
+    asyncio.run(produce(stack.bootstrap, topics["events"], [event(5000, user, "71053")]))
+    deadline = time.monotonic() + 30
+    while True:
+        raw = r.get(topics["prefix"] + user)
+        if raw and orjson.loads(raw)["model_version"] == version:
+            break
+        assert time.monotonic() < deadline, w.tail()
+        time.sleep(0.3)
+
+
 def test_swap_mid_stream_changes_version_and_keeps_every_event_once(stack, versions, tmp_path):
     root, v1, v2 = versions
     topics = unique_topics(stack, "swap")
     r = redis.Redis.from_url(stack.redis_url)
-    rng = random.Random(3)
-    users = [f"s{i}" for i in range(40)]
-    evs = [event(i, rng.choice(users), rng.choice(ITEMS), ts=1_320_000_000_000 + i * 1000) for i in range(1600)]
-    expected: dict[str, int] = {}
-    for k, _v in evs:
-        expected[k.decode()] = expected.get(k.decode(), 0) + 1
+    evs, expected = random_stream(3, [f"s{i}" for i in range(40)], 1600)
     w = WorkerProcess(stack, root, tmp_path / "w", app_id="swap", topics=topics).start()
     try:
         w.wait_ready()
@@ -52,23 +73,48 @@ def test_swap_mid_stream_changes_version_and_keeps_every_event_once(stack, versi
         time.sleep(1.0)
         asyncio.run(produce(stack.bootstrap, topics["updates"], [(b"v2", update_for(v2))]))
         asyncio.run(produce(stack.bootstrap, topics["events"], evs[800:]))
-        deadline = time.monotonic() + 60
-        while 'streamrec_model_swaps_total 1.0' not in w.metrics():
-            assert time.monotonic() < deadline, w.tail()
-            time.sleep(0.3)
         # new events after the swap produce lists that carry the new version
-        asyncio.run(produce(stack.bootstrap, topics["events"], [event(5000, "after-swap", "71053")]))
-        deadline = time.monotonic() + 30
-        while True:
-            raw = r.get(topics["prefix"] + "after-swap")
-            if raw and orjson.loads(raw)["model_version"] == "v2-retrained":
-                break
-            assert time.monotonic() < deadline, w.tail()
-            time.sleep(0.3)
+        wait_swapped_and_serving(stack, w, r, topics, "after-swap", "v2-retrained")
         expected["after-swap"] = 1
         states = final_states(stack.bootstrap, "swap", expected)  # every event applied exactly once
         assert states.keys() == expected.keys()
         assert 'streamrec_model_info{provider="CPUExecutionProvider",ranker_file=' in w.metrics()
         assert 'version="v2-retrained"' in w.metrics()
+    finally:
+        w.stop()
+
+
+def test_retrain_job_publishes_and_running_worker_switches(stack, tmp_path):
+    """The whole hand-off: a worker serves the bootstrap model, the retrain job (tiny BERTs, a
+    synthetic shop) trains, gates, writes and announces a version on model-updates, and the
+    running worker switches to it between batches with every event applied exactly once."""
+    from exporters.bootstrap import export_bootstrap
+    from exporters.item_training import ItemTrainConfig
+    from exporters.job import JobConfig, run
+    from exporters.train import RankerTrainConfig
+    from tests.unit.exporters.test_retrain_job import shop
+    from tests.unit.streamer.conftest import CATALOG
+
+    root = tmp_path / "models"
+    export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v1-bootstrap")
+    topics = unique_topics(stack, "jobswap")
+    r = redis.Redis.from_url(stack.redis_url)
+    evs, expected = random_stream(5, [f"j{i}" for i in range(30)], 1000)
+    w = WorkerProcess(stack, root, tmp_path / "w", app_id="jobswap", topics=topics).start()
+    try:
+        w.wait_ready()
+        asyncio.run(produce(stack.bootstrap, topics["events"], evs[:500]))
+        result = run(JobConfig(
+            dataset="online_retail", model_root=root, tiny=True, max_seq_len=8, cut_step_days=30,
+            item=ItemTrainConfig(steps=3, batch_pairs=32), ranker=RankerTrainConfig(epochs=1, patience=1, batch_size=32),
+            force=True, kafka_bootstrap=stack.bootstrap, kafka_topic=topics["updates"], version="v2-job",
+        ), dataset=shop())
+        assert result.published and (root / "LATEST").read_text().strip() == "v2-job"
+        asyncio.run(produce(stack.bootstrap, topics["events"], evs[500:]))
+        wait_swapped_and_serving(stack, w, r, topics, "after-job", "v2-job")
+        expected["after-job"] = 1
+        states = final_states(stack.bootstrap, "jobswap", expected)  # nothing lost or applied twice across the swap
+        assert states.keys() == expected.keys()
+        assert 'version="v2-job"' in w.metrics()
     finally:
         w.stop()

@@ -58,3 +58,12 @@ def test_reproduces_published_baselines(dataset: str, baselines_md: str, data_di
             assert model in got, f"{dataset}/{protocol}: no row {model!r} (have {list(got)})"
             for e, g in zip(numbers, got[model], strict=True):
                 assert abs(e - g) <= TOL, f"{dataset}/{protocol} {model}: {got[model]} vs {numbers}"
+
+
+def test_cli_prints_the_tables(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from exporters.cli import main
+
+    assert main(["baselines", "--dataset", "movielens", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "| Markov chain (last item) | 0.1453 | 0.0769 | 0.0563 | 0.512 |" in out
+    assert "tuned on validation: item-kNN K=50" in out

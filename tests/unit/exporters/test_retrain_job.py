@@ -49,7 +49,7 @@ def config(root: Path, **kw) -> JobConfig:
         max_seq_len=8,
         cut_step_days=30,
         item=ItemTrainConfig(steps=3, batch_pairs=32),
-        ranker=RankerTrainConfig(epochs=2, patience=1, batch_size=32),
+        ranker=RankerTrainConfig(epochs=2, patience=1, batch_size=32, val_every=3),
         **kw,
     )
 
@@ -73,6 +73,15 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     models = set(report["test"])
     assert {"popularity", "personal frequency", "ranker (this run)"} <= models
     assert report["training"]["epochs"] and report["summary"]["protocol"] == "next-line"
+    epochs = report["training"]["epochs"]
+    assert any(0 < e["epoch"] < 1 for e in epochs), epochs  # checks inside the first epoch (val_every)
+    best = max(epochs, key=lambda e: e["val_ndcg"])
+    assert report["training"]["best_epoch"] == best["epoch"]  # the kept state is the best check
+    # The other protocol of the data set is read out with the same model, next to its baselines.
+    new = report["other_protocols"]["next-new"]
+    assert new["cases"] > 0 and {"personal frequency", "ranker (this run)"} <= set(new["test"])
+    assert set(new["test"]["ranker (this run)"]) == {"ex", "in"}
+    assert "next-new" in (result.version_dir / "report.md").read_text()
     start, end = manifest["training_window"]["start"], manifest["training_window"]["end"]
     assert start < end <= datetime(2011, 9, 1, tzinfo=timezone.utc).timestamp() * 1000
     ids = json.loads((result.version_dir / "item_ids.json").read_text())
