@@ -71,12 +71,57 @@ def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout:
             return {u: s.fingerprint() for u, s in states.items()}
         if time.monotonic() > deadline:
             missing = {u: (n, done.get(u)) for u, n in expected.items() if done.get(u) != n}
-            detail = ""
+            regressed = {}  # users whose applied count went down in the changelog: state rebuilt from a stale copy
+            high: dict[str, int] = {}
+            for m in msgs:
+                if m.value:
+                    u, n = m.key.decode(), UserState.from_bytes(m.value).events_applied
+                    if n < high.get(u, 0):
+                        regressed[u] = (high[u], n)
+                    high[u] = max(high.get(u, 0), n)
+            detail = f"\nusers whose applied count went down in the changelog: {len(regressed)} {list(regressed.items())[:5]}"
             if events_topic:
                 positions = asyncio.run(group_positions(bootstrap, app_id, events_topic))
                 detail += f"\n(committed offset, records) per partition of {events_topic}: {positions}"
+                # which events of the first incomplete users the state lacks, by (partition, offset)
+                from streamer.state import event_hash
+
+                latest = {m.key.decode(): UserState.from_bytes(m.value) for m in msgs if m.value}
+                lacking = {}
+                ev_by_off = {}
+                for m in asyncio.run(read_all(bootstrap, events_topic, timeout=10)):
+                    ev_by_off[(m.partition, m.offset)] = m.value
+                    u = m.key.decode()
+                    if u in missing and u in list(missing)[:3] and u in latest:
+                        if event_hash(orjson.loads(m.value)["event_id"]) not in latest[u].seen_set:
+                            lacking.setdefault(u, []).append((m.partition, m.offset))
+                detail += f"\nevents lacking from the state (partition, offset): {lacking}"
+                history = {}  # was a lacking event ever in any changelog record of its user?
+                for m in msgs:
+                    if m.value and m.key.decode() in lacking:
+                        history.setdefault(m.key.decode(), set()).update(UserState.from_bytes(m.value).seen_set)
+                ever = {u: sum(1 for p, o in offs if event_hash(orjson.loads(ev_by_off[(p, o)])["event_id"]) in history.get(u, ()))
+                        for u, offs in lacking.items()}
+                detail += f"\nof those, found in an earlier changelog record of the user: {ever}"
+                from streamer.watchdog import fetch_highwaters
+
+                changelog = f"{app_id}-user-state-changelog"
+                hw = asyncio.run(fetch_highwaters(bootstrap, [(changelog, p) for p in range(4)]))
+                got = {p: sum(1 for m in msgs if m.partition == p) for p in range(4)}
+                detail += f"\nchangelog records read / high watermark per partition: {got} / {hw}"
             if worker is not None:
-                detail += f"\nworker log:\n{worker.tail(40)}"
+                try:
+                    detail += "\nworker metrics:\n" + "\n".join(
+                        line for line in worker.metrics().splitlines()
+                        if line.startswith(("streamrec_events_total", "streamrec_consumer_lag", "streamrec_lists")))
+                except OSError as exc:
+                    detail += f"\nworker metrics unavailable: {exc}"
+                import os
+                import signal
+
+                os.kill(worker.proc.pid, signal.SIGUSR1)  # mode's worker logs every task's stack
+                time.sleep(3)
+                detail += f"\nworker log:\n{worker.tail(150)}"
             raise AssertionError(f"state incomplete or over-applied for {len(missing)} users: "
                                  f"{list(missing.items())[:5]}{detail}")
         time.sleep(1)
@@ -130,3 +175,19 @@ def test_sigkill_and_restart_equals_clean_run(stack, model_root, tmp_path):
     assert crashed.keys() == clean.keys() == expected.keys()
     for u in expected:
         assert crashed[u] == clean[u], u
+
+
+def test_changelog_end_is_read_from_fetch_responses(stack):
+    """Recovery reads each changelog to the end that ``watchdog.fetch_highwaters`` reports: it must
+    equal the number of records after batched produces (the embedded broker's ListOffsets answer
+    is the last batch's base offset + 1; measured 1 where 133 records were there)."""
+    from streamer.watchdog import fetch_highwaters
+
+    topics = unique_topics(stack, "hwcheck")
+    msgs = [(f"k{i}".encode(), b"x" * 50) for i in range(500)]
+    asyncio.run(produce(stack.bootstrap, topics["events"], msgs))
+    records = asyncio.run(read_all(stack.bootstrap, topics["events"], expect=len(msgs)))
+    counts = {p: sum(1 for m in records if m.partition == p) for p in range(4)}
+    hw = asyncio.run(fetch_highwaters(stack.bootstrap, [(topics["events"], p) for p in range(4)]))
+    assert {p: hw[(topics["events"], p)] for p in range(4)} == counts
+    assert sum(counts.values()) == len(msgs)
