@@ -263,6 +263,8 @@ class Worker:
         self.redis = None
         self._preloaded: ModelBundle | None = None  # verified by main() before faust starts
         self._last_seen: dict = {}  # (topic, partition) -> (offset, fingerprint) of the last event handled
+        self._in_batch = False  # for the stalled-partition check: a busy agent is never "stalled"
+        self._last_batch_end = time.monotonic()
         self.app = self._build_app()
 
     # ---- faust wiring ---------------------------------------------------------------------
@@ -300,11 +302,15 @@ class Worker:
         async def on_events(stream):
             await self.ready.wait()
             async for batch in stream.take_events(s.max_batch, within=s.max_wait_ms / 1000):
+                self._in_batch = True
                 try:
                     await self._handle(batch)
                 except Exception as exc:
                     await self._fail(exc)
                     raise
+                finally:
+                    self._in_batch = False
+                    self._last_batch_end = time.monotonic()
 
         @app.task
         async def startup() -> None:
@@ -330,13 +336,13 @@ class Worker:
                  bundle.provider, len(self.pipeline.index))
         asyncio.ensure_future(self._items_feed())
         asyncio.ensure_future(self._model_feed())
-        asyncio.ensure_future(self._lag_monitor())
         # a partition whose log the broker lost (memory-only broker restarted) is rewound instead
         # of waiting for ever past the new log's end: see streamer/watchdog.py
         probe = watchdog.RecordProbe(self.s.kafka_bootstrap, **kafka_client_kwargs(self.s))
-        self._watchdog = watchdog.start(watchdog.FaustConsumerHandle(self.app.consumer, [self.s.events_topic],
-                                                                     last_seen=self._last_seen, probe=probe),
-                                        self.s.lost_log_check_s)
+        self._consumer_handle = watchdog.FaustConsumerHandle(self.app.consumer, [self.s.events_topic],
+                                                             last_seen=self._last_seen, probe=probe)
+        self._watchdog = watchdog.start(self._consumer_handle, self.s.lost_log_check_s)
+        asyncio.ensure_future(self._lag_monitor())
         self.probe.ready = True
         self.ready.set()
 
@@ -533,34 +539,36 @@ class Worker:
         return True
 
     async def _lag_monitor(self) -> None:
+        """Every 5 s: the lag gauge; and a partition faust stopped delivering is sought back to
+        its committed offset (``watchdog.StallDetector``), with one WARNING line."""
         consumer = self.app.consumer
-        since: dict = {}  # tp -> (read offset, monotonic time it last moved)
+        stalls = watchdog.StallDetector(after_s=30.0)
         while True:
             await asyncio.sleep(5)
             lag = 0
             now = time.monotonic()
-            for tp in consumer.assignment():
-                if tp.topic != self.s.events_topic:
-                    continue
+            idle_s = 0.0 if self._in_batch else now - self._last_batch_end
+            mine = [tp for tp in consumer.assignment() if tp.topic == self.s.events_topic]
+            stalls.retain(mine)
+            for tp in mine:
                 hw = consumer.highwater(tp)
                 pos = consumer._read_offset.get(tp)  # last offset handed to the stream
                 if hw is not None and pos is not None:
                     lag += max(hw - pos - 1, 0)
-                prev = since.get(tp)
-                if prev is None or prev[0] != pos:
-                    since[tp] = (pos, now)
-                elif (hw is None or hw > (pos + 1 if pos is not None else 0)) and now - prev[1] >= 30:
-                    # behind the log's end (or never fetched) without progress: faust stopped fetching it
-                    since[tp] = (pos, now)  # once per 30 s
-                    try:
-                        aio_paused = {(p.topic, p.partition) for p in consumer._thread._ensure_consumer().paused()}
-                    except Exception:  # noqa: BLE001 - diagnostics only
-                        aio_paused = set()
-                    log.warning("partition %s:%d stalled: read offset %s, high watermark %s, no progress for 30 s "
-                                "(faust active=%s buffered=%s paused=%s flow_active=%s; aiokafka paused=%s)",
-                                tp.topic, tp.partition, pos, hw, tp in (consumer._active_partitions or ()),
-                                tp in consumer._buffered_partitions, tp in consumer._paused_partitions,
-                                consumer.flow_active, (tp.topic, tp.partition) in aio_paused)
+                if not stalls.observe(tp, pos, hw, idle_s, now):
+                    continue
+                if getattr(self.app, "rebalancing", False) or tp in consumer._paused_partitions:
+                    continue  # paused on purpose (recovery, a rewind in progress): not a stall
+                log.warning("partition %s:%d stalled: read offset %s, high watermark %s, no progress and an idle agent "
+                            "for %.0f s (faust active=%s buffered=%s paused=%s flow_active=%s): seeking it back to the "
+                            "group's committed offset", tp.topic, tp.partition, pos, hw, stalls.after_s,
+                            tp in (consumer._active_partitions or ()), tp in consumer._buffered_partitions,
+                            tp in consumer._paused_partitions, consumer.flow_active)
+                try:
+                    await self._consumer_handle.rewind(tp.topic, tp.partition, to_committed=True)
+                    metrics.STALL_RESEEKS.labels(tp.topic).inc()
+                except Exception as exc:  # noqa: BLE001 - broker away: tried again after another period
+                    log.warning("partition %s:%d: reseek failed: %s: %s", tp.topic, tp.partition, type(exc).__name__, exc)
             metrics.LAG.set(lag)
 
     @staticmethod

@@ -64,3 +64,9 @@ class ProbeServer:
 
     async def _ready(self, _request: web.Request) -> web.Response:
         return web.Response(text="ready" if self.ready else "starting", status=200 if self.ready else 503)
+STALL_RESEEKS = Counter(
+    "streamrec_stalled_partition_reseeks_total",
+    "Partitions sought back to the group's committed offset because faust stopped delivering them "
+    "(behind the log end, no progress and an idle agent for 30 s)",
+    ["topic"], registry=REGISTRY,
+)

@@ -132,6 +132,38 @@ class LostLogDetector:
         return reason
 
 
+class StallDetector:
+    """Decides when a partition of the worker's consumer is stalled: behind the end of its log,
+    its read offset unchanged for ``after_s`` seconds, while the agent sat idle for as long
+    (so nothing is being processed and nothing waits in a busy batch). A Redis outage or a long
+    batch keeps the agent busy and never counts; against a broker that does not answer, the
+    reseek fails and is tried again ``after_s`` later.
+
+    Measured: after a SIGKILL and restart, 1 run in 12 left three partitions undelivered for
+    good while faust held them active and unpaused (tests/integration/test_crash_recovery.py).
+    """
+
+    def __init__(self, after_s: float = 30.0) -> None:
+        self.after_s = after_s
+        self._since: dict = {}  # key -> (read offset, time it last moved)
+
+    def observe(self, key, read_offset: Optional[int], highwater: Optional[int], idle_s: float, now: float) -> bool:
+        prev = self._since.get(key)
+        if prev is None or prev[0] != read_offset:
+            self._since[key] = (read_offset, now)
+            return False
+        behind = highwater is not None and highwater > (read_offset + 1 if read_offset is not None else 0)
+        if behind and now - prev[1] >= self.after_s and idle_s >= self.after_s:
+            self._since[key] = (read_offset, now)  # at most once per ``after_s``
+            return True
+        return False
+
+    def retain(self, keys: Iterable) -> None:
+        keep = set(keys)
+        for k in [k for k in self._since if k not in keep]:
+            del self._since[k]
+
+
 class _Handle:
     """What the watchdog needs from one consumer: observe its partitions, rewind one."""
 
@@ -262,7 +294,9 @@ class FaustConsumerHandle(_Handle):
         log.warning("watchdog: records of %s:%d still in flight after %.0f s; rewinding anyway",
                     tp.topic, tp.partition, self.drain_timeout_s)
 
-    async def rewind(self, topic: str, partition: int) -> None:
+    async def rewind(self, topic: str, partition: int, to_committed: bool = False) -> None:
+        """Re-read the partition: from the beginning of the log (a lost log), or from the group's
+        committed offset (``to_committed``: a stalled partition; the beginning if none)."""
         from aiokafka import TopicPartition
 
         from faust.types import TP
@@ -273,6 +307,11 @@ class FaustConsumerHandle(_Handle):
         c = self.consumer
 
         async def seek() -> None:
+            if to_committed:
+                committed = await aio.committed(tp)
+                if committed is not None and committed >= 0:
+                    aio.seek(tp, committed)
+                    return
             await aio.seek_to_beginning(tp)
             # Commit the new start too: the group's committed offset is still the stale position,
             # and a rebalance before the re-read passes it would make faust seek back there.

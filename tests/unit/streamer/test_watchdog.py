@@ -151,3 +151,39 @@ def test_rewind_waits_until_faust_delivered_every_fetched_record():
         return asyncio.get_running_loop().time() - t0
 
     assert 1.0 <= asyncio.run(timed()) < 2.5
+
+
+# ---- StallDetector: a partition faust stopped delivering -------------------------------------
+
+def test_stall_needs_no_progress_behind_the_end_and_an_idle_agent():
+    from streamer.watchdog import StallDetector
+
+    d = StallDetector(after_s=30)
+    key = ("events", 0)
+    assert d.observe(key, 171, 710, idle_s=0, now=0) is False  # first sight
+    assert d.observe(key, 171, 710, idle_s=29, now=29) is False  # not long enough
+    assert d.observe(key, 171, 710, idle_s=31, now=31) is True  # stalled
+    assert d.observe(key, 171, 710, idle_s=40, now=40) is False  # at most once per period
+    assert d.observe(key, 171, 710, idle_s=62, now=62) is True
+
+
+def test_no_stall_when_busy_caught_up_or_moving():
+    from streamer.watchdog import StallDetector
+
+    d = StallDetector(after_s=30)
+    busy, done, moving = ("events", 0), ("events", 1), ("events", 2)
+    for now in (0, 31, 62, 93):
+        assert d.observe(busy, 171, 710, idle_s=0, now=now) is False  # a long batch (Redis outage) is not a stall
+        assert d.observe(done, 709, 710, idle_s=now, now=now) is False  # caught up: nothing to deliver
+        assert d.observe(moving, 171 + now, 710, idle_s=now, now=now) is False  # read offset moves
+    assert d.observe(("events", 3), None, None, idle_s=99, now=0) is False
+    assert d.observe(("events", 3), None, None, idle_s=99, now=99) is False  # high watermark unknown
+
+
+def test_stall_forgets_revoked_partitions():
+    from streamer.watchdog import StallDetector
+
+    d = StallDetector(after_s=30)
+    d.observe(("events", 0), 5, 50, idle_s=0, now=0)
+    d.retain([("events", 1)])
+    assert d.observe(("events", 0), 5, 50, idle_s=31, now=31) is False  # seen afresh after reassignment
