@@ -168,6 +168,8 @@ def _patch_recovery(settings: Settings) -> None:
         self.tables.on_actives_ready()
         if not self.app.assignor.assigned_standbys():
             self.tables.on_standbys_ready()
+        self.app.on_rebalance_end()
+        self.log.info("Worker ready")
 
     async def resume_streams(self, generation_id: int = 0) -> None:
         app = self.app

@@ -55,7 +55,7 @@ def fake_recovery(calls: list) -> SimpleNamespace:
         consumer=consumer, consumer_generation_id=3, conf=SimpleNamespace(broker_request_timeout=5),
         on_rebalance_complete=SimpleNamespace(send=nothing),
         flow_control=SimpleNamespace(resume=lambda: calls.append("flow_control.resume")),
-        _fetcher=SimpleNamespace(maybe_start=nothing), on_rebalance_end=lambda: None,
+        _fetcher=SimpleNamespace(maybe_start=nothing), on_rebalance_end=lambda: calls.append("rebalance_end"),
         assignor=SimpleNamespace(assigned_standbys=lambda: set()),
     )
     return SimpleNamespace(
@@ -75,6 +75,7 @@ def test_stream_partitions_are_sought_before_they_are_resumed(method):
     assert resumes == [("resume", frozenset({("events", 0), ("events", 1)}))]  # changelogs stay paused
     assert calls.index("seek") < calls.index(resumes[0])
     assert rec.completed.is_set()
+    assert calls[-1] == "rebalance_end"  # app.rebalancing cleared: the lost-log watchdog stays active
 
 
 @pytest.mark.parametrize("method", ["_resume_streams", "on_recovery_completed"])
