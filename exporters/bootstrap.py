@@ -42,7 +42,9 @@ from exporters.modeling import (
 from exporters.text import load_tokenizer
 from schemas.ranking import EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT
 
-DEFAULT_MAX_SEQ_LEN = 50
+# One sequence length for the bootstrap and the retrain job (exporters.job uses this default):
+# the ranker's cost grows with it (2 BERT layers over L), and 20 is what the job trains with.
+DEFAULT_MAX_SEQ_LEN = 20
 DEFAULT_MAX_TEXT_LEN = 32
 DEFAULT_RANKER_LAYERS = 2
 TOKENIZER_FILE = "tokenizer.json"

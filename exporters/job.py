@@ -21,7 +21,7 @@ import torch
 
 from exporters import registry
 from exporters.baselines import run_baselines
-from exporters.bootstrap import TOKENIZER_FILE, build_models
+from exporters.bootstrap import DEFAULT_MAX_SEQ_LEN, TOKENIZER_FILE, build_models
 from exporters.dataset import CUTS, PROTOCOLS, Interactions, build_interactions, make_split
 from exporters.evaluate import Metrics, evaluate
 from exporters.export import export_models
@@ -52,7 +52,7 @@ class JobConfig:
     limit_rows: int | None = None
     tiny: bool = False
     n_layers: int = 2
-    max_seq_len: int = 20
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     max_text_len: int = 32
     cut_step_days: float | None = None  # default per data set: CUT_STEP_DAYS
     warmup_days: float | None = None

@@ -146,15 +146,21 @@ class RecentCounts:
         self.other[dst] = other[src]
 
 
-@dataclass
-class Candidates:
-    rows: np.ndarray  # int64 [C] item rows
-    sources: list[str]  # per candidate
-    # per candidate: query text (search), (anchor row, pair count) (covis), anchor row or None
-    # (ann), (purchases, interactions, days) (trending), None (history)
-    evidence: list
-    feats: np.ndarray  # float32 [C, F]
-    query_sim: np.ndarray | None = None  # float32 [C]: cosine to the active search query, if any
+# ---- what: sources, their order and quotas -------------------------------------------------------
+# Priority order: an item keeps the first source that found it.
+SOURCES: tuple[str, ...] = ("history", "search", "covis", "ann", "trending")
+HISTORY, SEARCH, COVIS, ANN, TRENDING = range(len(SOURCES))
+
+
+def source_plan(n: int) -> dict[str, tuple[int, int]]:
+    """Per source: (how many items it proposes, how many new items it may add), for lists of
+    ``n`` candidates. Merging (``_merge``): in ``SOURCES`` order each source adds its proposals
+    that are not picked yet, in its own order, up to its limit; once ``n`` are picked a later
+    source still adds one (the original loop checked the cap after adding), and ``trending``
+    only runs while fewer than ``n`` are picked."""
+    quota = max(n // 4, 1)
+    return {"history": (n // 2, n), "search": (quota, quota), "covis": (quota, quota), "ann": (quota, quota),
+            "trending": (n, n)}
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,79 @@ class CandidateConfig:
     n: int = 200
     filter_purchased: bool = False
     filter_last_viewed: bool = False
+
+
+@dataclass
+class Candidates:
+    """One user's candidates, as arrays (a view into a ``CandidateBatch``)."""
+
+    rows: np.ndarray  # int64 [C] item rows
+    src: np.ndarray  # int8 [C] index into SOURCES
+    ev_row: np.ndarray  # int64 [C] evidence row: covis / ann anchor (-1: none), trending position
+    ev_count: np.ndarray  # float64 [C] covis pair count
+    feats: np.ndarray  # float32 [C, F]
+    query: str | None = None  # the search query (evidence of the ``search`` source)
+    trending_evidence: list | None = None  # (purchases, interactions, days) per trending position
+    query_sim: np.ndarray | None = None  # float32 [C]: cosine to the active search query, if any
+
+    def source(self, j: int) -> str:
+        return SOURCES[self.src[j]]
+
+    def evidence(self, j: int):
+        """The evidence that found candidate ``j``: the query (search), (anchor row, pair count)
+        (covis), the anchor row or None (ann), (purchases, interactions, days) (trending), None
+        (history). ``streamer.publish.reason_for`` turns it into words."""
+        s = self.src[j]
+        if s == SEARCH:
+            return self.query
+        if s == COVIS:
+            return int(self.ev_row[j]), float(self.ev_count[j])
+        if s == ANN:
+            return int(self.ev_row[j]) if self.ev_row[j] >= 0 else None
+        if s == TRENDING:
+            return self.trending_evidence[self.ev_row[j]] if self.trending_evidence is not None else None
+        return None
+
+    @property
+    def sources(self) -> list[str]:
+        return [SOURCES[s] for s in self.src]
+
+
+@dataclass
+class UserRequest:
+    """What candidate gathering needs to know about one user of the batch."""
+
+    state: UserState
+    now_ms: int
+    trigger_item: str | None = None
+    trigger_type: str | None = None
+    query_vec: np.ndarray | None = None  # the active search query's vector, if any
+
+
+@dataclass
+class CandidateBatch:
+    """The candidates of every user of a micro-batch, flat: user ``u`` owns
+    ``[offsets[u], offsets[u + 1])`` of each per-candidate array."""
+
+    offsets: np.ndarray  # int64 [U + 1]
+    rows: np.ndarray  # int64 [N]
+    src: np.ndarray  # int8 [N]
+    ev_row: np.ndarray  # int64 [N]
+    ev_count: np.ndarray  # float64 [N]
+    feats: np.ndarray  # float32 [N, F]
+    query_sim: np.ndarray  # float32 [N] (0 where the user has no active query)
+    queries: list  # [U] the search query behind the ``search`` source, or None
+    has_query: np.ndarray  # bool [U]
+    trending_evidence: list | None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def user(self, u: int) -> Candidates:
+        a, b = int(self.offsets[u]), int(self.offsets[u + 1])
+        return Candidates(rows=self.rows[a:b], src=self.src[a:b], ev_row=self.ev_row[a:b], ev_count=self.ev_count[a:b],
+                          feats=self.feats[a:b], query=self.queries[u], trending_evidence=self.trending_evidence,
+                          query_sim=self.query_sim[a:b] if self.has_query[u] else None)
 
 
 def gather(
@@ -178,83 +257,244 @@ def gather(
     trending_evidence: list | None = None,
     meaningful: Callable[[int], bool] | None = None,
 ) -> Candidates:
-    """Candidates for one user. ``meaningful(row)`` says whether an item's vector carries meaning
-    (model catalog, text or category) rather than being an id-hash placeholder; the ``ann`` source
-    is skipped when none of the user's recent items has one (the neighbours of a random vector are
-    noise: a cold user then gets trending instead), and its "similar to" anchor is always such an item."""
-    picked: dict[int, tuple[str, int | str | None]] = {}
-    quota = max(cfg.n // 4, 1)
+    """Candidates for one user (``gather_batch`` of one)."""
+    req = UserRequest(user, now_ms, trigger_item, trigger_type, query_vec)
+    return gather_batch([req], index, covis, cfg, trending_rows=trending_rows, trending_evidence=trending_evidence,
+                        meaningful=meaningful).user(0)
 
-    def take(rows, source: str, evidence=None, limit: int = cfg.n) -> None:
-        added = 0
-        for i, r in enumerate(rows):
-            r = int(r)
-            if r < 0 or r in picked:
-                continue
-            picked[r] = (source, evidence[i] if isinstance(evidence, list) else evidence)
-            added += 1
-            if added >= limit or len(picked) >= cfg.n:
-                return
+
+# ---- how: every user of the batch at once ----------------------------------------------------------
+def gather_batch(
+    users: list[UserRequest],
+    index: ItemIndex,
+    covis: CoVisitation,
+    cfg: CandidateConfig,
+    *,
+    trending_rows: np.ndarray | None = None,
+    trending_evidence: list | None = None,
+    meaningful: Callable[[int], bool] | None = None,
+) -> CandidateBatch:
+    """Candidates for every user of a micro-batch: each source proposes for all users at once (one
+    HNSW call per source), ``_merge`` picks per ``source_plan`` with array operations over the
+    whole batch, then filters and ``schemas.ranking.candidate_features`` run once over all
+    candidates. ``meaningful(row)`` says whether an item's vector carries meaning (model catalog,
+    text or category) rather than being an id-hash placeholder; the ``ann`` source is skipped for a
+    user none of whose recent items has one (the neighbours of a random vector are noise: a cold
+    user then gets trending instead), and its "similar to" anchor is always such an item."""
+    n_users, n = len(users), cfg.n
+    plan = source_plan(n)
+    n_items = len(index)
+    key_base = max(n_items, 1)  # flat key of (user, row): user * key_base + row
+    pos = index.pos
+
+    # per user: profile arrays (rows, weight, last ts, purchases), recent rows, user vector
+    prof_rows, prof_vals, recent, uvecs = [], [], [], []
+    for r in users:
+        st = r.state
+        rows = np.fromiter((pos.get(k, -1) for k in st.items), dtype=np.int64, count=len(st.items))
+        vals = np.asarray(list(st.items.values()), dtype=np.float64).reshape(-1, 3)
+        prof_rows.append(rows)
+        prof_vals.append(vals)
+        recent.append([pos[i] for i, _t, _ts in list(st.seq)[-COVIS_WINDOW:] if i in pos])
+        uvecs.append(st.user_vector())
 
     # history: the user's own items, strongest first (weight x recency)
-    if user.items:
-        hist = sorted(user.items.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[: cfg.n // 2]
-        take([index.pos[k] for k, _ in hist if k in index.pos], "history")
-    if query_vec is not None and len(index):
-        labels, _ = index.nearest(query_vec[None, :], quota)
-        take(labels[0], "search", user.last_query, quota)
-    recent_rows = [index.pos[i] for i, _t, _ts in list(user.seq)[-COVIS_WINDOW:] if i in index.pos]
-    covis_scores = covis.neighbours(recent_rows)
-    if covis_scores:
-        ranked = sorted(covis_scores.items(), key=lambda kv: -kv[1][0])[:quota]
-        take([r for r, _ in ranked], "covis", [(a, covis.pair_count(a, r)) for r, (_s, a) in ranked], quota)
-    uvec = user.user_vector()
-    anchor_rows = [r for r in recent_rows if meaningful(r)] if meaningful is not None else recent_rows
-    use_ann = bool(anchor_rows) or (meaningful is None) or (not recent_rows)  # no items: emb from searches
-    if uvec is not None and len(index) and use_ann:
-        labels, _ = index.nearest(uvec[None, :], quota)
-        cand = labels[0]
-        if anchor_rows and len(cand):
-            # the recent item each neighbour is closest to: "similar to <that item>"
-            anchors = np.asarray(anchor_rows)[np.argmax(index.vecs[cand] @ index.vecs[anchor_rows].T, axis=1)]
-            take(cand, "ann", [int(a) for a in anchors], quota)
-        else:
-            take(cand, "ann", None, quota)
-    if len(picked) < cfg.n:
-        if trending_rows is None:
-            trending_rows, trending_evidence = index.trending(cfg.n), None
-        take(trending_rows, "trending", trending_evidence)
+    k_hist = plan["history"][0]
+    hist = np.full((n_users, k_hist), -1, dtype=np.int64)
+    for u, (rows, vals) in enumerate(zip(prof_rows, prof_vals)):
+        if len(rows):
+            top = rows[np.lexsort((-vals[:, 1], -vals[:, 0]))[:k_hist]]
+            top = top[top >= 0]
+            hist[u, : len(top)] = top
+
+    # search: nearest items to the active query
+    k_q = plan["search"][0]
+    search = np.full((n_users, k_q), -1, dtype=np.int64)
+    with_q = [u for u, r in enumerate(users) if r.query_vec is not None]
+    if with_q and n_items:
+        labels, _ = index.nearest(np.stack([users[u].query_vec for u in with_q]).astype(np.float32), k_q)
+        search[with_q, : labels.shape[1]] = labels
+
+    # covis: co-visitation neighbours of the recent items, by summed count
+    k_c = plan["covis"][0]
+    cov_rows, cov_anchor, cov_count, cov_keys, cov_totals = _covis_batch(covis, recent, k_c, key_base)
+
+    # ann: nearest items to the user embedding; the evidence is the closest recent item with meaning
+    k_a = plan["ann"][0]
+    ann = np.full((n_users, k_a), -1, dtype=np.int64)
+    ann_anchor = np.full((n_users, k_a), -1, dtype=np.int64)
+    anchors = [[r for r in rec if meaningful(r)] if meaningful is not None else rec for rec in recent]
+    with_ann = [u for u in range(n_users) if uvecs[u] is not None and n_items
+                and (bool(anchors[u]) or meaningful is None or not recent[u])]
+    if with_ann:
+        labels, _ = index.nearest(np.stack([uvecs[u] for u in with_ann]), k_a)
+        k = labels.shape[1]
+        ann[with_ann, :k] = labels
+        anchored = [(i, u) for i, u in enumerate(with_ann) if anchors[u] and k]
+        if anchored:
+            width = max(len(anchors[u]) for _i, u in anchored)
+            a_rows = np.zeros((len(anchored), width), dtype=np.int64)
+            a_valid = np.zeros((len(anchored), width), dtype=bool)
+            for j, (_i, u) in enumerate(anchored):
+                a_rows[j, : len(anchors[u])] = anchors[u]
+                a_valid[j, : len(anchors[u])] = True
+            cand = labels[[i for i, _u in anchored]]
+            sims = np.matmul(index.vecs[cand], index.vecs[a_rows].transpose(0, 2, 1))
+            sims[~np.broadcast_to(a_valid[:, None, :], sims.shape)] = -np.inf
+            best = np.take_along_axis(a_rows, np.argmax(sims, axis=2), axis=1)
+            ann_anchor[[u for _i, u in anchored], :k] = best
+
+    # trending: the batch's shared list
+    if trending_rows is None:
+        trending_rows, trending_evidence = index.trending(n), None
+    trending_rows = np.asarray(trending_rows, dtype=np.int64)[: plan["trending"][0]]
+    trend = np.broadcast_to(trending_rows, (n_users, len(trending_rows)))
+    trend_pos = np.broadcast_to(np.arange(len(trending_rows), dtype=np.int64), trend.shape)
+
+    blocks = [  # (source, proposals [U, k], evidence row, evidence count), in SOURCES order
+        (HISTORY, hist, None, None),
+        (SEARCH, search, None, None),
+        (COVIS, cov_rows, cov_anchor, cov_count),
+        (ANN, ann, ann_anchor, None),
+        (TRENDING, trend, trend_pos, None),
+    ]
+    limits = [plan[SOURCES[s]][1] for s, *_ in blocks]
+    u_idx, col_src, col_pos, keep = _merge(blocks, limits, n, key_base)
+    # flat picks in (user, source, position) order = the order each user's items were picked
+    sel_u = u_idx[keep]
+    sel_s = col_src[keep]
+    rows = np.concatenate([b[1] for b in blocks], axis=1)[keep]
+    ev_row = np.concatenate([b[2] if b[2] is not None else np.full(b[1].shape, -1, np.int64) for b in blocks], axis=1)[keep]
+    ev_count = np.concatenate([b[3] if b[3] is not None else np.zeros(b[1].shape) for b in blocks], axis=1)[keep]
 
     # filters
-    drop: set[int] = set()
-    n_items = len(index)
-    for r in picked:
-        if r >= n_items or not index.available[r]:
-            drop.add(r)
+    ok = (rows < n_items) & index.available[np.minimum(rows, len(index.available) - 1)]
+    drop_keys = []
     if cfg.filter_purchased:
-        drop.update(index.pos[i] for i, p in user.items.items() if p[2] > 0 and i in index.pos)
-    if cfg.filter_last_viewed and trigger_item is not None and trigger_type in ("view", "click"):
-        row = index.pos.get(trigger_item)
-        if row is not None:
-            drop.add(row)
-    keep = [r for r in picked if r not in drop]
-    rows = np.asarray(keep, dtype=np.int64)
+        drop_keys += [u * key_base + rows_u[(vals[:, 2] > 0) & (rows_u >= 0)]
+                      for u, (rows_u, vals) in enumerate(zip(prof_rows, prof_vals))]
+    if cfg.filter_last_viewed:
+        for u, r in enumerate(users):
+            if r.trigger_item is not None and r.trigger_type in ("view", "click") and r.trigger_item in pos:
+                drop_keys.append(np.asarray([u * key_base + pos[r.trigger_item]], dtype=np.int64))
+    if drop_keys:
+        ok &= ~np.isin(sel_u * key_base + rows, np.concatenate(drop_keys))
+    sel_u, sel_s, rows, ev_row, ev_count = sel_u[ok], sel_s[ok], rows[ok], ev_row[ok], ev_count[ok]
+    offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(sel_u, minlength=n_users), out=offsets[1:])
 
-    # features (schemas.ranking.FEATURE_NAMES)
-    c = len(rows)
-    personal = np.zeros(c, dtype=np.float64)
-    last = np.full(c, -1, dtype=np.int64)
-    cov = np.zeros(c, dtype=np.float64)
-    for j, r in enumerate(keep):
-        prof = user.items.get(index.ids[r])
-        if prof is not None:
-            personal[j] = prof[0]
-            last[j] = prof[1]
-        cs = covis_scores.get(r)
-        if cs is not None:
-            cov[j] = cs[0]
-    sim = index.vecs[rows] @ uvec if (uvec is not None and c) else np.zeros(c, dtype=np.float32)
-    feats = candidate_features(personal, last, now_ms, cov, index.popularity[rows], sim)
-    qsim = (index.vecs[rows] @ query_vec).astype(np.float32) if (query_vec is not None and c) else None
-    return Candidates(rows=rows, sources=[picked[r][0] for r in keep], evidence=[picked[r][1] for r in keep], feats=feats,
-                      query_sim=qsim)
+    # features (schemas.ranking.FEATURE_NAMES), once for the whole batch
+    keys = sel_u * key_base + rows
+    personal = np.zeros(len(rows), dtype=np.float64)
+    last = np.full(len(rows), -1, dtype=np.int64)
+    p_keys = np.concatenate([u * key_base + r[r >= 0] for u, r in enumerate(prof_rows)] or [np.zeros(0, np.int64)])
+    if len(p_keys):
+        p_vals = np.concatenate([v[r >= 0] for r, v in zip(prof_rows, prof_vals)])
+        hit, at = _lookup(p_keys, keys)
+        personal[hit] = p_vals[at, 0]
+        last[hit] = p_vals[at, 1].astype(np.int64)
+    cov = np.zeros(len(rows), dtype=np.float64)
+    if len(cov_keys):
+        hit, at = _lookup(cov_keys, keys)
+        cov[hit] = cov_totals[at]
+    dim = index.vecs.shape[1]
+    U = np.stack([v if v is not None else np.zeros(dim, np.float32) for v in uvecs]) if n_users else np.zeros((0, dim), np.float32)
+    cand_vecs = index.vecs[rows]
+    sim = np.einsum("nd,nd->n", cand_vecs, U[sel_u]).astype(np.float32)
+    now = np.asarray([r.now_ms for r in users], dtype=np.int64)[sel_u]
+    feats = candidate_features(personal, last, now, cov, index.popularity[rows], sim)
+    has_q = np.asarray([r.query_vec is not None for r in users], dtype=bool)
+    qsim = np.zeros(len(rows), dtype=np.float32)
+    if has_q.any():
+        Q = np.stack([r.query_vec.astype(np.float32) if r.query_vec is not None else np.zeros(dim, np.float32) for r in users])
+        qsim = np.einsum("nd,nd->n", cand_vecs, Q[sel_u]).astype(np.float32)
+    return CandidateBatch(offsets=offsets, rows=rows, src=sel_s.astype(np.int8), ev_row=ev_row, ev_count=ev_count,
+                          feats=feats, query_sim=qsim, queries=[r.state.last_query for r in users], has_query=has_q,
+                          trending_evidence=trending_evidence)
+
+
+def _lookup(sorted_or_not: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``keys`` found in ``sorted_or_not`` (unique keys): (mask over keys, index)."""
+    order = np.argsort(sorted_or_not, kind="stable")
+    ref = sorted_or_not[order]
+    i = np.minimum(np.searchsorted(ref, keys), len(ref) - 1)
+    hit = ref[i] == keys
+    return hit, order[i[hit]]
+
+
+def _covis_batch(covis: CoVisitation, recent: list[list[int]], k: int, key_base: int):
+    """Per user: the ``k`` co-visitation neighbours of its recent rows with the largest summed
+    count (ties: first seen), each with the anchor that contributed most (ties: first anchor)
+    and that pair's count; plus every neighbour's summed count (the ``log_covis`` feature), as
+    flat (user, row) keys and totals."""
+    n_users = len(recent)
+    out_rows = np.full((n_users, k), -1, dtype=np.int64)
+    out_anchor = np.full((n_users, k), -1, dtype=np.int64)
+    out_count = np.zeros((n_users, k), dtype=np.float64)
+    parts = []
+    for u, anchors in enumerate(recent):
+        for a in anchors:
+            nb = covis.counts.get(a)
+            if nb:
+                m = len(nb)
+                parts.append((u, a, np.fromiter(nb.keys(), np.int64, m), np.fromiter(nb.values(), np.float64, m)))
+    if not parts:
+        return out_rows, out_anchor, out_count, np.zeros(0, np.int64), np.zeros(0)
+    keys = np.concatenate([u * key_base + c for u, _a, c, _v in parts])
+    vals = np.concatenate([v for *_x, v in parts])
+    anc = np.concatenate([np.full(len(c), a, np.int64) for _u, a, c, _v in parts])
+    seen = np.arange(len(keys))  # global appearance order (users in order, anchors in order)
+    order = np.lexsort((seen, keys))
+    ks = keys[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    ukeys = ks[starts]
+    totals = np.add.reduceat(vals[order], starts)
+    first = seen[order][starts]
+    by_best = np.lexsort((seen, -vals, keys))  # per key: largest count, then first seen
+    best = by_best[np.flatnonzero(np.r_[True, keys[by_best][1:] != keys[by_best][:-1]])]
+    users = ukeys // key_base
+    rank = np.lexsort((first, -totals, users))
+    u_sorted = users[rank]
+    ustart = np.searchsorted(u_sorted, np.arange(n_users))
+    pos_in_user = np.arange(len(rank)) - ustart[u_sorted]
+    take = pos_in_user < k
+    r, uu, pp = rank[take], u_sorted[take], pos_in_user[take]
+    out_rows[uu, pp] = ukeys[r] % key_base
+    out_anchor[uu, pp] = anc[best[r]]
+    out_count[uu, pp] = vals[best[r]]
+    return out_rows, out_anchor, out_count, ukeys, totals
+
+
+def _merge(blocks, limits: list[int], n: int, key_base: int):
+    """Pick per ``source_plan`` for all users at once. Returns, over the concatenated proposal
+    columns [U, K]: the user of each entry, its source, its position, and whether it is picked."""
+    n_users = blocks[0][1].shape[0]
+    widths = [b[1].shape[1] for b in blocks]
+    col_src = np.repeat(np.asarray([b[0] for b in blocks]), widths)
+    u_idx = np.repeat(np.arange(n_users, dtype=np.int64)[:, None], sum(widths), axis=1)
+    keep = np.zeros((n_users, sum(widths)), dtype=bool)
+    total = np.zeros(n_users, dtype=np.int64)
+    picked = np.zeros(0, dtype=np.int64)
+    col = 0
+    for (src, props, *_ev), limit, w in zip(blocks, limits, widths):
+        if w == 0:
+            continue
+        keys = np.arange(n_users, dtype=np.int64)[:, None] * key_base + props
+        new = props >= 0
+        if len(picked):
+            new &= ~np.isin(keys, picked)
+        # first occurrence within the source
+        flat = np.where(new, keys, -1).ravel()
+        _, first = np.unique(flat, return_index=True)
+        firsts = np.zeros(flat.shape, dtype=bool)
+        firsts[first] = True
+        new &= firsts.reshape(props.shape)
+        allowed = np.minimum(limit, np.maximum(n - total, 1))
+        if src == TRENDING:
+            allowed = np.where(total < n, allowed, 0)
+        take = new & (np.cumsum(new, axis=1) <= allowed[:, None])
+        keep[:, col:col + w] = take
+        total += take.sum(axis=1)
+        picked = np.concatenate([picked, keys[take]])
+        col += w
+    return u_idx, np.broadcast_to(col_src, keep.shape), None, keep

@@ -37,12 +37,12 @@ from schemas import DeadLetter, Event, Recommendation
 from schemas.ranking import EVENT_WEIGHTS
 from streamer import metrics
 from streamer.attribution import Stats, attribute, record_list
-from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, gather
+from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, UserRequest, gather_batch
 from streamer.ingest import Pseudonymizer, RawMessage, parse_event
 from streamer.items import ItemIndex, item_text
 from streamer.model import ModelBundle
 from streamer.publish import build_list
-from streamer.ranking import CandidateScorer, OnnxRanker, RankRequest
+from streamer.ranking import CandidateScorer, OnnxRanker
 from streamer.settings import Settings
 from streamer.state import UserState
 from streamer.variants import Split, variant_for
@@ -283,46 +283,57 @@ class Pipeline:
         return applied
 
     async def _rank(self, touched: dict[str, _Touched]) -> list[Recommendation]:
+        """Lists for every touched user: candidates for the whole batch at once
+        (``candidates.gather_batch``), one ranker call for the ``ranker`` arm, one feature blend
+        for the ``control`` arm, then one list per user (``publish.build_list``)."""
         s = self.settings
         trending = self.index.trending(s.candidates)
         trending_evidence = self.recent.counts(trending)
-        intents = {u: t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms) for u, t in touched.items()}
-        qvecs = self.query_vectors([touched[u].state.last_query for u, k in intents.items() if k is not None])
-        control_reqs, ranker_reqs = [], []
-        for user_id, t in touched.items():
-            st, ev = t.state, t.last_event
-            qvec = qvecs[st.last_query] if intents[user_id] is not None else None
-            cands = gather(
-                st, self.index, self.covis, self.cand_cfg, now_ms=max(ev.ts, st.emb_ts),
-                trigger_item=ev.item_id, trigger_type=ev.type, query_vec=qvec, trending_rows=trending,
-                trending_evidence=trending_evidence, meaningful=self._meaningful,
-            )
-            seq = [(self.index.pos[i], ty) for i, ty, _ts in st.seq if i in self.index.pos]
-            req = RankRequest(
-                seq_vecs=self.index.vecs[[r for r, _ in seq]] if seq else np.zeros((0, self.bundle.dim), np.float32),
-                seq_types=np.asarray([ty for _, ty in seq], dtype=np.int64),
-                cand_vecs=self.index.vecs[cands.rows],
-                cand_feats=cands.feats,
-            )
-            variant = variant_for(user_id, self.variants)
-            use_ranker = self.settings.ranking and variant == "ranker"
-            (ranker_reqs if use_ranker else control_reqs).append((user_id, t, cands, req, variant))
-        scored = []
-        if ranker_reqs:
-            loop = asyncio.get_running_loop()
-            scores = await loop.run_in_executor(None, self.ranker.score, [r[3] for r in ranker_reqs if len(r[2].rows)])
-            it = iter(scores)
-            scored += [(r, next(it) if len(r[2].rows) else np.zeros(0, np.float32)) for r in ranker_reqs]
-        if control_reqs:
-            scored += list(zip(control_reqs, self.control.score([r[3] for r in control_reqs])))
+        users = list(touched)
+        ts = [touched[u] for u in users]
+        intents = [t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms) for t in ts]
+        qvecs = self.query_vectors([t.state.last_query for t, k in zip(ts, intents) if k is not None])
+        reqs = [UserRequest(t.state, max(t.last_event.ts, t.state.emb_ts), t.last_event.item_id, t.last_event.type,
+                            qvecs[t.state.last_query] if k is not None else None) for t, k in zip(ts, intents)]
+        batch = gather_batch(reqs, self.index, self.covis, self.cand_cfg, trending_rows=trending,
+                             trending_evidence=trending_evidence, meaningful=self._meaningful)
+        off = batch.offsets
+        variants = [variant_for(u, self.variants) for u in users]
+        ranked = [i for i, v in enumerate(variants) if s.ranking and v == "ranker"]
+        control = [i for i, v in enumerate(variants) if not (s.ranking and v == "ranker")]
+        scores: list[np.ndarray] = [np.zeros(0, np.float32)] * len(users)
+        rankable = [i for i in ranked if off[i + 1] > off[i]]
+        pending = None
+        if rankable:
+            seqs = [self._seq_rows(ts[i].state) for i in rankable]
+            pending = asyncio.get_running_loop().run_in_executor(
+                None, self.ranker.score_rows, self.index.vecs, [r for r, _ in seqs], [t for _, t in seqs],
+                [batch.rows[off[i]:off[i + 1]] for i in rankable], [batch.feats[off[i]:off[i + 1]] for i in rankable])
+        if control:
+            flat = self.control.score_feats(batch.feats)
+            for i in control:
+                scores[i] = flat[off[i]:off[i + 1]]
+        if pending is not None:
+            for i, sc in zip(rankable, await pending):
+                scores[i] = sc
         recs = []
-        for (user_id, t, cands, _req, variant), scores in scored:
-            version = self.bundle.version if variant == "ranker" and self.settings.ranking else f"{self.bundle.version}+control"
+        for i in ranked + control:  # the ranker arm's lists first, as before
+            t = ts[i]
+            version = self.bundle.version if variants[i] == "ranker" and s.ranking else f"{self.bundle.version}+control"
             recs.append(
                 build_list(
-                    user_id, t.state, cands, scores, self.index, size=s.list_size,
-                    model_version=version, variant=variant, event_id=t.last_event.event_id, event_ts=t.last_event.ts,
-                    search_slots=self.search_slots(intents[user_id]),
+                    users[i], t.state, batch.user(i), scores[i], self.index, size=s.list_size,
+                    model_version=version, variant=variants[i], event_id=t.last_event.event_id, event_ts=t.last_event.ts,
+                    search_slots=self.search_slots(intents[i]),
                 )
             )
         return recs
+
+    def _seq_rows(self, st: UserState) -> tuple[np.ndarray, np.ndarray]:
+        """Item rows and type ids of the user's sequence (items the index knows), oldest first."""
+        pos = self.index.pos
+        seq = [(pos[i], ty) for i, ty, _ts in st.seq if i in pos]
+        if not seq:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        arr = np.asarray(seq, dtype=np.int64)
+        return arr[:, 0], arr[:, 1]

@@ -132,9 +132,9 @@ def build_list(
             RecItem(
                 item_id=index.ids[row],
                 score=round(float(final[j]), 6),
-                reason=reason_for(cands.sources[j], cands.evidence[j], row, user, index),
+                reason=reason_for(cands.source(j), cands.evidence(j), row, user, index),
                 title=index.titles[row],
-                source=cands.sources[j],
+                source=cands.source(j),
             )
         )
     return Recommendation(

@@ -3,7 +3,9 @@
 Knows nothing of Kafka or Redis: it takes users' sequences and candidates, returns scores.
 Batches across users (the caller collects a micro-batch and coalesces a burst of one user's
 events into one request), pads sequences to the batch's longest (bucketed to a multiple of 8 so
-ONNX Runtime sees few distinct shapes) and candidates to the batch's largest set.
+ONNX Runtime sees few distinct shapes, never past the model's ``max_seq_len``) and candidates to
+the batch's largest set. ``score_rows`` takes item rows and gathers their vectors from the item
+index with one indexing operation per input (the hot path); ``score`` takes ready vectors.
 
 The ``control`` variant (A/B) and ``STREAMREC_RANKING=false`` use ``CandidateScorer``: a fixed
 linear blend of the candidate features, the same blend the bootstrap model's feature head starts
@@ -41,6 +43,10 @@ class CandidateScorer:
     def score(self, requests: list[RankRequest]) -> list[np.ndarray]:
         return [r.cand_feats @ CONTROL_WEIGHTS for r in requests]
 
+    def score_feats(self, feats: np.ndarray) -> np.ndarray:
+        """Scores of a flat [N, F] feature array (all users of a batch at once)."""
+        return feats @ CONTROL_WEIGHTS
+
 
 class OnnxRanker:
     """Batches requests into the padded tensors of ``schemas.ranking.RANKER_INPUTS``."""
@@ -50,12 +56,47 @@ class OnnxRanker:
         self.dim = bundle.dim
         self.max_seq_len = bundle.max_seq_len
 
+    def _seq_len(self, lens: list[int]) -> int:
+        return max(min(_bucket(max(max(lens), 1)), self.max_seq_len), max(lens), 1)
+
+    def score_rows(self, vecs: np.ndarray, seq_rows: list[np.ndarray], seq_types: list[np.ndarray],
+                   cand_rows: list[np.ndarray], cand_feats: list[np.ndarray]) -> list[np.ndarray]:
+        """Scores per user from item rows of ``vecs`` (the item index): each user's sequence
+        (rows, type ids; oldest first) and candidates (rows, features [C, F])."""
+        if not cand_rows:
+            return []
+        b = len(cand_rows)
+        lens = [min(len(t), self.max_seq_len) for t in seq_types]
+        l = self._seq_len(lens)
+        c = _bucket(max(len(r) for r in cand_rows))
+        s_rows = np.zeros((b, l), dtype=np.int64)
+        s_types = np.zeros((b, l), dtype=np.int64)
+        s_mask = np.zeros((b, l), dtype=np.int64)
+        c_rows = np.zeros((b, c), dtype=np.int64)
+        c_mask = np.zeros((b, c), dtype=bool)
+        feats = np.zeros((b, c, NUM_FEATURES), dtype=np.float32)
+        for i, n in enumerate(lens):
+            if n:
+                s_rows[i, :n] = seq_rows[i][-n:]
+                s_types[i, :n] = seq_types[i][-n:]
+                s_mask[i, :n] = 1
+            k = len(cand_rows[i])
+            c_rows[i, :k] = cand_rows[i]
+            c_mask[i, :k] = True
+            feats[i, :k] = cand_feats[i]
+        seq_vecs = vecs[s_rows]
+        seq_vecs[s_mask == 0] = 0.0
+        cand_vecs = vecs[c_rows]
+        cand_vecs[~c_mask] = 0.0
+        scores = self.bundle.score(seq_vecs, s_types, s_mask, cand_vecs, feats)
+        return [scores[i, : len(r)] for i, r in enumerate(cand_rows)]
+
     def score(self, requests: list[RankRequest]) -> list[np.ndarray]:
         if not requests:
             return []
         b = len(requests)
         lens = [min(len(r.seq_types), self.max_seq_len) for r in requests]
-        l = _bucket(max(max(lens), 1))
+        l = self._seq_len(lens)
         c = _bucket(max(len(r.cand_feats) for r in requests))
         seq_vecs = np.zeros((b, l, self.dim), dtype=np.float32)
         seq_types = np.zeros((b, l), dtype=np.int64)
