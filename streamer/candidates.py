@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import chain
 from typing import Callable
 
 import numpy as np
@@ -228,6 +229,7 @@ class CandidateBatch:
     ev_row: np.ndarray  # int64 [N]
     ev_count: np.ndarray  # float64 [N]
     feats: np.ndarray  # float32 [N, F]
+    vecs: np.ndarray  # float32 [N, D] the candidates' item vectors (gathered once, the ranker reuses them)
     query_sim: np.ndarray  # float32 [N] (0 where the user has no active query)
     queries: list  # [U] the search query behind the ``search`` source, or None
     has_query: np.ndarray  # bool [U]
@@ -292,7 +294,7 @@ def gather_batch(
     for r in users:
         st = r.state
         rows = np.fromiter((pos.get(k, -1) for k in st.items), dtype=np.int64, count=len(st.items))
-        vals = np.asarray(list(st.items.values()), dtype=np.float64).reshape(-1, 3)
+        vals = np.fromiter(chain.from_iterable(st.items.values()), dtype=np.float64, count=3 * len(st.items)).reshape(-1, 3)
         prof_rows.append(rows)
         prof_vals.append(vals)
         recent.append([pos[i] for i, _t, _ts in list(st.seq)[-COVIS_WINDOW:] if i in pos])
@@ -397,19 +399,22 @@ def gather_batch(
     if len(cov_keys):
         hit, at = _lookup(cov_keys, keys)
         cov[hit] = cov_totals[at]
-    dim = index.vecs.shape[1]
-    U = np.stack([v if v is not None else np.zeros(dim, np.float32) for v in uvecs]) if n_users else np.zeros((0, dim), np.float32)
     cand_vecs = index.vecs[rows]
-    sim = np.einsum("nd,nd->n", cand_vecs, U[sel_u]).astype(np.float32)
+    sim = np.zeros(len(rows), dtype=np.float32)
+    qsim = np.zeros(len(rows), dtype=np.float32)
+    for u, r in enumerate(users):  # one matrix-vector product per user (BLAS)
+        a, b = offsets[u], offsets[u + 1]
+        if a == b:
+            continue
+        if uvecs[u] is not None:
+            sim[a:b] = cand_vecs[a:b] @ uvecs[u]
+        if r.query_vec is not None:
+            qsim[a:b] = cand_vecs[a:b] @ r.query_vec
     now = np.asarray([r.now_ms for r in users], dtype=np.int64)[sel_u]
     feats = candidate_features(personal, last, now, cov, index.popularity[rows], sim)
     has_q = np.asarray([r.query_vec is not None for r in users], dtype=bool)
-    qsim = np.zeros(len(rows), dtype=np.float32)
-    if has_q.any():
-        Q = np.stack([r.query_vec.astype(np.float32) if r.query_vec is not None else np.zeros(dim, np.float32) for r in users])
-        qsim = np.einsum("nd,nd->n", cand_vecs, Q[sel_u]).astype(np.float32)
     return CandidateBatch(offsets=offsets, rows=rows, src=sel_s.astype(np.int8), ev_row=ev_row, ev_count=ev_count,
-                          feats=feats, query_sim=qsim, queries=[r.state.last_query for r in users], has_query=has_q,
+                          feats=feats, vecs=cand_vecs, query_sim=qsim, queries=[r.state.last_query for r in users], has_query=has_q,
                           trending_evidence=trending_evidence)
 
 
@@ -482,7 +487,8 @@ def _merge(blocks, limits: list[int], n: int, key_base: int):
         keys = np.arange(n_users, dtype=np.int64)[:, None] * key_base + props
         new = props >= 0
         if len(picked):
-            new &= ~np.isin(keys, picked)
+            ref = np.sort(picked)
+            new &= ref[np.minimum(np.searchsorted(ref, keys), len(ref) - 1)] != keys
         # first occurrence within the source
         flat = np.where(new, keys, -1).ravel()
         _, first = np.unique(flat, return_index=True)

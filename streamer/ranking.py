@@ -60,36 +60,32 @@ class OnnxRanker:
         return max(min(_bucket(max(max(lens), 1)), self.max_seq_len), max(lens), 1)
 
     def score_rows(self, vecs: np.ndarray, seq_rows: list[np.ndarray], seq_types: list[np.ndarray],
-                   cand_rows: list[np.ndarray], cand_feats: list[np.ndarray]) -> list[np.ndarray]:
-        """Scores per user from item rows of ``vecs`` (the item index): each user's sequence
-        (rows, type ids; oldest first) and candidates (rows, features [C, F])."""
-        if not cand_rows:
+                   cand_vecs: list[np.ndarray], cand_feats: list[np.ndarray]) -> list[np.ndarray]:
+        """Scores per user: each user's sequence as item rows of ``vecs`` (the item index) and
+        type ids, oldest first, and its candidates' vectors [C, D] and features [C, F]."""
+        if not cand_vecs:
             return []
-        b = len(cand_rows)
+        b = len(cand_vecs)
         lens = [min(len(t), self.max_seq_len) for t in seq_types]
         l = self._seq_len(lens)
-        c = _bucket(max(len(r) for r in cand_rows))
+        c = _bucket(max(len(r) for r in cand_vecs))
         s_rows = np.zeros((b, l), dtype=np.int64)
         s_types = np.zeros((b, l), dtype=np.int64)
         s_mask = np.zeros((b, l), dtype=np.int64)
-        c_rows = np.zeros((b, c), dtype=np.int64)
-        c_mask = np.zeros((b, c), dtype=bool)
+        c_vecs = np.zeros((b, c, self.dim), dtype=np.float32)
         feats = np.zeros((b, c, NUM_FEATURES), dtype=np.float32)
         for i, n in enumerate(lens):
             if n:
                 s_rows[i, :n] = seq_rows[i][-n:]
                 s_types[i, :n] = seq_types[i][-n:]
                 s_mask[i, :n] = 1
-            k = len(cand_rows[i])
-            c_rows[i, :k] = cand_rows[i]
-            c_mask[i, :k] = True
+            k = len(cand_vecs[i])
+            c_vecs[i, :k] = cand_vecs[i]
             feats[i, :k] = cand_feats[i]
         seq_vecs = vecs[s_rows]
         seq_vecs[s_mask == 0] = 0.0
-        cand_vecs = vecs[c_rows]
-        cand_vecs[~c_mask] = 0.0
-        scores = self.bundle.score(seq_vecs, s_types, s_mask, cand_vecs, feats)
-        return [scores[i, : len(r)] for i, r in enumerate(cand_rows)]
+        scores = self.bundle.score(seq_vecs, s_types, s_mask, c_vecs, feats)
+        return [scores[i, : len(r)] for i, r in enumerate(cand_vecs)]
 
     def score(self, requests: list[RankRequest]) -> list[np.ndarray]:
         if not requests:

@@ -186,11 +186,13 @@ class LocalStack:
         changelog recovery would stop early (losing state) or refuse to start (ConsistencyError).
         And consumers must poll with a short fetch wait: Tansu holds a fetch for its whole
         max-wait even when data arrives (measured: p50 459 ms produce->consume at 1500 ms,
-        4 ms at 10 ms)."""
+        4 ms at 10 ms). And the lost-log watchdog is on (every 2 s): a restarted Tansu lost its logs
+        and answers a fetch past the new end with nothing (Apache Kafka needs none of this)."""
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url}
         if not self.external_kafka:
             env["STREAMREC_PRODUCER_MAX_BATCH_BYTES"] = "1"
             env["STREAMREC_FETCH_MAX_WAIT_MS"] = "10"
+            env["STREAMREC_LOST_LOG_CHECK_S"] = "2"  # its memory-only logs vanish on restart: see streamer/watchdog.py
         return env
 
     def log_path(self, name: str) -> Path:
