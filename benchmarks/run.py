@@ -128,9 +128,19 @@ def rss_mb(pid: int) -> float:
 
 
 def run_worker(stack, model_root, tmp: Path, name: str, topics, **env) -> WorkerProcess:
-    w = WorkerProcess(stack, model_root, tmp / name, app_id=name, topics=topics, **env).start()
+    w = WorkerProcess(stack, model_root, tmp / name, app_id=name, topics=topics, **(WORKER_ENV | env)).start()
     w.wait_ready(timeout=180)
     return w
+
+
+# (label, worker env) of the ingest runs; the embedded stack's own settings apply unless overridden
+# (one record per producer batch, lost-log watchdog every 2 s: ``LocalStack.client_env``)
+INGEST_RUNS = (
+    ("worker, ranking off (stack defaults)", {"STREAMREC_RANKING": "false"}),
+    ("worker, ranking off, lost-log watchdog off", {"STREAMREC_RANKING": "false", "STREAMREC_LOST_LOG_CHECK_S": "0"}),
+    ("worker, ranking off, batched producer", {"STREAMREC_RANKING": "false", "STREAMREC_PRODUCER_MAX_BATCH_BYTES": "16384"}),
+)
+WORKER_ENV: dict[str, str] = {}  # --env: applied to every worker of the run
 
 
 def bench_ingest(stack, model_root, tmp, ds, results) -> None:
@@ -141,8 +151,7 @@ def bench_ingest(stack, model_root, tmp, ds, results) -> None:
     asyncio.run(produce(stack.bootstrap, t["events"], ev))
     bare = asyncio.run(bare_loop(stack.bootstrap, t["events"], t["recs"], n))
     rows.append(["bare aiokafka consume→produce", n, bare, "1.00"])
-    for label, env in (("worker, ranking off", {"STREAMREC_RANKING": "false"}),
-                       ("worker, ranking off, batched producer", {"STREAMREC_RANKING": "false", "STREAMREC_PRODUCER_MAX_BATCH_BYTES": "16384"})):
+    for label, env in INGEST_RUNS:
         t = topics_for(stack, f"ingest{len(rows)}")
         asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
         asyncio.run(produce(stack.bootstrap, t["events"], ev))
@@ -221,7 +230,8 @@ def bench_scale(stack, model_root, tmp, ds, results) -> None:
         t = topics_for(stack, name)
         asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
         asyncio.run(produce(stack.bootstrap, t["events"], event_messages(ds)))
-        procs = [WorkerProcess(stack, model_root, tmp / f"{name}-{i}", app_id=name, topics=t).start() for i in range(workers)]
+        procs = [WorkerProcess(stack, model_root, tmp / f"{name}-{i}", app_id=name, topics=t, **WORKER_ENV).start()
+                 for i in range(workers)]
         try:
             for w in procs:
                 w.wait_ready(timeout=180)
@@ -263,15 +273,20 @@ def bench_onnx(results, seq_len: int, cands: int) -> None:
     tok.save(str(out / "tokenizer.json"))
     import onnxruntime as ort
 
+    from streamer.model import auto_threads
+
+    threads = auto_threads()
     sessions = {}
     for name in ("ranker.onnx", "ranker.int8.onnx"):
         if (out / name).exists():
             opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads  # as the worker runs it (STREAMREC_ORT_THREADS=0)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             sessions[name] = ort.InferenceSession(str(out / name), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     rows, res = [], []
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     for b in (1, 16, 64, 256):
         feeds = {"seq_vecs": rng.standard_normal((b, seq_len, 384)).astype(np.float32),
                  "seq_types": np.full((b, seq_len), 5, np.int64), "seq_mask": np.ones((b, seq_len), np.int64),
@@ -295,7 +310,8 @@ def bench_onnx(results, seq_len: int, cands: int) -> None:
     header = ["batch", "torch eager users/s"]
     for name in sessions:
         header += [f"{name} users/s", "vs torch"]
-    print(table(f"ranker: ONNX Runtime vs PyTorch eager (CPU, L={seq_len}, C={cands}, 2 BERT layers)", header, rows), flush=True)
+    print(table(f"ranker: ONNX Runtime vs PyTorch eager (CPU, {threads} thread(s) each, L={seq_len}, C={cands}, 2 BERT layers)",
+                header, rows), flush=True)
     results["onnx"] = {"seq_len": seq_len, "candidates": cands, "rows": res}
 
 
@@ -348,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-root", default=os.environ.get("STREAMREC_MODEL_ROOT", "var/models"))
     ap.add_argument("--memory-users", type=int, default=100_000)
     ap.add_argument("--memory-items", type=int, default=100_000)
+    ap.add_argument("--seq-len", type=int, default=None, help="onnx section: sequence length (default: the bootstrap's)")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for every worker of the run (repeatable)")
     args = ap.parse_args(argv)
+    WORKER_ENV.update(dict(kv.split("=", 1) for kv in args.env))
     only = set(args.only.split(","))
     model_root = Path(args.model_root)
     if not (model_root / "LATEST").exists():
@@ -358,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}; model {results['model']}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     if "onnx" in only:
-        bench_onnx(results, seq_len=50, cands=200)
+        from exporters.bootstrap import DEFAULT_MAX_SEQ_LEN
+
+        bench_onnx(results, seq_len=args.seq_len or DEFAULT_MAX_SEQ_LEN, cands=200)
     if only & {"ingest", "e2e", "scale", "memory"}:
         ds = load_dataset("online_retail", limit_rows=args.rows)
         with LocalStack.from_env(partitions=4) as stack:

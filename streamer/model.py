@@ -172,12 +172,23 @@ class ModelBundle:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def score(self, seq_vecs, seq_types, seq_mask, cand_vecs, cand_feats) -> np.ndarray:
-        (scores,) = self.ranker.run(
-            [RANKER_OUTPUT],
-            {"seq_vecs": seq_vecs, "seq_types": seq_types, "seq_mask": seq_mask,
-             "cand_vecs": cand_vecs, "cand_feats": cand_feats},
-        )
+        feeds = {"seq_vecs": seq_vecs, "seq_types": seq_types, "seq_mask": seq_mask,
+                 "cand_vecs": cand_vecs, "cand_feats": cand_feats}
+        if self.provider == "CUDAExecutionProvider":
+            return self.score_bound(feeds)
+        (scores,) = self.ranker.run([RANKER_OUTPUT], feeds)
         return scores
+
+    def score_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The ranker with I/O binding (the CUDA path): each input is copied to the device once
+        and the output is allocated there by onnxruntime, then copied back; no per-run
+        re-allocation of device buffers by the generic ``run``. Works on CPU too (tested there)."""
+        binding = self.ranker.io_binding()
+        for name, arr in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+        binding.bind_output(RANKER_OUTPUT)
+        self.ranker.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
     def smoke_test(self) -> None:
         """Run both models on a small fixed input; refuse on error, wrong shape or non-finite output."""

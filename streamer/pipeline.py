@@ -53,6 +53,8 @@ __all__ = ["BatchResult", "Pipeline", "StateStore", "variant_for"]
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
 QUERY_CACHE_SIZE = 4096
+# per-event counters, bound once (``labels()`` per event cost ~5 us)
+_COUNT = {o: metrics.EVENTS.labels("events", o) for o in ("valid", "duplicate", "dead_letter", "erased")}
 RANK_CHUNK = 8  # users: a batch of at least twice this many is ranked in two overlapping chunks (``_rank``)
 
 
@@ -214,7 +216,7 @@ class Pipeline:
             parsed = parse_event(msg, self.pseudonymize, self.settings.worker_id)
             if isinstance(parsed, DeadLetter):
                 out.dead_letters.append(parsed)
-                metrics.EVENTS.labels("events", "dead_letter").inc()
+                _COUNT["dead_letter"].inc()
                 metrics.DLQ.labels(parsed.error_code).inc()
                 continue
             ev = parsed
@@ -222,7 +224,7 @@ class Pipeline:
                 touched.pop(ev.user_id, None)
                 store.delete(ev.user_id, msg)
                 out.erased.append(ev.user_id)
-                metrics.EVENTS.labels("events", "erased").inc()
+                _COUNT["erased"].inc()
                 continue
             t = touched.get(ev.user_id)
             if t is None:
@@ -236,10 +238,10 @@ class Pipeline:
             if self._apply(t.state, ev, out.stats):
                 t.dirty = t.applied = True
                 out.applied += 1
-                metrics.EVENTS.labels("events", "valid").inc()
+                _COUNT["valid"].inc()
             else:
                 out.duplicates += 1
-                metrics.EVENTS.labels("events", "duplicate").inc()
+                _COUNT["duplicate"].inc()
         for user_id, t in touched.items():
             out.trigger_ts[user_id] = t.last_msg.timestamp_ms
         t1 = time.perf_counter()
