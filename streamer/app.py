@@ -67,10 +67,10 @@ def _patch_recovery(settings: Settings) -> None:
        the end that ListOffsets reports. The embedded broker (Tansu) under-states that end after
        a multi-record batch (it answers the last batch's base offset + 1; measured: 1 where 133
        records were there, tests/integration/test_crash_recovery.py). Recovery would stop early
-       and the worker would go on from a stale copy of a user's state. The embedded stack avoids
-       such batches (STREAMREC_PRODUCER_MAX_BATCH_BYTES=1); as a guard for any other setup the
-       end is also read from a fetch response's high watermark, which Tansu states correctly
-       (``watchdog.fetch_highwaters``), and the larger of the two is used. On Apache Kafka both
+       and the worker would go on from a stale copy of a user's state. So the end is also read
+       from a fetch response's high watermark, which Tansu states correctly
+       (``watchdog.fetch_highwaters``), and the larger of the two is used; with it the embedded
+       stack produces multi-record batches again (it forced one record per batch before). On Apache Kafka both
        agree and nothing changes.
 
     2. A changelog shorter than the local state. The local RocksDB store remembers the last

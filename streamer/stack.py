@@ -180,17 +180,20 @@ class LocalStack:
         return f"redis://127.0.0.1:{port}/0"
 
     def client_env(self) -> dict[str, str]:
-        """Environment for processes using this stack. With the embedded Tansu broker, producers
-        must send one record per batch: Tansu answers ListOffsets(latest) with the last *batch's*
-        base offset + 1, so after multi-record batches the end offset is too low, and faust's
-        changelog recovery would stop early (losing state) or refuse to start (ConsistencyError).
-        And consumers must poll with a short fetch wait: Tansu holds a fetch for its whole
-        max-wait even when data arrives (measured: p50 459 ms produce->consume at 1500 ms,
-        4 ms at 10 ms). And the lost-log watchdog is on (every 2 s): a restarted Tansu lost its logs
-        and answers a fetch past the new end with nothing (Apache Kafka needs none of this)."""
+        """Environment for processes using this stack. With the embedded Tansu broker, consumers
+        must poll with a short fetch wait: Tansu holds a fetch for its whole max-wait even when
+        data arrives (measured: p50 459 ms produce->consume at 1500 ms, 4 ms at 10 ms). And the
+        lost-log watchdog is on (every 2 s): a restarted Tansu lost its logs and answers a fetch
+        past the new end with nothing. Apache Kafka needs neither.
+
+        Producers batch as on any broker. Tansu answers ListOffsets(latest) with the last
+        *batch's* base offset + 1, so after multi-record batches the end offset is too low; the
+        stack used to force one record per batch (STREAMREC_PRODUCER_MAX_BATCH_BYTES=1) for
+        faust's changelog recovery. The worker's recovery now reads each changelog's end from a
+        fetch response (``app._patch_recovery``), and the SIGKILL test passes with batches
+        (tests/integration/test_crash_recovery.py, measured in BENCHMARKS.md), so it no longer does."""
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url}
         if not self.external_kafka:
-            env["STREAMREC_PRODUCER_MAX_BATCH_BYTES"] = "1"
             env["STREAMREC_FETCH_MAX_WAIT_MS"] = "10"
             env["STREAMREC_LOST_LOG_CHECK_S"] = "2"  # its memory-only logs vanish on restart: see streamer/watchdog.py
         return env

@@ -127,11 +127,13 @@ def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout:
         time.sleep(1)
 
 
-@pytest.mark.parametrize("producer_batch_bytes", [None, "16384"], ids=["stack-default", "batched-producer"])
+@pytest.mark.parametrize("producer_batch_bytes", [None, "1"], ids=["batched-producer", "one-record-batches"])
 def test_sigkill_and_restart_equals_clean_run(stack, model_root, tmp_path, producer_batch_bytes):
-    """``batched-producer``: multi-record producer batches (state changelog, lists) on the embedded
-    broker, whose ListOffsets answer is wrong after them; recovery reads the changelog's end from
-    fetch responses instead (``test_changelog_end_is_read_from_fetch_responses``)."""
+    """``batched-producer`` (the stack's default): multi-record producer batches (state
+    changelog, lists) on the embedded broker, whose ListOffsets answer is wrong after them;
+    recovery reads the changelog's end from fetch responses instead
+    (``test_changelog_end_is_read_from_fetch_responses``). ``one-record-batches``: the stack's
+    former setting."""
     env = {"STREAMREC_PRODUCER_MAX_BATCH_BYTES": producer_batch_bytes} if producer_batch_bytes else {}
     topics = unique_topics(stack, "crash")
     evs, expected = make_events(n_users=60, per_user=40, seed=7)
