@@ -87,10 +87,36 @@ def run(model_root: Path, rows: int, batch: int, profile: bool, top: int, sort: 
            "ranker_file": bundle.ranker_file, "max_seq_len": bundle.max_seq_len}
     print(orjson.dumps(out).decode(), flush=True)
     if prof:
+        st = pstats.Stats(prof)
+        print(stage_table(st, dt, lists, events))
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats(sort).print_stats(top)
         print(s.getvalue())
     return out
+
+
+# stage -> functions (name as cProfile reports it) whose cumulative time is the stage's
+STAGES = (
+    ("decode + validate events", ("parse_event",)),
+    ("state update per event (Pipeline._apply)", ("_apply",)),
+    ("state load/save (from_bytes, to_bytes)", ("from_bytes", "to_bytes")),
+    ("candidates + features (gather / gather_batch)", ("gather", "gather_batch")),
+    ("ranker (event loop waiting on onnxruntime)", ("<method 'poll' of 'select.epoll' objects>",)),
+    ("lists + reasons (build_list)", ("build_list",)),
+)
+
+
+def stage_table(st: pstats.Stats, seconds: float, lists: int, events: int) -> str:
+    """Where the time of ``Pipeline.process`` goes, per stage: seconds, share, ms per list."""
+    rows = ["| stage | s | share | ms per list |", "|---|---|---|---|"]
+    for label, names in STAGES:
+        t = 0.0
+        for (_file, _line, name), (_cc, _nc, tt, ct, _callers) in st.stats.items():
+            if name in names and (_file.endswith((".py",)) or name.startswith("<")):
+                t += tt if name.startswith("<") else ct
+        rows.append(f"| {label} | {t:.2f} | {t / seconds:.0%} | {1000 * t / max(lists, 1):.2f} |")
+    rows.append(f"| total (profiled, {events:,} events, {lists:,} lists) | {seconds:.2f} | 100% | {1000 * seconds / max(lists, 1):.2f} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
