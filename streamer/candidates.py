@@ -17,6 +17,14 @@ similar to (ann), the item's exact event counts over the last days (trending, ``
 Then filters (unavailable; purchased and the just-viewed item when configured) and the
 per-candidate features of ``schemas.ranking.FEATURE_NAMES``.
 
+*What* and *how* are kept apart: ``SOURCES`` (priority order), ``source_plan`` (how many each
+source proposes and may add) and the merge rule in its docstring, the filters and
+``schemas.ranking.candidate_features`` say what a user's candidates are; ``gather_batch`` computes
+them for every user of a micro-batch at once with array operations (one HNSW call per source,
+one feature computation for all candidates, no per-candidate Python objects), ``gather`` is the
+same for one user. ``tests/unit/streamer/reference_lists.py`` keeps the former per-user loop as
+the plain statement of the semantics; ``test_batched_lists.py`` proves both give the same lists.
+
 Co-visitation and trending counts are kept per worker from the events of its own partitions:
 users are hash-partitioned, so each worker's counts are a uniform sample of the global ones.
 """
