@@ -74,6 +74,9 @@ def item_messages(items) -> list[tuple[bytes, bytes]]:
 
 
 # ---- ingest: bare loop vs worker without ranking ------------------------------------------------
+BARE_CPU: dict[str, float] = {}  # CPU seconds of the last bare loop (this process)
+
+
 async def bare_loop(bootstrap: str, src: str, dst: str, n: int) -> float:
     """Consume ``n`` messages and produce each to ``dst``: the ceiling a Kafka-bound worker can reach."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -89,11 +92,12 @@ async def bare_loop(bootstrap: str, src: str, dst: str, n: int) -> float:
             batch = await c.getmany(timeout_ms=100, max_records=1000)
             for msgs in batch.values():
                 if t0 is None:
-                    t0 = time.perf_counter()
+                    t0, BARE_CPU["t0"] = time.perf_counter(), time.process_time()
                 for m in msgs:
                     await p.send(dst, m.value, key=m.key)
                 seen += sum(1 for _ in msgs)
         await p.flush()
+        BARE_CPU["cpu_s"] = time.process_time() - BARE_CPU["t0"]
         return n / (time.perf_counter() - t0)
     finally:
         await p.stop()
@@ -109,15 +113,25 @@ def drain(worker: WorkerProcess, n: int, timeout: float = 900) -> dict:
         seen = sum(metric(m, "streamrec_events_total", topic="events", outcome=o) for o in ("valid", "duplicate", "dead_letter"))
         now = time.perf_counter()
         if seen and t0 is None:
-            t0, seen0 = now, seen
+            t0, seen0, cpu0 = now, seen, cpu_s(worker.proc.pid)
         if seen >= n:
             lists = metric(m, "streamrec_lists_published_total")
             busy = now - t0
+            cpu = cpu_s(worker.proc.pid) - cpu0
             return {"events": n, "seconds": busy, "events_per_s": (n - seen0) / busy if busy else float("nan"),
                     "lists": lists, "lists_per_s": lists / busy if busy else float("nan"),
-                    "rss_mb": rss_mb(worker.proc.pid)}
+                    "rss_mb": rss_mb(worker.proc.pid), "cpu_s": cpu, "cores": cpu / busy if busy else float("nan"),
+                    "lists_per_cpu_s": lists / cpu if cpu else float("nan")}
         time.sleep(0.05)
     raise RuntimeError(f"worker did not drain {n} events in {timeout} s:\n{worker.tail()}")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process used so far. On a machine shared with
+    other jobs a worker gets a varying share of the cores: lists per CPU-second is the figure
+    that does not depend on that share."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -150,7 +164,7 @@ def bench_ingest(stack, model_root, tmp, ds, results) -> None:
     t = topics_for(stack, "bare")
     asyncio.run(produce(stack.bootstrap, t["events"], ev))
     bare = asyncio.run(bare_loop(stack.bootstrap, t["events"], t["recs"], n))
-    rows.append(["bare aiokafka consume→produce", n, bare, "1.00"])
+    rows.append(["bare aiokafka consume→produce", n, bare, "1.00", "", f"{n / BARE_CPU['cpu_s']:,.0f}"])
     for label, env in INGEST_RUNS:
         t = topics_for(stack, f"ingest{len(rows)}")
         asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
@@ -161,10 +175,11 @@ def bench_ingest(stack, model_root, tmp, ds, results) -> None:
             r = drain(w, n)
         finally:
             w.stop()
-        rows.append([label, n, r["events_per_s"], f"{r['events_per_s'] / bare:.2f}"])
+        rows.append([label, n, r["events_per_s"], f"{r['events_per_s'] / bare:.2f}", f"{r['cores']:.2f}",
+                     f"{(n - 0) / r['cpu_s'] if r['cpu_s'] else float('nan'):,.0f}"])
         results.setdefault("ingest", {"bare_events_per_s": bare})[label] = dict(r, ratio=r["events_per_s"] / bare)
     print(table(f"ingest path vs bare aiokafka loop ({n:,} online_retail events, 4 partitions, one run)",
-                ["pipeline", "events", "events/s", "ratio to bare"], rows), flush=True)
+                ["pipeline", "events", "events/s", "ratio to bare", "worker cores used", "events per CPU-s"], rows), flush=True)
 
 
 def bench_e2e(stack, model_root, tmp, ds, results, seconds: float) -> None:
@@ -177,7 +192,8 @@ def bench_e2e(stack, model_root, tmp, ds, results, seconds: float) -> None:
         cap = drain(w, n)
     finally:
         w.stop()
-    rows = [["drain (backlog)", "max", f"{cap['events_per_s']:,.0f}", f"{cap['lists_per_s']:,.0f}", "", "", ""]]
+    rows = [["drain (backlog)", "max", f"{cap['events_per_s']:,.0f}", f"{cap['lists_per_s']:,.0f}", "", "", "",
+             f"{cap['cores']:.2f}", f"{cap['lists_per_cpu_s']:,.0f}"]]
     results["e2e"] = {"capacity": cap, "paced": []}
     for frac in (0.25, 0.5, 0.9):
         rate = cap["events_per_s"] * frac
@@ -196,11 +212,12 @@ def bench_e2e(stack, model_root, tmp, ds, results, seconds: float) -> None:
             w.stop()
         p50, p95, p99 = (np.percentile(lat, q) for q in (50, 95, 99))
         rows.append([f"paced {int(frac * 100)}%", f"{rate:,.0f}", f"{k / elapsed:,.0f}", f"{r['lists'] / elapsed:,.0f}",
-                     f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}"])
+                     f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}", "", ""])
         results["e2e"]["paced"].append({"fraction": frac, "rate": rate, "events": k, "lists": r["lists"],
                                          "p50_ms": p50, "p95_ms": p95, "p99_ms": p99})
     print(table("end to end with the ranker (event → Redis latency from Kafka timestamps)",
-                ["run", "offered ev/s", "events/s", "lists/s", "p50 ms", "p95 ms", "p99 ms"], rows), flush=True)
+                ["run", "offered ev/s", "events/s", "lists/s", "p50 ms", "p95 ms", "p99 ms", "worker cores used",
+                 "lists per CPU-s"], rows), flush=True)
 
 
 async def _paced(bootstrap: str, topic: str, msgs, rate: float) -> None:
