@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -44,7 +45,12 @@ _VERBS = {1: "you viewed this", 2: "you clicked this", 3: "you added this to you
 
 
 def _day(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+    return _utc_date(int(ts_ms) // 86_400_000)
+
+
+@lru_cache(maxsize=4096)
+def _utc_date(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def _times(n: int) -> str:
