@@ -75,16 +75,17 @@ def run(model_root: Path, rows: int, batch: int, profile: bool, top: int, sort: 
                 payload(rec)
         return n
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if prof:
         prof.enable()
     lists = asyncio.run(go())
     if prof:
         prof.disable()
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0  # CPU: all threads (the ranker's too)
     events = sum(len(b) for b in batches[1:])
     out = {"events": events, "lists": lists, "seconds": dt, "events_per_s": events / dt, "lists_per_s": lists / dt,
-           "ranker_file": bundle.ranker_file, "max_seq_len": bundle.max_seq_len}
+           "cpu_s": cpu, "lists_per_cpu_s": lists / cpu, "ranker_file": bundle.ranker_file,
+           "ranker_threads": bundle.ranker.get_session_options().intra_op_num_threads, "max_seq_len": bundle.max_seq_len}
     print(orjson.dumps(out).decode(), flush=True)
     if prof:
         st = pstats.Stats(prof)

@@ -68,7 +68,7 @@ class WorkerProcess:
     def metrics(self) -> str:
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as r:
             return r.read().decode()
 
     def tail(self, n: int = 60) -> str:

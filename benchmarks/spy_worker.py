@@ -1,0 +1,82 @@
+"""py-spy profile of a real worker process draining a backlog (embedded broker + Redis).
+
+    python -m benchmarks.spy_worker --rows 60000 --out var/bench/worker.collapsed
+
+Starts the embedded stack, produces the online_retail catalog and events, starts one worker,
+records it with ``py-spy record --format raw`` (collapsed stacks, flamegraph input) for
+``--seconds`` while it drains, and prints where the samples fall per thread and under the
+event loop's main thread. ``py-spy`` is a dev dependency (pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import benchmarks.run as br
+from schemas.sources import load_dataset
+from streamer.local import produce
+from streamer.stack import LocalStack
+
+
+def summarize(path: Path) -> str:
+    threads, main = Counter(), Counter()
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        stack, n = line.rsplit(" ", 1)
+        raw = stack.split(";")
+        frames = [re.sub(r" \(.*", "", f) for f in raw]
+        thread = re.sub(r"thread \(\w+\): ", "", raw[0])
+        threads[thread] += int(n)
+        if thread == "MainThread":
+            for key in ("Pipeline.process", "Pipeline._rank", "gather_batch", "build_list", "Pipeline._apply", "parse_event", "UserState.from_bytes", "UserState.to_bytes",
+                        "Publisher.publish", "Stream.take_events", "Fetcher._proc_fetch_request", "Consumer._drain_messages",
+                        "RequestHandler._handle_request", "EpollSelector.select"):
+                if key in frames:
+                    main[key] += int(n)
+            main["(all)"] += int(n)
+    total = sum(threads.values())
+    out = ["| thread | samples | share |", "|---|---|---|"]
+    out += [f"| {t} | {n} | {n / total:.0%} |" for t, n in threads.most_common()]
+    out += ["", "| main thread, inside | samples | share of main |", "|---|---|---|"]
+    out += [f"| {k} | {n} | {n / max(main['(all)'], 1):.0%} |" for k, n in main.most_common()]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.spy_worker", description=__doc__.splitlines()[0])
+    ap.add_argument("--model-root", type=Path, default=Path("var/models"))
+    ap.add_argument("--rows", type=int, default=60_000)
+    ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--out", type=Path, default=Path("var/bench/worker.collapsed"))
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker (repeatable)")
+    args = ap.parse_args(argv)
+    spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset("online_retail", limit_rows=args.rows)
+    tmp = Path(tempfile.mkdtemp(prefix="spy-"))
+    with LocalStack.from_env(partitions=4) as stack:
+        t = br.topics_for(stack, "spy")
+        asyncio.run(produce(stack.bootstrap, t["items"], br.item_messages(ds.items.values())))
+        asyncio.run(produce(stack.bootstrap, t["events"], br.event_messages(ds)))
+        w = br.run_worker(stack, args.model_root, tmp, "spy", t, **dict(kv.split("=", 1) for kv in args.env))
+        try:
+            spy = subprocess.Popen([spy_bin, "record", "-p", str(w.proc.pid), "-d", str(args.seconds), "-r", "50",
+                                    "--format", "raw", "-o", str(args.out), "--nonblocking", "--threads"])
+            print(br.drain(w, len(ds.events)))
+            spy.wait()
+        finally:
+            w.stop()
+    print(summarize(args.out))
+
+
+if __name__ == "__main__":
+    main()
