@@ -4,7 +4,10 @@
 
 ``Pipeline.process`` takes one micro-batch of raw ``events`` messages and a ``StateStore`` (the
 faust table in production, a dict in unit tests) and returns what must be written: dead letters
-and recommendation lists. Users with several events in the batch are re-ranked once (coalescing).
+and recommendation lists. Users with several events in the batch are re-ranked once (coalescing),
+and all of the batch's users together: candidates and features as array operations over the
+whole batch (``candidates.gather_batch``), one ranker call per chunk of users on the ranker's own
+thread, overlapped with this thread's work (``_rank``).
 A user touched only by redelivered duplicates is re-ranked too, so a list lost in a crash between
 state write and publish is published on redelivery.
 
