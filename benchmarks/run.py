@@ -330,6 +330,64 @@ def bench_onnx(results, seq_len: int, cands: int) -> None:
     print(table(f"ranker: ONNX Runtime vs PyTorch eager (CPU, {threads} thread(s) each, L={seq_len}, C={cands}, 2 BERT layers)",
                 header, rows), flush=True)
     results["onnx"] = {"seq_len": seq_len, "candidates": cands, "rows": res}
+    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
+        bench_gpu(results, out, ranker, seq_len, cands)
+    else:
+        print("\n## GPU: no CUDA provider / device on this machine: GPU table not measured", flush=True)
+
+
+def bench_gpu(results, model_dir: Path, ranker, seq_len: int, cands: int) -> None:
+    """The worker's GPU path (``ranker.fp16.onnx`` on the CUDA provider, inputs copied from host
+    memory through I/O binding as ``ModelBundle.score_bound`` does, scores copied back) against
+    the same ranker in PyTorch eager on the same GPU (fp32, inputs copied per call too): users
+    re-ranked per second and per-call latency percentiles, per batch of users."""
+    import onnxruntime as ort
+    import torch
+
+    from streamer.model import ModelBundle
+
+    name = "ranker.fp16.onnx" if (model_dir / "ranker.fp16.onnx").exists() else "ranker.onnx"
+    sess = ort.InferenceSession(str(model_dir / name), providers=["CUDAExecutionProvider"])
+    scorer = ModelBundle.__new__(ModelBundle)  # only score_bound's use of .ranker
+    scorer.ranker = sess
+    dev = torch.device("cuda")
+    model = ranker.to(dev).eval()
+    rng = np.random.default_rng(0)
+    rows, res = [], []
+    for b in (64, 256, 1024):
+        feeds = {"seq_vecs": rng.standard_normal((b, seq_len, 384)).astype(np.float32),
+                 "seq_types": np.full((b, seq_len), 5, np.int64), "seq_mask": np.ones((b, seq_len), np.int64),
+                 "cand_vecs": rng.standard_normal((b, cands, 384)).astype(np.float32),
+                 "cand_feats": rng.standard_normal((b, cands, 5)).astype(np.float32)}
+
+        def ort_run():
+            scorer.score_bound(feeds)
+
+        def torch_run():
+            with torch.inference_mode():
+                t = {k: torch.from_numpy(v).to(dev) for k, v in feeds.items()}
+                model(t["seq_vecs"], t["seq_types"], t["seq_mask"], t["cand_vecs"], t["cand_feats"]).cpu()
+
+        r = {"batch": b}
+        for label, fn in (("onnx_fp16_cuda", ort_run), ("torch_eager_cuda", torch_run)):
+            for _ in range(5):
+                fn()
+            lat = []
+            t_end = time.perf_counter() + 3.0
+            while time.perf_counter() < t_end:
+                t0 = time.perf_counter()
+                fn()
+                lat.append(time.perf_counter() - t0)
+            lat = np.asarray(lat)
+            r[label] = {"users_per_s": b / lat.mean(), "p50_ms": 1000 * np.percentile(lat, 50), "p99_ms": 1000 * np.percentile(lat, 99)}
+        speed = r["onnx_fp16_cuda"]["users_per_s"] / r["torch_eager_cuda"]["users_per_s"]
+        rows.append([b, f"{r['onnx_fp16_cuda']['users_per_s']:,.0f}", f"{r['onnx_fp16_cuda']['p99_ms']:.1f}",
+                     f"{r['torch_eager_cuda']['users_per_s']:,.0f}", f"{r['torch_eager_cuda']['p99_ms']:.1f}", f"{speed:.1f}x"])
+        res.append(r | {"speedup": speed})
+    gpu = torch.cuda.get_device_name(0)
+    print(table(f"ranker on GPU ({gpu}): ONNX Runtime CUDA fp16 + I/O binding vs PyTorch eager (L={seq_len}, C={cands})",
+                ["batch", "ORT users/s", "ORT p99 ms", "torch users/s", "torch p99 ms", "ORT vs torch"], rows), flush=True)
+    results["gpu"] = {"device": gpu, "file": name, "rows": res}
 
 
 def _time(fn, min_s: float = 1.5) -> float:
