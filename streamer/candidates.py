@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from schemas.ranking import COVIS_WINDOW, candidate_features
+from schemas.serving import CandidateQuota, history_order, merge_sources
 from streamer.items import ItemIndex
 from streamer.state import UserState
 
@@ -182,48 +183,45 @@ def gather(
     (model catalog, text or category) rather than being an id-hash placeholder; the ``ann`` source
     is skipped when none of the user's recent items has one (the neighbours of a random vector are
     noise: a cold user then gets trending instead), and its "similar to" anchor is always such an item."""
-    picked: dict[int, tuple[str, int | str | None]] = {}
-    quota = max(cfg.n // 4, 1)
-
-    def take(rows, source: str, evidence=None, limit: int = cfg.n) -> None:
-        added = 0
-        for i, r in enumerate(rows):
-            r = int(r)
-            if r < 0 or r in picked:
-                continue
-            picked[r] = (source, evidence[i] if isinstance(evidence, list) else evidence)
-            added += 1
-            if added >= limit or len(picked) >= cfg.n:
-                return
+    quota = CandidateQuota(cfg.n)
+    offers: list[tuple[str, list[int], int]] = []  # (source, rows best first, quota): schemas.serving
+    evidence_of: dict[str, object] = {}  # source -> evidence list (by offer position) or one value
 
     # history: the user's own items, strongest first (weight x recency)
     if user.items:
-        hist = sorted(user.items.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[: cfg.n // 2]
-        take([index.pos[k] for k, _ in hist if k in index.pos], "history")
+        profile = [(k, p) for k, p in user.items.items() if k in index.pos]
+        order = history_order(np.asarray([p[0] for _k, p in profile]), np.asarray([p[1] for _k, p in profile]), quota.history)
+        offers.append(("history", [index.pos[profile[i][0]] for i in order], cfg.n))
     if query_vec is not None and len(index):
-        labels, _ = index.nearest(query_vec[None, :], quota)
-        take(labels[0], "search", user.last_query, quota)
+        labels, _ = index.nearest(query_vec[None, :], quota.per_source)
+        offers.append(("search", list(labels[0]), quota.per_source))
+        evidence_of["search"] = user.last_query
     recent_rows = [index.pos[i] for i, _t, _ts in list(user.seq)[-COVIS_WINDOW:] if i in index.pos]
     covis_scores = covis.neighbours(recent_rows)
     if covis_scores:
-        ranked = sorted(covis_scores.items(), key=lambda kv: -kv[1][0])[:quota]
-        take([r for r, _ in ranked], "covis", [(a, covis.pair_count(a, r)) for r, (_s, a) in ranked], quota)
+        ranked = sorted(covis_scores.items(), key=lambda kv: -kv[1][0])[: quota.per_source]
+        offers.append(("covis", [r for r, _ in ranked], quota.per_source))
+        evidence_of["covis"] = [(a, covis.pair_count(a, r)) for r, (_s, a) in ranked]
     uvec = user.user_vector()
     anchor_rows = [r for r in recent_rows if meaningful(r)] if meaningful is not None else recent_rows
     use_ann = bool(anchor_rows) or (meaningful is None) or (not recent_rows)  # no items: emb from searches
     if uvec is not None and len(index) and use_ann:
-        labels, _ = index.nearest(uvec[None, :], quota)
+        labels, _ = index.nearest(uvec[None, :], quota.per_source)
         cand = labels[0]
+        offers.append(("ann", list(cand), quota.per_source))
         if anchor_rows and len(cand):
             # the recent item each neighbour is closest to: "similar to <that item>"
             anchors = np.asarray(anchor_rows)[np.argmax(index.vecs[cand] @ index.vecs[anchor_rows].T, axis=1)]
-            take(cand, "ann", [int(a) for a in anchors], quota)
-        else:
-            take(cand, "ann", None, quota)
-    if len(picked) < cfg.n:
-        if trending_rows is None:
-            trending_rows, trending_evidence = index.trending(cfg.n), None
-        take(trending_rows, "trending", trending_evidence)
+            evidence_of["ann"] = [int(a) for a in anchors]
+    if trending_rows is None:
+        trending_rows, trending_evidence = index.trending(cfg.n), None
+    offers.append(("trending", list(trending_rows), cfg.n))
+    evidence_of["trending"] = trending_evidence
+    cand_rows, cand_sources, offer_pos = merge_sources(cfg.n, offers)
+    picked: dict[int, tuple[str, object]] = {}
+    for r, src, i in zip(cand_rows, cand_sources, offer_pos):
+        ev = evidence_of.get(src)
+        picked[r] = (src, ev[i] if isinstance(ev, list) else ev)
 
     # filters
     drop: set[int] = set()

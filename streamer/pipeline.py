@@ -35,6 +35,7 @@ import numpy as np
 
 from schemas import DeadLetter, Event, Recommendation
 from schemas.ranking import EVENT_WEIGHTS
+from schemas.serving import ListParams
 from streamer import metrics
 from streamer.attribution import Stats, attribute, record_list
 from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, gather
@@ -142,6 +143,7 @@ class Pipeline:
         self._query_cache.clear()  # query vectors belong to the old encoder's space
         self.model_items = set(bundle.item_ids)
         self.ranker = OnnxRanker(bundle)
+        self.list_params = ListParams.from_manifest(bundle.manifest, self.settings.list_size)  # the job's validated mix
         metrics.MODEL.clear()
         metrics.MODEL.labels(bundle.version, bundle.ranker_file, bundle.provider).set(1)
         metrics.ITEMS.set(len(index))
@@ -322,7 +324,7 @@ class Pipeline:
                 build_list(
                     user_id, t.state, cands, scores, self.index, size=s.list_size,
                     model_version=version, variant=variant, event_id=t.last_event.event_id, event_ts=t.last_event.ts,
-                    search_slots=self.search_slots(intents[user_id]),
+                    search_slots=self.search_slots(intents[user_id]), min_new=self.list_params.min_new,
                 )
             )
         return recs

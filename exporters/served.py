@@ -1,0 +1,157 @@
+"""Grade what the worker serves: its candidate set, its list assembly, its 20 items.
+
+The job's full-ranking numbers (``exporters.evaluate``) rank the whole catalog; the worker ranks
+only its ~200 candidates and publishes the ``size`` best (``schemas.serving``). This module
+rebuilds, for every test case, the worker's candidates from the training events with the same
+rules (``schemas.serving.merge_sources``):
+
+* ``history``  — the user's items by summed event weight, then recency (``PointSet.personal`` /
+  ``recency``), at most ``n // 2``;
+* ``covis``    — co-visitation sums from the user's last ``COVIS_WINDOW`` events (``PointSet.covis``,
+  pairs formed by fit events before "now"), at most ``n // 4``;
+* ``ann``      — the ``n // 4`` items nearest to the user embedding (exact inner product here,
+  HNSW in the worker);
+* ``trending`` — decayed popularity at "now" (``PointSet.pop_table``), filling up to ``n``.
+
+(No ``search``: the protocols' data sets have no search events.) The scorer scores only those
+candidates, ``schemas.serving.assemble`` builds the list, and the grading reads the list as it
+is: "in" = its first 10 items; "ex" = the list with the user's own (visible) items removed, its
+first 10 of the rest. A target outside the list is a miss. Lists are per user, so the data set's
+protocols that share a cut (online_retail next-line and next-new) are graded on the SAME lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy import sparse
+from tqdm import tqdm
+
+from exporters.dataset import Interactions, Split
+from exporters.evaluate import K, Metrics, history_matrix
+from exporters.features import PointSet
+from schemas.serving import SOURCES, CandidateQuota, ListParams, assemble, history_order, merge_sources, top_rows
+
+# (cases [B], candidate rows per case) -> candidate scores per case
+CandidateScorer = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
+SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
+
+
+@dataclass
+class CandidateSets:
+    """Per case: candidate rows (the worker's order), source code per row (``SOURCES`` index)."""
+
+    rows: list[np.ndarray]
+    sources: list[np.ndarray]
+
+    def recall(self, targets: np.ndarray) -> float:
+        return float(np.mean([t in set(r.tolist()) for r, t in zip(self.rows, targets)])) if len(targets) else 0.0
+
+
+def _row(m: sparse.csr_matrix, p: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = m.indptr[p], m.indptr[p + 1]
+    return m.indices[lo:hi], m.data[lo:hi]
+
+
+def candidate_sets(points: PointSet, item_vecs: np.ndarray | None, quota: CandidateQuota = CandidateQuota(), chunk: int = 256) -> CandidateSets:
+    """The worker's candidates for every point (see the module docstring)."""
+    rows_out, src_out = [], []
+    n_items = points.pop_table.shape[1]
+    for start in tqdm(range(0, len(points), chunk), desc="candidates", leave=False, disable=len(points) < 4 * chunk):
+        idx = np.arange(start, min(start + chunk, len(points)))
+        sims = points.user_embedding_sim(idx, item_vecs) if item_vecs is not None else None
+        for j, p in enumerate(idx):
+            offers = []
+            cols, w = _row(points.personal, p)
+            if len(cols):
+                rcols, rec = _row(points.recency, p)
+                last = np.zeros(len(cols))
+                last[np.searchsorted(cols, rcols)] = rec  # same sparsity pattern, kept apart for safety
+                offers.append(("history", cols[history_order(w, last, quota.history)], quota.n))
+            ccols, cvals = _row(points.covis, p)
+            if len(ccols):
+                offers.append(("covis", ccols[top_rows(cvals, quota.per_source)], quota.per_source))
+            if sims is not None and len(cols) and np.any(sims[j] != 0):
+                offers.append(("ann", top_rows(sims[j], quota.per_source, positive=False), quota.per_source))
+            pop = np.expm1(points.pop_table[points.pop_row[p]])
+            offers.append(("trending", top_rows(pop, quota.n), quota.n))
+            rows, sources, _ = merge_sources(quota.n, offers)
+            rows_out.append(np.asarray(rows, dtype=np.int64))
+            src_out.append(np.asarray([SOURCE_CODE[s] for s in sources], dtype=np.int64))
+    assert all(len(r) == 0 or r.max() < n_items for r in rows_out)
+    return CandidateSets(rows_out, src_out)
+
+
+def dense_candidate_scorer(scorer: Callable[[np.ndarray], np.ndarray], chunk: int = 256) -> CandidateScorer:
+    """A full-catalog scorer (``exporters.evaluate.Scorer``) read at the candidates only."""
+
+    def score(cases: np.ndarray, rows: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for s in range(0, len(cases), chunk):
+            block = np.asarray(scorer(cases[s : s + chunk]), dtype=np.float64)
+            out += [block[i, rows[s + i]] for i in range(len(block))]
+        return out
+
+    return score
+
+
+def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_matrix, params: ListParams,
+                 scores: list[np.ndarray] | None = None) -> np.ndarray:
+    """The published lists [cases, size] of item rows (-1 = empty slot). ``own`` [cases, items] is
+    non-zero on the items the user touched (what the worker's profile holds). ``scores`` (per case,
+    per candidate) skips the scorer when they are known (tuning ``min_new`` over one scoring)."""
+    n = len(cands.rows)
+    if scores is None:
+        scores = scorer(np.arange(n), cands.rows)
+    lists = np.full((n, params.size), -1, dtype=np.int64)
+    for i in range(n):
+        rows = cands.rows[i]
+        if not len(rows):
+            continue
+        cols, _ = _row(own, i)
+        new = ~np.isin(rows, cols)
+        picked = rows[assemble(scores[i], new, params)]
+        lists[i, : len(picked)] = picked
+    return lists
+
+
+def grade(lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Interactions, mode: str, k: int = K) -> Metrics:
+    """Metrics of served lists for ``split``'s cases: ``list_of_case[c]`` is the row of ``lists``
+    served to case c (-1: no list, a miss). "ex" drops the user's visible items first."""
+    history = history_matrix(inter, split) if mode == "ex" else None
+    ranks = np.full(len(split), np.inf)
+    covered = np.zeros(inter.n_items, dtype=bool)
+    for c in range(len(split)):
+        li = list_of_case[c]
+        if li < 0:
+            continue
+        items = lists[li][lists[li] >= 0]
+        if history is not None:
+            items = items[~np.isin(items, _row(history, c)[0])]
+        top = items[:k]
+        covered[top] = True
+        hit = np.flatnonzero(top == split.case_targets[c])
+        if len(hit):
+            ranks[c] = hit[0] + 1
+    hit = ranks <= k
+    n = max(len(ranks), 1)
+    return Metrics(
+        hr=float(hit.sum() / n),
+        ndcg=float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).sum() / n),
+        mrr=float(np.where(hit, 1.0 / ranks, 0.0).sum() / n),
+        cov=float(covered.sum() / inter.n_items),
+        cases=len(ranks),
+    )
+
+
+def list_index(list_users: np.ndarray, list_time: np.ndarray, split: Split) -> np.ndarray:
+    """Per case of ``split``, the row of the list served to its user at its prediction time (-1 when none)."""
+    key = {(int(u), int(t)): i for i, (u, t) in enumerate(zip(list_users, list_time))}
+    return np.asarray([key.get((int(u), int(t)), -1) for u, t in zip(split.case_users, split.case_time)], dtype=np.int64)
+
+
+def own_items(inter: Interactions, split: Split) -> sparse.csr_matrix:
+    """Cases x items: the user's visible items (what the worker's profile holds for them)."""
+    return history_matrix(inter, split).tocsr()
