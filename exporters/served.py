@@ -155,3 +155,59 @@ def list_index(list_users: np.ndarray, list_time: np.ndarray, split: Split) -> n
 def own_items(inter: Interactions, split: Split) -> sparse.csr_matrix:
     """Cases x items: the user's visible items (what the worker's profile holds for them)."""
     return history_matrix(inter, split).tocsr()
+
+
+MIN_NEW_GRID = (0, 5, 10, 15)  # new items guaranteed in a list of LIST_SIZE, tuned on validation
+LIST_SIZE = 20  # the worker's default STREAMREC_LIST_SIZE
+
+
+@dataclass
+class ServedReport:
+    """Served-list metrics of one model: ``min_new`` chosen on validation (the mean over the data
+    set's protocols of NDCG@10 in each protocol's first mode; ties to the smaller value), the
+    validation grid, and the test metrics per protocol and mode of the lists with that ``min_new``."""
+
+    params: ListParams
+    validation: dict[int, dict[str, float]]
+    test: dict[str, dict[str, Metrics]]
+    recall: dict[str, float]  # test: share of each protocol's targets among the candidates
+
+    def as_dict(self) -> dict:
+        return {
+            "list_params": {"size": self.params.size, "min_new": self.params.min_new},
+            "validation_ndcg@10": {str(k): v for k, v in self.validation.items()},
+            "test": {p: {m: x.as_dict() for m, x in per.items()} for p, per in self.test.items()},
+            "candidate_recall": self.recall,
+        }
+
+
+def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item_vecs: np.ndarray | None,
+           scorer: CandidateScorer, grid: tuple[int, ...], size: int) -> tuple[dict[int, dict[str, dict[str, Metrics]]], dict[str, float]]:
+    main = next(iter(splits.values()))
+    cands = candidate_sets(points, item_vecs)
+    scores = scorer(np.arange(len(cands.rows)), cands.rows)
+    own = own_items(inter, main)
+    index = {p: list_index(main.case_users, main.case_time, sp) for p, sp in splits.items()}
+    out = {}
+    for min_new in grid:
+        lists = served_lists(cands, scorer, own, ListParams(size, min_new), scores=scores)
+        out[min_new] = {p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()}
+    recall = {}
+    for p, sp in splits.items():
+        ok = index[p] >= 0
+        recall[p] = float(np.mean([sp.case_targets[c] in set(cands.rows[index[p][c]].tolist()) for c in np.flatnonzero(ok)])) if ok.any() else 0.0
+    return out, recall
+
+
+def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str, Split], val_points: PointSet, test_points: PointSet,
+                      item_vecs: np.ndarray | None, make_scorer: Callable[[PointSet], CandidateScorer],
+                      grid: tuple[int, ...] = MIN_NEW_GRID, size: int = LIST_SIZE) -> ServedReport:
+    """Tune ``min_new`` on the validation lists, grade the test lists with it. ``val`` / ``test``:
+    the data set's protocols (first = the one whose cases the points belong to); protocols sharing
+    a cut are graded on the same lists."""
+    by_min_new, _ = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), grid, size)
+    objective = {k: {p: per[p][val[p].modes[0]].ndcg for p in per} for k, per in by_min_new.items()}
+    best = max(grid, key=lambda k: (round(float(np.mean(list(objective[k].values()))), 6), -k))
+    params = ListParams(size, best)
+    tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), (best,), size)
+    return ServedReport(params, objective, tested[best], recall)
