@@ -185,7 +185,7 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
     step.eval()
     with torch.no_grad():
         served_vecs = step.tower().float().cpu().numpy()
-    served = served_evaluation(inter, val_splits, test_splits, val_points, test_points, served_vecs,
+    served = served_evaluation(inter, val_splits, test_splits, cfg.max_seq_len, served_vecs,
                                lambda pts: dense_candidate_scorer(model_scorer(step, pts, device)))
     served_ratio = served.test[protocol][mode].ndcg / ours_offline if (ours_offline := rows[MODEL_NAME][mode].ndcg) > 0 else 0.0
     log.info("served lists (min_new=%d): %s; served/offline NDCG@10 %.3f", served.params.min_new,

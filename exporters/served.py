@@ -22,21 +22,26 @@ protocols that share a cut (online_retail next-line and next-new) are graded on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from scipy import sparse
 from tqdm import tqdm
 
-from exporters.dataset import Interactions, Split
+from exporters.dataset import Interactions, Split, last_event_before
 from exporters.evaluate import K, Metrics, history_matrix
-from exporters.features import PointSet
+from exporters.features import PointSet, build_points
+from schemas import Event, decode_recommendation, encode
+from schemas.ranking import EVENT_TYPE_IDS
 from schemas.serving import SOURCES, CandidateQuota, ListParams, assemble, history_order, merge_sources, top_rows
 
 # (cases [B], candidate rows per case) -> candidate scores per case
 CandidateScorer = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
 SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
+MIN_NEW_GRID = (0, 5, 10, 15)  # new items guaranteed in a list of LIST_SIZE, tuned on validation
+LIST_SIZE = 20  # the worker's default STREAMREC_LIST_SIZE
 
 
 @dataclass
@@ -84,6 +89,14 @@ def candidate_sets(points: PointSet, item_vecs: np.ndarray | None, quota: Candid
     return CandidateSets(rows_out, src_out)
 
 
+def served_points(inter: Interactions, split: Split, max_seq_len: int) -> PointSet:
+    """The inputs the worker held when it published the list each case sees: right after the
+    user's last visible event ("now" = that event's time; popularity and co-visitation from the
+    fit events up to it in log order, ``build_points(upto_event=True)``)."""
+    as_of = last_event_before(inter, split.case_users, split.visible)
+    return build_points(inter, split.fit, split.visible, as_of, max_seq_len, upto_event=True)
+
+
 def dense_candidate_scorer(scorer: Callable[[np.ndarray], np.ndarray], chunk: int = 256) -> CandidateScorer:
     """A full-catalog scorer (``exporters.evaluate.Scorer``) read at the candidates only."""
 
@@ -95,6 +108,40 @@ def dense_candidate_scorer(scorer: Callable[[np.ndarray], np.ndarray], chunk: in
         return out
 
     return score
+
+
+def replay_subset(inter: Interactions, users: np.ndarray) -> Interactions:
+    """The same data set restricted to the events of ``users`` (catalog and id lists unchanged)."""
+    keep = np.isin(inter.users, users)
+    return replace(inter, users=inter.users[keep], items=inter.items[keep], ts=inter.ts[keep], types=inter.types[keep], pos=inter.pos[keep])
+
+
+def write_replay_events(inter: Interactions, split: Split, path: Path) -> int:
+    """The split's visible events (what the worker must have applied) as ``events`` messages in
+    time order, one JSON line each; returns their number."""
+    type_name = {v: k for k, v in EVENT_TYPE_IDS.items()}
+    idx = np.flatnonzero(split.visible)
+    with open(path, "wb") as f:
+        for e in idx:
+            ev = Event(event_id=f"e{int(inter.pos[e])}", user_id=inter.user_ids[inter.users[e]], type=type_name[int(inter.types[e])],
+                       ts=int(inter.ts[e]), item_id=inter.item_ids[inter.items[e]])
+            f.write(encode(ev) + b"\n")
+    return len(idx)
+
+
+def read_served_lists(path: Path, inter: Interactions, size: int = LIST_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(user index per list, lists [L, size] of item rows) from ``recommendations`` JSON lines;
+    an item outside the catalog is -2 (it still takes its slot), an empty slot -1."""
+    row_of = {item: r for r, item in enumerate(inter.item_ids)}
+    user_of = {u: i for i, u in enumerate(inter.user_ids)}
+    recs = [decode_recommendation(line) for line in Path(path).read_bytes().splitlines() if line.strip()]
+    lists = np.full((len(recs), size), -1, dtype=np.int64)
+    users = np.full(len(recs), -1, dtype=np.int64)
+    for i, rec in enumerate(recs):
+        users[i] = user_of.get(rec.user_id, -1)
+        picked = [row_of.get(it.item_id, -2) for it in rec.items][:size]
+        lists[i, : len(picked)] = picked
+    return users, lists
 
 
 def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_matrix, params: ListParams,
@@ -127,11 +174,11 @@ def grade(lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Inte
         li = list_of_case[c]
         if li < 0:
             continue
-        items = lists[li][lists[li] >= 0]
+        items = lists[li][lists[li] != -1]  # -2: an item outside the data set's catalog, still a slot
         if history is not None:
             items = items[~np.isin(items, _row(history, c)[0])]
         top = items[:k]
-        covered[top] = True
+        covered[top[top >= 0]] = True
         hit = np.flatnonzero(top == split.case_targets[c])
         if len(hit):
             ranks[c] = hit[0] + 1
@@ -155,10 +202,6 @@ def list_index(list_users: np.ndarray, list_time: np.ndarray, split: Split) -> n
 def own_items(inter: Interactions, split: Split) -> sparse.csr_matrix:
     """Cases x items: the user's visible items (what the worker's profile holds for them)."""
     return history_matrix(inter, split).tocsr()
-
-
-MIN_NEW_GRID = (0, 5, 10, 15)  # new items guaranteed in a list of LIST_SIZE, tuned on validation
-LIST_SIZE = 20  # the worker's default STREAMREC_LIST_SIZE
 
 
 @dataclass
@@ -199,15 +242,108 @@ def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item
     return out, recall
 
 
-def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str, Split], val_points: PointSet, test_points: PointSet,
+def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str, Split], max_seq_len: int,
                       item_vecs: np.ndarray | None, make_scorer: Callable[[PointSet], CandidateScorer],
                       grid: tuple[int, ...] = MIN_NEW_GRID, size: int = LIST_SIZE) -> ServedReport:
     """Tune ``min_new`` on the validation lists, grade the test lists with it. ``val`` / ``test``:
-    the data set's protocols (first = the one whose cases the points belong to); protocols sharing
-    a cut are graded on the same lists."""
+    the data set's protocols (the lists are made for the first one's cases, ``served_points``);
+    protocols sharing a cut are graded on the same lists."""
+    val_points = served_points(inter, next(iter(val.values())), max_seq_len)
+    test_points = served_points(inter, next(iter(test.values())), max_seq_len)
     by_min_new, _ = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), grid, size)
     objective = {k: {p: per[p][val[p].modes[0]].ndcg for p in per} for k, per in by_min_new.items()}
     best = max(grid, key=lambda k: (round(float(np.mean(list(objective[k].values()))), 6), -k))
     params = ListParams(size, best)
     tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), (best,), size)
     return ServedReport(params, objective, tested[best], recall)
+
+
+@dataclass
+class ReplayResult:
+    """Served (a real worker's published lists) and offline (this module's lists) metrics of one
+    version on the same cases, and how many of the lists were identical."""
+
+    version: str
+    served: dict[str, dict[str, Metrics]]
+    offline: dict[str, dict[str, Metrics]]
+    identical_lists: float
+    cases: int
+    events: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        tables = {k: {p: {m: x.as_dict() for m, x in per.items()} for p, per in v.items()} for k, v in (("served", self.served), ("offline", self.offline))}
+        return {"version": self.version, **tables, "identical_lists": self.identical_lists, "cases": self.cases,
+                "events": self.events, "seconds": round(self.seconds, 1)}
+
+
+def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], version_dir: Path, *, users: int | None = None,
+                           exact: bool = True, timeout: float = 600.0, work_dir: Path | None = None,
+                           replay: Callable[..., dict] | None = None, ranker_variant: str | None = None) -> ReplayResult:
+    """Replay the test period's input (the visible events of the first protocol's test users, or
+    of its first ``users`` of them) through a real worker serving ``version_dir`` on the embedded
+    stack (``python -m streamer.served_replay``, a subprocess: the packages never import each
+    other), grade the lists it published, and grade this module's offline lists of the same
+    version on the same cases beside them. ``replay(events_file, model_root, out_file, exact=,
+    timeout=, ranker_variant=)`` replaces the subprocess (tests pass ``streamer.served_replay.run`` on their stack)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from exporters.dataset import make_split
+    from exporters.production import OnnxModel
+
+    full = make_split(inter, protocols[0], "test")
+    chosen = full.case_users if users is None else full.case_users[:users]
+    sub = replay_subset(inter, chosen)
+    test = {p: make_split(sub, p, "test") for p in protocols}
+    main = test[protocols[0]]
+    work = Path(work_dir or tempfile.mkdtemp(prefix="evaluate-served-"))
+    work.mkdir(parents=True, exist_ok=True)
+    events_file, lists_file, root = work / "events.jsonl", work / "lists.jsonl", work / "models"
+    n_events = write_replay_events(sub, main, events_file)
+    root.mkdir(parents=True, exist_ok=True)
+    version_dir = Path(version_dir).resolve()
+    link = root / version_dir.name
+    if not link.exists():
+        link.symlink_to(version_dir, target_is_directory=True)
+    (root / "LATEST").write_text(version_dir.name + "\n")
+    # the ranker file a CPU worker runs (int8 when the version ships it), here and in the worker.
+    # int8 is quantised dynamically (activation scales per call), so its scores depend a little on
+    # what else is in the call: lists then match up to near-ties; fp32 lists match exactly.
+    files = json.loads((version_dir / "manifest.json").read_text()).get("ranker_variant_files", {})
+    variant = ranker_variant or ("int8" if "int8" in files else "fp32")
+    if replay is None:
+        cmd = [sys.executable, "-m", "streamer.served_replay", "--events", str(events_file), "--model-root", str(root),
+               "--out", str(lists_file), "--timeout", str(timeout), "--ranker-variant", variant] + ([] if exact else ["--batched"])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if proc.returncode != 0:
+            raise RuntimeError(f"served replay failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        replayed = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        replayed = replay(events_file, root, lists_file, exact=exact, timeout=timeout, ranker_variant=variant)
+
+    model = OnnxModel(version_dir, variant=variant)
+    params = ListParams.from_manifest(model.manifest, LIST_SIZE)
+    list_users, lists = read_served_lists(lists_file, sub, params.size)
+    case_of_user = {int(u): c for c, u in enumerate(main.case_users)}
+    served_index = np.full(len(main), -1, dtype=np.int64)
+    for i, u in enumerate(list_users):
+        if int(u) in case_of_user:
+            served_index[case_of_user[int(u)]] = i
+
+    points = served_points(sub, main, model.max_seq_len)
+    vecs = model.catalog_vectors(sub)
+    cands = candidate_sets(points, vecs)
+    offline_lists = served_lists(cands, dense_candidate_scorer(model.scorer(sub, points)), own_items(sub, main), params)
+
+    def by_user(list_idx: np.ndarray, split: Split) -> np.ndarray:
+        row_of_user = {int(u): int(list_idx[c]) for c, u in enumerate(main.case_users)}
+        return np.asarray([row_of_user.get(int(u), -1) for u in split.case_users], dtype=np.int64)
+
+    served = {p: {m: grade(lists, by_user(served_index, sp), sp, sub, m) for m in sp.modes} for p, sp in test.items()}
+    offline = {p: {m: grade(offline_lists, by_user(np.arange(len(main)), sp), sp, sub, m) for m in sp.modes} for p, sp in test.items()}
+    same = [bool(np.array_equal(lists[served_index[c]], offline_lists[c])) for c in range(len(main)) if served_index[c] >= 0]
+    return ReplayResult(model.version, served, offline, float(np.mean(same)) if same else 0.0, len(main), n_events, float(replayed["seconds"]))
