@@ -33,7 +33,7 @@ from tqdm import tqdm
 from exporters.dataset import Interactions, Split, last_event_before
 from exporters.evaluate import K, Metrics, history_matrix
 from exporters.features import PointSet, build_points
-from schemas import Event, decode_recommendation, encode
+from schemas import Event, Item, decode_recommendation, encode
 from schemas.ranking import EVENT_TYPE_IDS
 from schemas.serving import SOURCES, CandidateQuota, ListParams, assemble, history_order, merge_sources, top_rows
 
@@ -127,6 +127,15 @@ def write_replay_events(inter: Interactions, split: Split, path: Path) -> int:
                        ts=int(inter.ts[e]), item_id=inter.item_ids[inter.items[e]])
             f.write(encode(ev) + b"\n")
     return len(idx)
+
+
+def write_replay_items(inter: Interactions, path: Path) -> int:
+    """The catalog records of the data set (titles for the reasons) as ``items`` messages."""
+    items = [it for it in inter.items_meta.values() if isinstance(it, Item)]
+    with open(path, "wb") as f:
+        for it in items:
+            f.write(encode(it) + b"\n")
+    return len(items)
 
 
 def read_served_lists(path: Path, inter: Interactions, size: int = LIST_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -304,6 +313,8 @@ def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], vers
     work.mkdir(parents=True, exist_ok=True)
     events_file, lists_file, root = work / "events.jsonl", work / "lists.jsonl", work / "models"
     n_events = write_replay_events(sub, main, events_file)
+    items_file = work / "items.jsonl"
+    has_items = write_replay_items(sub, items_file) > 0
     root.mkdir(parents=True, exist_ok=True)
     version_dir = Path(version_dir).resolve()
     link = root / version_dir.name
@@ -318,12 +329,14 @@ def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], vers
     if replay is None:
         cmd = [sys.executable, "-m", "streamer.served_replay", "--events", str(events_file), "--model-root", str(root),
                "--out", str(lists_file), "--timeout", str(timeout), "--ranker-variant", variant] + ([] if exact else ["--batched"])
+        cmd += ["--items", str(items_file)] if has_items else []
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         if proc.returncode != 0:
             raise RuntimeError(f"served replay failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         replayed = json.loads(proc.stdout.strip().splitlines()[-1])
     else:
-        replayed = replay(events_file, root, lists_file, exact=exact, timeout=timeout, ranker_variant=variant)
+        replayed = replay(events_file, root, lists_file, exact=exact, timeout=timeout, ranker_variant=variant,
+                          items_file=items_file if has_items else None)
 
     model = OnnxModel(version_dir, variant=variant)
     params = ListParams.from_manifest(model.manifest, LIST_SIZE)
