@@ -3,6 +3,7 @@
     streamrec-retrain baselines --dataset online_retail [--protocol next-new]
     streamrec-retrain train --dataset online_retail --model-root var/models [--kafka localhost:9092] [--force]
     streamrec-retrain announce --model-root var/models [--version V] --kafka localhost:9092
+    streamrec-retrain evaluate-served --dataset online_retail --model-root var/models [--users 200]
 
 ``train`` with several GPUs: ``torchrun --nproc_per_node=G -m exporters.cli train ...``.
 """
@@ -97,6 +98,45 @@ def _announce(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- evaluate-served (issue 14): grade what a real worker publishes -----------------------------
+def _evaluate_served(args: argparse.Namespace) -> int:
+    from exporters import registry
+    from exporters.dataset import PROTOCOLS, load_interactions
+    from exporters.evaluate import format_table
+    from exporters.served import evaluate_served_replay
+
+    version = args.version or registry.read_latest(args.model_root)
+    if not version:
+        print(f"streamrec-retrain evaluate-served: no version in {args.model_root} (no LATEST): pass --version", file=sys.stderr)
+        return 2
+    inter = load_interactions(args.dataset, args.data_dir)
+    protocols = tuple(PROTOCOLS[args.dataset])
+    res = evaluate_served_replay(inter, protocols, args.model_root / version, users=args.users, exact=not args.batched,
+                                 timeout=args.timeout, ranker_variant=args.ranker_variant)
+    for p in protocols:
+        rows = {"served by the worker": res.served[p], "offline, same lists rule": res.offline[p]}
+        print(format_table(f"{args.dataset} {p}: {res.served[p][next(iter(res.served[p]))].cases} cases, version {res.version}", rows,
+                           tuple(res.served[p])))
+    print(f"identical lists: {res.identical_lists:.3f}; {res.events} events replayed in {res.seconds:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res.as_dict(), indent=2))
+    return 0
+
+
+def _add_evaluate_served(sub) -> None:
+    e = sub.add_parser("evaluate-served", help="replay the test period through a real worker (embedded stack) and grade its published lists")
+    e.add_argument("--dataset", required=True, choices=["online_retail", "taobao", "movielens"])
+    e.add_argument("--model-root", type=Path, required=True)
+    e.add_argument("--version", default=None, help="default: LATEST")
+    e.add_argument("--data-dir", type=Path, default=None)
+    e.add_argument("--users", type=int, default=None, help="replay only the first N test users' events (default: all)")
+    e.add_argument("--batched", action="store_true", help="the worker's usual micro-batches (default: one event per batch, exact)")
+    e.add_argument("--ranker-variant", default=None, choices=("fp32", "int8"), help="default: what a CPU worker runs")
+    e.add_argument("--timeout", type=float, default=1800.0)
+    e.add_argument("--json", default=None, help="also write the result as JSON here")
+    e.set_defaults(func=_evaluate_served)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="streamrec-retrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="also the libraries' INFO logs")
@@ -148,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--topic", default="model-updates")
     a.add_argument("--location", default=None)
     a.set_defaults(func=_announce)
+
+    _add_evaluate_served(sub)
 
     args = p.parse_args(argv)
     setup_logging(args.verbose)

@@ -82,8 +82,9 @@ class PointSet:
         return out
 
 
-def covis_pairs(inter: Interactions, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Directed co-visitation pairs (src, dst, ts) from fit events, sorted by (src, ts)."""
+def covis_pairs(inter: Interactions, fit: np.ndarray, by_event: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directed co-visitation pairs (src, dst, ts) from fit events, sorted by (src, ts); with
+    ``by_event`` the third array is the index of the event that formed the pair instead of its time."""
     idx = np.flatnonzero(fit)
     idx = idx[np.lexsort((idx, inter.users[idx]))]
     src, dst, ts = [], [], []
@@ -101,10 +102,33 @@ def covis_pairs(inter: Interactions, fit: np.ndarray) -> tuple[np.ndarray, np.nd
         cur, prev_items = cur[keep], prev_items[keep]
         src += [prev_items, items[cur]]
         dst += [items[cur], prev_items]
-        ts += [times[cur], times[cur]]
+        when = idx[cur] if by_event else times[cur]
+        ts += [when, when]
     src_a, dst_a, ts_a = np.concatenate(src), np.concatenate(dst), np.concatenate(ts)
     order = np.lexsort((ts_a, src_a))
     return src_a[order], dst_a[order], ts_a[order]
+
+
+def _popularity_upto(inter: Interactions, fit: np.ndarray, as_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log1p(decayed popularity) right after each distinct event ``as_of`` (fit events up to it in
+    log order, decayed to its time), and each point's row."""
+    uniq, rows = np.unique(as_of, return_inverse=True)
+    idx = np.flatnonzero(fit)
+    w = _WEIGHT_OF_TYPE[inter.types[idx]]
+    idx, w = idx[w > 0], w[w > 0]
+    half = HALF_LIFE_DAYS * DAY_MS
+    t0 = inter.ts[idx].max() if len(idx) else 0
+    g = w * np.exp2((inter.ts[idx] - t0) / half)
+    table = np.zeros((len(uniq), inter.n_items), dtype=np.float32)
+    running = np.zeros(inter.n_items)
+    pos = 0
+    for r, e in enumerate(uniq):
+        end = np.searchsorted(idx, e, side="right")
+        if end > pos:
+            np.add.at(running, inter.items[idx[pos:end]], g[pos:end])
+            pos = end
+        table[r] = np.log1p(running * np.exp2((t0 - inter.ts[e]) / half))
+    return table, rows
 
 
 def _popularity_table(inter: Interactions, fit: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,12 +159,18 @@ def _popularity_table(inter: Interactions, fit: np.ndarray, now: np.ndarray) -> 
 
 
 def build_points(
-    inter: Interactions, fit: np.ndarray, visible: np.ndarray, as_of: np.ndarray, max_seq_len: int, now: np.ndarray | None = None
+    inter: Interactions, fit: np.ndarray, visible: np.ndarray, as_of: np.ndarray, max_seq_len: int, now: np.ndarray | None = None,
+    upto_event: bool = False,
 ) -> PointSet:
     """Ranker inputs for points at interaction indices ``as_of`` (the user's last input event,
     -1 for a user without one; then ``now`` must be given).
 
-    The user's input is their ``visible`` events up to and including ``as_of``.
+    The user's input is their ``visible`` events up to and including ``as_of``. Global counts
+    read the fit events before "now" (popularity: before the start of now's hour, so one table row
+    serves many points); with ``upto_event`` the fit events up to and including ``as_of`` in log
+    order, popularity decayed to "now": exactly what a worker replaying the log in order holds
+    right after applying ``as_of`` (events of other users at the same time but later in the log
+    are not counted yet).
     """
     n_points = len(as_of)
     users = inter.users[np.maximum(as_of, 0)]
@@ -190,15 +220,22 @@ def build_points(
         )
         return m
 
-    covis = _covis_features(inter, fit, recent, point_now)
-    pop_table, pop_row = _popularity_table(inter, fit, point_now)
+    if upto_event:
+        if (as_of < 0).any():
+            raise ValueError("upto_event needs an input event for every point")
+        covis = _covis_features(inter, fit, recent, as_of, by_event=True)
+        pop_table, pop_row = _popularity_upto(inter, fit, as_of)
+    else:
+        covis = _covis_features(inter, fit, recent, point_now)
+        pop_table, pop_row = _popularity_table(inter, fit, point_now)
     return PointSet(users, point_now, seq_items, seq_types, csr(p_w), csr(p_last), csr(p_dec), covis, pop_row, pop_table)
 
 
-def _covis_features(inter: Interactions, fit: np.ndarray, recent: np.ndarray, now: np.ndarray) -> sparse.csr_matrix:
+def _covis_features(inter: Interactions, fit: np.ndarray, recent: np.ndarray, now: np.ndarray, by_event: bool = False) -> sparse.csr_matrix:
     """Per point: sum over its recent items r (repeats count again, as in the worker) of the
-    pair counts (r -> j) formed at or before "now"."""
-    src, dst, ts = covis_pairs(inter, fit)
+    pair counts (r -> j) formed at or before "now" (``by_event``: by the event index ``now`` or
+    an earlier one)."""
+    src, dst, ts = covis_pairs(inter, fit, by_event)
     starts = np.searchsorted(src, np.arange(inter.n_items + 1))
     rows, cols, vals = [], [], []
     for p in range(len(recent)):

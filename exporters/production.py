@@ -20,11 +20,12 @@ from schemas.ranking import RANKER_OUTPUT
 
 
 class OnnxModel:
-    def __init__(self, version_dir: Path, providers: list[str] | None = None):
+    def __init__(self, version_dir: Path, providers: list[str] | None = None, variant: str = "fp32"):
         self.dir = Path(version_dir)
         self.manifest = json.loads((self.dir / "manifest.json").read_text())
         files = self.manifest.get("ranker_variant_files", {"fp32": "ranker.onnx"})
-        self.session = session(self.dir / files["fp32"], providers)
+        self.session = session(self.dir / files[variant], providers)
+        self.variant = variant
         self.item_ids: list[str] = json.loads((self.dir / "item_ids.json").read_text())
         self.item_vecs = np.load(self.dir / "item_vecs.npy").astype(np.float32)
         self.max_seq_len = int(self.manifest["max_seq_len"])

@@ -254,7 +254,8 @@ def fit_ranker(
         entry = EpochLog(epoch, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
         result.history.append(entry)
         if rank == 0:
-            log.info("epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs", epoch, entry.loss, val_ndcg, result.best_val_ndcg, result.best_epoch, entry.seconds)
+            log.info("epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs (%d examples, %.1f examples/s incl. validation)",
+                     epoch, entry.loss, val_ndcg, result.best_val_ndcg, result.best_epoch, entry.seconds, seen, seen / max(entry.seconds, 1e-9))
         stop = torch.tensor([int(bad_epochs >= cfg.patience)])
         if world > 1:
             dist.broadcast(stop, src=0)

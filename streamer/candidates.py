@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from schemas.ranking import COVIS_WINDOW, candidate_features
+from schemas.serving import SOURCES, CandidateQuota
 from streamer.items import ItemIndex
 from streamer.state import UserState
 
@@ -156,20 +157,19 @@ class RecentCounts:
 
 
 # ---- what: sources, their order and quotas -------------------------------------------------------
-# Priority order: an item keeps the first source that found it.
-SOURCES: tuple[str, ...] = ("history", "search", "covis", "ann", "trending")
+# Priority order (an item keeps the first source that found it) and quotas are declared once, in
+# schemas.serving (SOURCES, CandidateQuota, merge_sources), which the offline evaluator uses too.
 HISTORY, SEARCH, COVIS, ANN, TRENDING = range(len(SOURCES))
 
 
 def source_plan(n: int) -> dict[str, tuple[int, int]]:
     """Per source: (how many items it proposes, how many new items it may add), for lists of
-    ``n`` candidates. Merging (``_merge``): in ``SOURCES`` order each source adds its proposals
-    that are not picked yet, in its own order, up to its limit; once ``n`` are picked a later
-    source still adds one (the original loop checked the cap after adding), and ``trending``
-    only runs while fewer than ``n`` are picked."""
-    quota = max(n // 4, 1)
-    return {"history": (n // 2, n), "search": (quota, quota), "covis": (quota, quota), "ann": (quota, quota),
-            "trending": (n, n)}
+    ``n`` candidates. Merging (``_merge``, the array form of ``schemas.serving.merge_sources``): in
+    ``SOURCES`` order each source adds its proposals that are not picked yet, in its own order, up
+    to its limit, until ``n`` are picked."""
+    q = CandidateQuota(n)
+    return {"history": (q.history, n), "search": (q.per_source, q.per_source), "covis": (q.per_source, q.per_source),
+            "ann": (q.per_source, q.per_source), "trending": (n, n)}
 
 
 @dataclass(frozen=True)
@@ -503,9 +503,7 @@ def _merge(blocks, limits: list[int], n: int, key_base: int):
         firsts = np.zeros(flat.shape, dtype=bool)
         firsts[first] = True
         new &= firsts.reshape(props.shape)
-        allowed = np.minimum(limit, np.maximum(n - total, 1))
-        if src == TRENDING:
-            allowed = np.where(total < n, allowed, 0)
+        allowed = np.minimum(limit, np.maximum(n - total, 0))
         take = new & (np.cumsum(new, axis=1) <= allowed[:, None])
         keep[:, col:col + w] = take
         total += take.sum(axis=1)

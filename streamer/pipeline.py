@@ -39,6 +39,7 @@ import numpy as np
 
 from schemas import DeadLetter, Event, Recommendation
 from schemas.ranking import EVENT_WEIGHTS
+from schemas.serving import ListParams
 from streamer import metrics
 from streamer.attribution import Stats, attribute, record_list
 from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, UserRequest, gather_batch
@@ -151,6 +152,7 @@ class Pipeline:
         self._query_cache.clear()  # query vectors belong to the old encoder's space
         self.model_items = set(bundle.item_ids)
         self.ranker = OnnxRanker(bundle)
+        self.list_params = ListParams.from_manifest(bundle.manifest, self.settings.list_size)  # the job's validated mix
         metrics.MODEL.clear()
         metrics.MODEL.labels(bundle.version, bundle.ranker_file, bundle.provider).set(1)
         metrics.ITEMS.set(len(index))
@@ -346,7 +348,7 @@ class Pipeline:
                 recs[i] = build_list(
                     users[i], t.state, batch.user(k), scores[k], self.index, size=s.list_size,
                     model_version=version, variant=variants[i], event_id=t.last_event.event_id, event_ts=t.last_event.ts,
-                    search_slots=self.search_slots(intents[i]),
+                    search_slots=self.search_slots(intents[i]), min_new=self.list_params.min_new,
                 )
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]

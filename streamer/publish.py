@@ -23,6 +23,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from schemas import RecItem, Recommendation, encode
+from schemas.serving import ListParams, assemble, order_with_search
 from streamer import metrics
 from streamer.candidates import Candidates
 from streamer.items import ItemIndex
@@ -93,29 +94,6 @@ def reason_for(source: str, evidence, row: int, user: UserState, index: ItemInde
     return "new in the catalog"
 
 
-def order_with_search(scores: np.ndarray, query_sim: np.ndarray | None, size: int, search_slots: int) -> tuple[list[int], np.ndarray]:
-    """Final order of candidate positions and the published scores.
-
-    Without an active search this is the ranker's order. With one, the ``search_slots`` candidates
-    closest to the query (cosine of item and query vectors, the same text encoder) take the top of
-    the list, best match first, and the ranker orders the rest: the learned ranker scores a user's
-    item sequence and never sees the query, so on its own it would bury the search. Their
-    published score is ``best score of the rest + 2 + cosine``, so scores still fall down the list
-    (a score is only comparable within one list).
-    """
-    order = [int(j) for j in np.argsort(-scores, kind="stable")]
-    out_scores = np.asarray(scores, dtype=np.float64).copy()
-    if search_slots <= 0 or query_sim is None or not len(order):
-        return order[:size], out_scores
-    pinned = [int(j) for j in np.argsort(-query_sim, kind="stable")[: min(search_slots, size)]]
-    pinned_set = set(pinned)
-    rest = [j for j in order if j not in pinned_set][: size - len(pinned)]
-    base = float(out_scores[rest].max()) if rest else 0.0
-    for j in pinned:
-        out_scores[j] = base + 2.0 + float(query_sim[j])
-    return pinned + rest, out_scores
-
-
 def build_list(
     user_id: str,
     user: UserState,
@@ -129,8 +107,13 @@ def build_list(
     event_id: str,
     event_ts: int,
     search_slots: int = 0,
+    min_new: int = 0,
 ) -> Recommendation:
-    order, final = order_with_search(scores, cands.query_sim, size, search_slots)
+    """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by score,
+    at least ``min_new`` of them items the user never touched), then the search pins."""
+    new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
+    assembled = assemble(scores, new, ListParams(size, min_new))
+    order, final = order_with_search(scores, cands.query_sim, assembled, size, search_slots)
     items = []
     for j in order:
         row = int(cands.rows[j])

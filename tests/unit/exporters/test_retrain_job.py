@@ -82,6 +82,17 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     assert new["cases"] > 0 and {"personal frequency", "ranker (this run)"} <= set(new["test"])
     assert set(new["test"]["ranker (this run)"]) == {"ex", "in"}
     assert "next-new" in (result.version_dir / "report.md").read_text()
+    # The served lists: candidates, the validated share of new items, both protocols on the same lists.
+    served = report["served"]
+    assert served["list_params"]["min_new"] in (0, 5, 10, 15) and manifest["list_params"] == served["list_params"]
+    grid = served["validation_ndcg@10"]
+    chosen = max(grid, key=lambda k: (round(sum(grid[k].values()) / len(grid[k]), 6), -int(k)))
+    assert int(chosen) == served["list_params"]["min_new"]
+    assert set(served["test"]) == {"next-line", "next-new"} and set(served["test"]["next-new"]) == {"ex", "in"}
+    assert 0 < served["candidate_recall"]["next-line"] <= 1
+    # the ratio the issue sets a floor on (>= 0.95 for the shipped version): served over full ranking
+    assert served["served_over_offline"] == pytest.approx(served["test"]["next-line"]["in"]["ndcg@10"] / served["offline_ndcg@10"])
+    assert "the served list" in (result.version_dir / "report.md").read_text()
     start, end = manifest["training_window"]["start"], manifest["training_window"]["end"]
     assert start < end <= datetime(2011, 9, 1, tzinfo=timezone.utc).timestamp() * 1000
     ids = json.loads((result.version_dir / "item_ids.json").read_text())

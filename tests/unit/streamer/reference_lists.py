@@ -1,5 +1,7 @@
-"""The per-user candidate and list path as it was before the batched rewrite (issue 15), kept
-verbatim as the reference that ``test_batched_lists.py`` compares the batched path with.
+"""The per-user candidate and list path as it was before the batched rewrite (issue 15), kept as
+the reference that ``test_batched_lists.py`` compares the batched path with. Its candidate merging
+and list assembly call ``schemas.serving`` (the declaration the offline evaluator uses too), so the
+test also proves that the worker's batched path serves what ``exporters.served`` grades.
 
 When the semantics change on purpose (sources, quotas, features, list assembly), change this
 reference the same way: it states *what* a list is, one user at a time, in plain Python.
@@ -15,6 +17,7 @@ import numpy as np
 
 from schemas import RecItem, Recommendation
 from schemas.ranking import COVIS_WINDOW, candidate_features
+from schemas.serving import CandidateQuota, ListParams, assemble, history_order, merge_sources, order_with_search
 from streamer.candidates import CandidateConfig, CoVisitation
 from streamer.items import ItemIndex
 from streamer.publish import reason_for
@@ -52,48 +55,45 @@ def gather(
     (model catalog, text or category) rather than being an id-hash placeholder; the ``ann`` source
     is skipped when none of the user's recent items has one (the neighbours of a random vector are
     noise: a cold user then gets trending instead), and its "similar to" anchor is always such an item."""
-    picked: dict[int, tuple[str, int | str | None]] = {}
-    quota = max(cfg.n // 4, 1)
-
-    def take(rows, source: str, evidence=None, limit: int = cfg.n) -> None:
-        added = 0
-        for i, r in enumerate(rows):
-            r = int(r)
-            if r < 0 or r in picked:
-                continue
-            picked[r] = (source, evidence[i] if isinstance(evidence, list) else evidence)
-            added += 1
-            if added >= limit or len(picked) >= cfg.n:
-                return
+    quota = CandidateQuota(cfg.n)
+    offers: list[tuple[str, list[int], int]] = []  # (source, rows best first, quota): schemas.serving
+    evidence_of: dict[str, object] = {}  # source -> evidence list (by offer position) or one value
 
     # history: the user's own items, strongest first (weight x recency)
     if user.items:
-        hist = sorted(user.items.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[: cfg.n // 2]
-        take([index.pos[k] for k, _ in hist if k in index.pos], "history")
+        profile = [(k, p) for k, p in user.items.items() if k in index.pos]
+        order = history_order(np.asarray([p[0] for _k, p in profile]), np.asarray([p[1] for _k, p in profile]), quota.history)
+        offers.append(("history", [index.pos[profile[i][0]] for i in order], cfg.n))
     if query_vec is not None and len(index):
-        labels, _ = index.nearest(query_vec[None, :], quota)
-        take(labels[0], "search", user.last_query, quota)
+        labels, _ = index.nearest(query_vec[None, :], quota.per_source)
+        offers.append(("search", list(labels[0]), quota.per_source))
+        evidence_of["search"] = user.last_query
     recent_rows = [index.pos[i] for i, _t, _ts in list(user.seq)[-COVIS_WINDOW:] if i in index.pos]
     covis_scores = covis.neighbours(recent_rows)
     if covis_scores:
-        ranked = sorted(covis_scores.items(), key=lambda kv: -kv[1][0])[:quota]
-        take([r for r, _ in ranked], "covis", [(a, covis.pair_count(a, r)) for r, (_s, a) in ranked], quota)
+        ranked = sorted(covis_scores.items(), key=lambda kv: -kv[1][0])[: quota.per_source]
+        offers.append(("covis", [r for r, _ in ranked], quota.per_source))
+        evidence_of["covis"] = [(a, covis.pair_count(a, r)) for r, (_s, a) in ranked]
     uvec = user.user_vector()
     anchor_rows = [r for r in recent_rows if meaningful(r)] if meaningful is not None else recent_rows
     use_ann = bool(anchor_rows) or (meaningful is None) or (not recent_rows)  # no items: emb from searches
     if uvec is not None and len(index) and use_ann:
-        labels, _ = index.nearest(uvec[None, :], quota)
+        labels, _ = index.nearest(uvec[None, :], quota.per_source)
         cand = labels[0]
+        offers.append(("ann", list(cand), quota.per_source))
         if anchor_rows and len(cand):
             # the recent item each neighbour is closest to: "similar to <that item>"
             anchors = np.asarray(anchor_rows)[np.argmax(index.vecs[cand] @ index.vecs[anchor_rows].T, axis=1)]
-            take(cand, "ann", [int(a) for a in anchors], quota)
-        else:
-            take(cand, "ann", None, quota)
-    if len(picked) < cfg.n:
-        if trending_rows is None:
-            trending_rows, trending_evidence = index.trending(cfg.n), None
-        take(trending_rows, "trending", trending_evidence)
+            evidence_of["ann"] = [int(a) for a in anchors]
+    if trending_rows is None:
+        trending_rows, trending_evidence = index.trending(cfg.n), None
+    offers.append(("trending", list(trending_rows), cfg.n))
+    evidence_of["trending"] = trending_evidence
+    cand_rows, cand_sources, offer_pos = merge_sources(cfg.n, offers)
+    picked: dict[int, tuple[str, object]] = {}
+    for r, src, i in zip(cand_rows, cand_sources, offer_pos):
+        ev = evidence_of.get(src)
+        picked[r] = (src, ev[i] if isinstance(ev, list) else ev)
 
     # filters
     drop: set[int] = set()
@@ -130,29 +130,6 @@ def gather(
                       query_sim=qsim)
 
 
-def order_with_search(scores: np.ndarray, query_sim: np.ndarray | None, size: int, search_slots: int) -> tuple[list[int], np.ndarray]:
-    """Final order of candidate positions and the published scores.
-
-    Without an active search this is the ranker's order. With one, the ``search_slots`` candidates
-    closest to the query (cosine of item and query vectors, the same text encoder) take the top of
-    the list, best match first, and the ranker orders the rest: the learned ranker scores a user's
-    item sequence and never sees the query, so on its own it would bury the search. Their
-    published score is ``best score of the rest + 2 + cosine``, so scores still fall down the list
-    (a score is only comparable within one list).
-    """
-    order = [int(j) for j in np.argsort(-scores, kind="stable")]
-    out_scores = np.asarray(scores, dtype=np.float64).copy()
-    if search_slots <= 0 or query_sim is None or not len(order):
-        return order[:size], out_scores
-    pinned = [int(j) for j in np.argsort(-query_sim, kind="stable")[: min(search_slots, size)]]
-    pinned_set = set(pinned)
-    rest = [j for j in order if j not in pinned_set][: size - len(pinned)]
-    base = float(out_scores[rest].max()) if rest else 0.0
-    for j in pinned:
-        out_scores[j] = base + 2.0 + float(query_sim[j])
-    return pinned + rest, out_scores
-
-
 def build_list(
     user_id: str,
     user: UserState,
@@ -166,8 +143,10 @@ def build_list(
     event_id: str,
     event_ts: int,
     search_slots: int = 0,
+    min_new: int = 0,
 ) -> Recommendation:
-    order, final = order_with_search(scores, cands.query_sim, size, search_slots)
+    new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
+    order, final = order_with_search(scores, cands.query_sim, assemble(scores, new, ListParams(size, min_new)), size, search_slots)
     items = []
     for j in order:
         row = int(cands.rows[j])
@@ -266,7 +245,7 @@ async def rank_reference(self, touched) -> list[Recommendation]:
             build_list(
                 user_id, t.state, cands, scores, self.index, size=s.list_size,
                 model_version=version, variant=variant, event_id=t.last_event.event_id, event_ts=t.last_event.ts,
-                search_slots=self.search_slots(intents[user_id]),
+                search_slots=self.search_slots(intents[user_id]), min_new=self.list_params.min_new,
             )
         )
     return recs

@@ -6,6 +6,7 @@ A/B arms), with the tiny real ONNX model."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -57,16 +58,20 @@ def random_batches(rng: random.Random, users: int, items: int, batches: int, siz
     {"STREAMREC_CANDIDATES": "40", "STREAMREC_LIST_SIZE": "10", "STREAMREC_VARIANTS": "ranker:0.5,control:0.5",
      "STREAMREC_FILTER_PURCHASED": "true", "STREAMREC_FILTER_LAST_VIEWED": "true"},
     {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20"},
+    {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "8"},
     {"STREAMREC_CANDIDATES": "12", "STREAMREC_LIST_SIZE": "12", "STREAMREC_RANKING": "false"},
-], ids=["small-filters-ab", "default", "ranking-off"])
+], ids=["small-filters-ab", "default", "min-new-slots", "ranking-off"])
 async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
     rng = random.Random(len(env) * 1000 + int(env["STREAMREC_CANDIDATES"]))
+    env = dict(env)
+    min_new = int(env.pop("min_new", 0))  # the manifest's list_params (schemas.serving.ListParams)
     s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0"} | env)
     assert s.candidates == int(env["STREAMREC_CANDIDATES"])
     # fp32: the int8 file quantizes activations per batch tensor (dynamic ranges), so its scores
     # depend on which users share a ranker call; the batched path groups users differently
     pipe = Pipeline(s, ModelBundle.load(latest_version_dir(tiny_model_root), variant="fp32"))
     pipe.upsert_items(random_catalog(rng, 260))
+    pipe.list_params = dataclasses.replace(pipe.list_params, min_new=min_new)
 
     compared = []
     batched = pipe._rank

@@ -1,0 +1,362 @@
+"""Grade what the worker serves: its candidate set, its list assembly, its 20 items.
+
+The job's full-ranking numbers (``exporters.evaluate``) rank the whole catalog; the worker ranks
+only its ~200 candidates and publishes the ``size`` best (``schemas.serving``). This module
+rebuilds, for every test case, the worker's candidates from the training events with the same
+rules (``schemas.serving.merge_sources``):
+
+* ``history``  — the user's items by summed event weight, then recency (``PointSet.personal`` /
+  ``recency``), at most ``n // 2``;
+* ``covis``    — co-visitation sums from the user's last ``COVIS_WINDOW`` events (``PointSet.covis``,
+  pairs formed by fit events before "now"), at most ``n // 4``;
+* ``ann``      — the ``n // 4`` items nearest to the user embedding (exact inner product here,
+  HNSW in the worker);
+* ``trending`` — decayed popularity at "now" (``PointSet.pop_table``), filling up to ``n``.
+
+(No ``search``: the protocols' data sets have no search events.) The scorer scores only those
+candidates, ``schemas.serving.assemble`` builds the list, and the grading reads the list as it
+is: "in" = its first 10 items; "ex" = the list with the user's own (visible) items removed, its
+first 10 of the rest. A target outside the list is a miss. Lists are per user, so the data set's
+protocols that share a cut (online_retail next-line and next-new) are graded on the SAME lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import sparse
+from tqdm import tqdm
+
+from exporters.dataset import Interactions, Split, last_event_before
+from exporters.evaluate import K, Metrics, history_matrix
+from exporters.features import PointSet, build_points
+from schemas import Event, Item, decode_recommendation, encode
+from schemas.ranking import EVENT_TYPE_IDS
+from schemas.serving import SOURCES, CandidateQuota, ListParams, assemble, history_order, merge_sources, top_rows
+
+# (cases [B], candidate rows per case) -> candidate scores per case
+CandidateScorer = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
+SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
+MIN_NEW_GRID = (0, 5, 10, 15)  # new items guaranteed in a list of LIST_SIZE, tuned on validation
+LIST_SIZE = 20  # the worker's default STREAMREC_LIST_SIZE
+
+
+@dataclass
+class CandidateSets:
+    """Per case: candidate rows (the worker's order), source code per row (``SOURCES`` index)."""
+
+    rows: list[np.ndarray]
+    sources: list[np.ndarray]
+
+    def recall(self, targets: np.ndarray) -> float:
+        return float(np.mean([t in set(r.tolist()) for r, t in zip(self.rows, targets)])) if len(targets) else 0.0
+
+
+def _row(m: sparse.csr_matrix, p: int) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = m.indptr[p], m.indptr[p + 1]
+    return m.indices[lo:hi], m.data[lo:hi]
+
+
+def candidate_sets(points: PointSet, item_vecs: np.ndarray | None, quota: CandidateQuota = CandidateQuota(), chunk: int = 256) -> CandidateSets:
+    """The worker's candidates for every point (see the module docstring)."""
+    rows_out, src_out = [], []
+    n_items = points.pop_table.shape[1]
+    for start in tqdm(range(0, len(points), chunk), desc="candidates", leave=False, disable=len(points) < 4 * chunk):
+        idx = np.arange(start, min(start + chunk, len(points)))
+        sims = points.user_embedding_sim(idx, item_vecs) if item_vecs is not None else None
+        for j, p in enumerate(idx):
+            offers = []
+            cols, w = _row(points.personal, p)
+            if len(cols):
+                rcols, rec = _row(points.recency, p)
+                last = np.zeros(len(cols))
+                last[np.searchsorted(cols, rcols)] = rec  # same sparsity pattern, kept apart for safety
+                offers.append(("history", cols[history_order(w, last, quota.history)], quota.n))
+            ccols, cvals = _row(points.covis, p)
+            if len(ccols):
+                offers.append(("covis", ccols[top_rows(cvals, quota.per_source)], quota.per_source))
+            if sims is not None and len(cols) and np.any(sims[j] != 0):
+                offers.append(("ann", top_rows(sims[j], quota.per_source, positive=False), quota.per_source))
+            pop = np.expm1(points.pop_table[points.pop_row[p]])
+            offers.append(("trending", top_rows(pop, quota.n), quota.n))
+            rows, sources, _ = merge_sources(quota.n, offers)
+            rows_out.append(np.asarray(rows, dtype=np.int64))
+            src_out.append(np.asarray([SOURCE_CODE[s] for s in sources], dtype=np.int64))
+    assert all(len(r) == 0 or r.max() < n_items for r in rows_out)
+    return CandidateSets(rows_out, src_out)
+
+
+def served_points(inter: Interactions, split: Split, max_seq_len: int) -> PointSet:
+    """The inputs the worker held when it published the list each case sees: right after the
+    user's last visible event ("now" = that event's time; popularity and co-visitation from the
+    fit events up to it in log order, ``build_points(upto_event=True)``)."""
+    as_of = last_event_before(inter, split.case_users, split.visible)
+    return build_points(inter, split.fit, split.visible, as_of, max_seq_len, upto_event=True)
+
+
+def dense_candidate_scorer(scorer: Callable[[np.ndarray], np.ndarray], chunk: int = 256) -> CandidateScorer:
+    """A full-catalog scorer (``exporters.evaluate.Scorer``) read at the candidates only."""
+
+    def score(cases: np.ndarray, rows: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for s in range(0, len(cases), chunk):
+            block = np.asarray(scorer(cases[s : s + chunk]), dtype=np.float64)
+            out += [block[i, rows[s + i]] for i in range(len(block))]
+        return out
+
+    return score
+
+
+def replay_subset(inter: Interactions, users: np.ndarray) -> Interactions:
+    """The same data set restricted to the events of ``users`` (catalog and id lists unchanged)."""
+    keep = np.isin(inter.users, users)
+    return replace(inter, users=inter.users[keep], items=inter.items[keep], ts=inter.ts[keep], types=inter.types[keep], pos=inter.pos[keep])
+
+
+def write_replay_events(inter: Interactions, split: Split, path: Path) -> int:
+    """The split's visible events (what the worker must have applied) as ``events`` messages in
+    time order, one JSON line each; returns their number."""
+    type_name = {v: k for k, v in EVENT_TYPE_IDS.items()}
+    idx = np.flatnonzero(split.visible)
+    with open(path, "wb") as f:
+        for e in idx:
+            ev = Event(event_id=f"e{int(inter.pos[e])}", user_id=inter.user_ids[inter.users[e]], type=type_name[int(inter.types[e])],
+                       ts=int(inter.ts[e]), item_id=inter.item_ids[inter.items[e]])
+            f.write(encode(ev) + b"\n")
+    return len(idx)
+
+
+def write_replay_items(inter: Interactions, path: Path) -> int:
+    """The catalog records of the data set (titles for the reasons) as ``items`` messages."""
+    items = [it for it in inter.items_meta.values() if isinstance(it, Item)]
+    with open(path, "wb") as f:
+        for it in items:
+            f.write(encode(it) + b"\n")
+    return len(items)
+
+
+def read_served_lists(path: Path, inter: Interactions, size: int = LIST_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(user index per list, lists [L, size] of item rows) from ``recommendations`` JSON lines;
+    an item outside the catalog is -2 (it still takes its slot), an empty slot -1."""
+    row_of = {item: r for r, item in enumerate(inter.item_ids)}
+    user_of = {u: i for i, u in enumerate(inter.user_ids)}
+    recs = [decode_recommendation(line) for line in Path(path).read_bytes().splitlines() if line.strip()]
+    lists = np.full((len(recs), size), -1, dtype=np.int64)
+    users = np.full(len(recs), -1, dtype=np.int64)
+    for i, rec in enumerate(recs):
+        users[i] = user_of.get(rec.user_id, -1)
+        picked = [row_of.get(it.item_id, -2) for it in rec.items][:size]
+        lists[i, : len(picked)] = picked
+    return users, lists
+
+
+def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_matrix, params: ListParams,
+                 scores: list[np.ndarray] | None = None) -> np.ndarray:
+    """The published lists [cases, size] of item rows (-1 = empty slot). ``own`` [cases, items] is
+    non-zero on the items the user touched (what the worker's profile holds). ``scores`` (per case,
+    per candidate) skips the scorer when they are known (tuning ``min_new`` over one scoring)."""
+    n = len(cands.rows)
+    if scores is None:
+        scores = scorer(np.arange(n), cands.rows)
+    lists = np.full((n, params.size), -1, dtype=np.int64)
+    for i in range(n):
+        rows = cands.rows[i]
+        if not len(rows):
+            continue
+        cols, _ = _row(own, i)
+        new = ~np.isin(rows, cols)
+        picked = rows[assemble(scores[i], new, params)]
+        lists[i, : len(picked)] = picked
+    return lists
+
+
+def grade(lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Interactions, mode: str, k: int = K) -> Metrics:
+    """Metrics of served lists for ``split``'s cases: ``list_of_case[c]`` is the row of ``lists``
+    served to case c (-1: no list, a miss). "ex" drops the user's visible items first."""
+    history = history_matrix(inter, split) if mode == "ex" else None
+    ranks = np.full(len(split), np.inf)
+    covered = np.zeros(inter.n_items, dtype=bool)
+    for c in range(len(split)):
+        li = list_of_case[c]
+        if li < 0:
+            continue
+        items = lists[li][lists[li] != -1]  # -2: an item outside the data set's catalog, still a slot
+        if history is not None:
+            items = items[~np.isin(items, _row(history, c)[0])]
+        top = items[:k]
+        covered[top[top >= 0]] = True
+        hit = np.flatnonzero(top == split.case_targets[c])
+        if len(hit):
+            ranks[c] = hit[0] + 1
+    hit = ranks <= k
+    n = max(len(ranks), 1)
+    return Metrics(
+        hr=float(hit.sum() / n),
+        ndcg=float(np.where(hit, 1.0 / np.log2(ranks + 1), 0.0).sum() / n),
+        mrr=float(np.where(hit, 1.0 / ranks, 0.0).sum() / n),
+        cov=float(covered.sum() / inter.n_items),
+        cases=len(ranks),
+    )
+
+
+def list_index(list_users: np.ndarray, list_time: np.ndarray, split: Split) -> np.ndarray:
+    """Per case of ``split``, the row of the list served to its user at its prediction time (-1 when none)."""
+    key = {(int(u), int(t)): i for i, (u, t) in enumerate(zip(list_users, list_time))}
+    return np.asarray([key.get((int(u), int(t)), -1) for u, t in zip(split.case_users, split.case_time)], dtype=np.int64)
+
+
+def own_items(inter: Interactions, split: Split) -> sparse.csr_matrix:
+    """Cases x items: the user's visible items (what the worker's profile holds for them)."""
+    return history_matrix(inter, split).tocsr()
+
+
+@dataclass
+class ServedReport:
+    """Served-list metrics of one model: ``min_new`` chosen on validation (the mean over the data
+    set's protocols of NDCG@10 in each protocol's first mode; ties to the smaller value), the
+    validation grid, and the test metrics per protocol and mode of the lists with that ``min_new``."""
+
+    params: ListParams
+    validation: dict[int, dict[str, float]]
+    test: dict[str, dict[str, Metrics]]
+    recall: dict[str, float]  # test: share of each protocol's targets among the candidates
+
+    def as_dict(self) -> dict:
+        return {
+            "list_params": {"size": self.params.size, "min_new": self.params.min_new},
+            "validation_ndcg@10": {str(k): v for k, v in self.validation.items()},
+            "test": {p: {m: x.as_dict() for m, x in per.items()} for p, per in self.test.items()},
+            "candidate_recall": self.recall,
+        }
+
+
+def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item_vecs: np.ndarray | None,
+           scorer: CandidateScorer, grid: tuple[int, ...], size: int) -> tuple[dict[int, dict[str, dict[str, Metrics]]], dict[str, float]]:
+    main = next(iter(splits.values()))
+    cands = candidate_sets(points, item_vecs)
+    scores = scorer(np.arange(len(cands.rows)), cands.rows)
+    own = own_items(inter, main)
+    index = {p: list_index(main.case_users, main.case_time, sp) for p, sp in splits.items()}
+    out = {}
+    for min_new in grid:
+        lists = served_lists(cands, scorer, own, ListParams(size, min_new), scores=scores)
+        out[min_new] = {p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()}
+    recall = {}
+    for p, sp in splits.items():
+        ok = index[p] >= 0
+        recall[p] = float(np.mean([sp.case_targets[c] in set(cands.rows[index[p][c]].tolist()) for c in np.flatnonzero(ok)])) if ok.any() else 0.0
+    return out, recall
+
+
+def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str, Split], max_seq_len: int,
+                      item_vecs: np.ndarray | None, make_scorer: Callable[[PointSet], CandidateScorer],
+                      grid: tuple[int, ...] = MIN_NEW_GRID, size: int = LIST_SIZE) -> ServedReport:
+    """Tune ``min_new`` on the validation lists, grade the test lists with it. ``val`` / ``test``:
+    the data set's protocols (the lists are made for the first one's cases, ``served_points``);
+    protocols sharing a cut are graded on the same lists."""
+    val_points = served_points(inter, next(iter(val.values())), max_seq_len)
+    test_points = served_points(inter, next(iter(test.values())), max_seq_len)
+    by_min_new, _ = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), grid, size)
+    objective = {k: {p: per[p][val[p].modes[0]].ndcg for p in per} for k, per in by_min_new.items()}
+    best = max(grid, key=lambda k: (round(float(np.mean(list(objective[k].values()))), 6), -k))
+    params = ListParams(size, best)
+    tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), (best,), size)
+    return ServedReport(params, objective, tested[best], recall)
+
+
+@dataclass
+class ReplayResult:
+    """Served (a real worker's published lists) and offline (this module's lists) metrics of one
+    version on the same cases, and how many of the lists were identical."""
+
+    version: str
+    served: dict[str, dict[str, Metrics]]
+    offline: dict[str, dict[str, Metrics]]
+    identical_lists: float
+    cases: int
+    events: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        tables = {k: {p: {m: x.as_dict() for m, x in per.items()} for p, per in v.items()} for k, v in (("served", self.served), ("offline", self.offline))}
+        return {"version": self.version, **tables, "identical_lists": self.identical_lists, "cases": self.cases,
+                "events": self.events, "seconds": round(self.seconds, 1)}
+
+
+def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], version_dir: Path, *, users: int | None = None,
+                           exact: bool = True, timeout: float = 600.0, work_dir: Path | None = None,
+                           replay: Callable[..., dict] | None = None, ranker_variant: str | None = None) -> ReplayResult:
+    """Replay the test period's input (the visible events of the first protocol's test users, or
+    of its first ``users`` of them) through a real worker serving ``version_dir`` on the embedded
+    stack (``python -m streamer.served_replay``, a subprocess: the packages never import each
+    other), grade the lists it published, and grade this module's offline lists of the same
+    version on the same cases beside them. ``replay(events_file, model_root, out_file, exact=,
+    timeout=, ranker_variant=)`` replaces the subprocess (tests pass ``streamer.served_replay.run`` on their stack)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from exporters.dataset import make_split
+    from exporters.production import OnnxModel
+
+    full = make_split(inter, protocols[0], "test")
+    chosen = full.case_users if users is None else full.case_users[:users]
+    sub = replay_subset(inter, chosen)
+    test = {p: make_split(sub, p, "test") for p in protocols}
+    main = test[protocols[0]]
+    work = Path(work_dir or tempfile.mkdtemp(prefix="evaluate-served-"))
+    work.mkdir(parents=True, exist_ok=True)
+    events_file, lists_file, root = work / "events.jsonl", work / "lists.jsonl", work / "models"
+    n_events = write_replay_events(sub, main, events_file)
+    items_file = work / "items.jsonl"
+    has_items = write_replay_items(sub, items_file) > 0
+    root.mkdir(parents=True, exist_ok=True)
+    version_dir = Path(version_dir).resolve()
+    link = root / version_dir.name
+    if not link.exists():
+        link.symlink_to(version_dir, target_is_directory=True)
+    (root / "LATEST").write_text(version_dir.name + "\n")
+    # the ranker file a CPU worker runs (int8 when the version ships it), here and in the worker.
+    # int8 is quantised dynamically (activation scales per call), so its scores depend a little on
+    # what else is in the call: lists then match up to near-ties; fp32 lists match exactly.
+    files = json.loads((version_dir / "manifest.json").read_text()).get("ranker_variant_files", {})
+    variant = ranker_variant or ("int8" if "int8" in files else "fp32")
+    if replay is None:
+        cmd = [sys.executable, "-m", "streamer.served_replay", "--events", str(events_file), "--model-root", str(root),
+               "--out", str(lists_file), "--timeout", str(timeout), "--ranker-variant", variant] + ([] if exact else ["--batched"])
+        cmd += ["--items", str(items_file)] if has_items else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+        if proc.returncode != 0:
+            raise RuntimeError(f"served replay failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        replayed = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        replayed = replay(events_file, root, lists_file, exact=exact, timeout=timeout, ranker_variant=variant,
+                          items_file=items_file if has_items else None)
+
+    model = OnnxModel(version_dir, variant=variant)
+    params = ListParams.from_manifest(model.manifest, LIST_SIZE)
+    list_users, lists = read_served_lists(lists_file, sub, params.size)
+    case_of_user = {int(u): c for c, u in enumerate(main.case_users)}
+    served_index = np.full(len(main), -1, dtype=np.int64)
+    for i, u in enumerate(list_users):
+        if int(u) in case_of_user:
+            served_index[case_of_user[int(u)]] = i
+
+    points = served_points(sub, main, model.max_seq_len)
+    vecs = model.catalog_vectors(sub)
+    cands = candidate_sets(points, vecs)
+    offline_lists = served_lists(cands, dense_candidate_scorer(model.scorer(sub, points)), own_items(sub, main), params)
+
+    def by_user(list_idx: np.ndarray, split: Split) -> np.ndarray:
+        row_of_user = {int(u): int(list_idx[c]) for c, u in enumerate(main.case_users)}
+        return np.asarray([row_of_user.get(int(u), -1) for u in split.case_users], dtype=np.int64)
+
+    served = {p: {m: grade(lists, by_user(served_index, sp), sp, sub, m) for m in sp.modes} for p, sp in test.items()}
+    offline = {p: {m: grade(offline_lists, by_user(np.arange(len(main)), sp), sp, sub, m) for m in sp.modes} for p, sp in test.items()}
+    same = [bool(np.array_equal(lists[served_index[c]], offline_lists[c])) for c in range(len(main)) if served_index[c] >= 0]
+    return ReplayResult(model.version, served, offline, float(np.mean(same)) if same else 0.0, len(main), n_events, float(replayed["seconds"]))

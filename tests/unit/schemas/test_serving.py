@@ -1,0 +1,61 @@
+"""schemas.serving: candidate merging and list assembly shared by the worker and the job."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.serving import CandidateQuota, ListParams, assemble, history_order, merge_sources, order_with_search, top_rows
+
+
+def test_merge_sources_priority_quota_and_cap():
+    offers = [("history", [5, 6], 10), ("covis", [6, 7, 8, 9], 2), ("ann", [-1, 9, 7, 10], 2), ("trending", [1, 2, 3, 4], 10)]
+    rows, sources, pos = merge_sources(7, offers)
+    # 6 stays history; covis adds 7, 8 (quota 2); ann skips the HNSW pad -1 and 7, adds 9, 10; trending fills to 7
+    assert rows == [5, 6, 7, 8, 9, 10, 1]
+    assert sources == ["history", "history", "covis", "covis", "ann", "ann", "trending"]
+    assert pos == [0, 1, 1, 2, 1, 3, 0]
+
+
+def test_quota_matches_worker_shares():
+    q = CandidateQuota(200)
+    assert (q.history, q.per_source) == (100, 50)
+    assert CandidateQuota(2).per_source == 1
+
+
+def test_history_order_weight_then_recency_then_given_order():
+    w = np.array([1.0, 3.0, 1.0, 1.0])
+    last = np.array([10, 0, 20, 10])
+    assert history_order(w, last, 10).tolist() == [1, 2, 0, 3]
+    assert history_order(w, last, 2).tolist() == [1, 2]
+
+
+def test_top_rows_ties_to_lower_index_and_positive_only():
+    s = np.array([0.0, 2.0, 1.0, 2.0, -1.0])
+    assert top_rows(s, 3).tolist() == [1, 3, 2]
+    assert top_rows(s, 5).tolist() == [1, 3, 2]
+    assert top_rows(s, 5, positive=False).tolist() == [1, 3, 2, 0, 4]
+
+
+def test_assemble_min_new_replaces_the_lowest_own_items_and_keeps_score_order():
+    scores = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0])
+    new = np.array([False, False, False, True, False, True, True])
+    assert assemble(scores, new, ListParams(4, 0)) == [0, 1, 2, 3]
+    # at least 3 new among 4: the best own item stays, the two weakest own ones give way
+    assert assemble(scores, new, ListParams(4, 3)) == [0, 3, 5, 6]
+    # fewer new candidates than asked: all of them, own ones fill the rest
+    assert assemble(scores, new, ListParams(6, 5)) == [0, 1, 2, 3, 5, 6]
+    assert assemble(scores[:2], new[:2], ListParams(4, 2)) == [0, 1]
+
+
+def test_order_with_search_pins_best_matches_on_top_of_the_assembled_list():
+    scores = np.array([3.0, 2.0, 1.0, 0.5])
+    qsim = np.array([0.1, 0.2, 0.9, 0.3])
+    order, final = order_with_search(scores, qsim, [0, 1, 2], 3, 1)
+    assert order == [2, 0, 1]
+    assert final[2] == 3.0 + 2.0 + 0.9
+    assert order_with_search(scores, None, [1, 0], 2, 1)[0] == [1, 0]
+
+
+def test_list_params_from_manifest():
+    assert ListParams.from_manifest({}, 20) == ListParams(20, 0)
+    assert ListParams.from_manifest({"list_params": {"size": 20, "min_new": 10}}, 8) == ListParams(8, 8)
