@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--force", action="store_true", help="publish even if worse than production")
     t.add_argument("--no-publish", action="store_true", help="write the version, leave LATEST alone")
     t.add_argument("--kafka", default=None, help="bootstrap servers: announce on the model-updates topic")
-    t.add_argument("--topic", default="model-updates")
+    t.add_argument("--topic", default=os.environ.get("STREAMREC_MODEL_UPDATES_TOPIC", "model-updates"),
+                   help="model-updates topic (default: $STREAMREC_MODEL_UPDATES_TOPIC or model-updates)")
     t.add_argument("--location", default=None, help="version location as workers see it (default: local path)")
     t.add_argument("--version", default=None)
     t.set_defaults(func=_train)
