@@ -150,7 +150,7 @@ COMPOSE_VARS: dict[str, str] = {
     "STREAMREC_IMAGE_REGISTRY": "registry/namespace of the streamrec images",
     "STREAMREC_IMAGE_TAG": "tag of the streamrec images",
     "STREAMREC_BOOTSTRAP_DATASET": "catalog the bootstrap model indexes (or none)",
-    "STREAMREC_RETRAIN_DATASET": "data set the retrain job trains on",
+    "STREAMREC_RETRAIN_SOURCE": "where the retrain job reads events: kafka://HOST:PORT or an archive folder",
     "STREAMREC_REPLAY_DATASET": "data set the replay producer sends",
     "STREAMREC_DATA_HOST_DIR": "host folder with the data sets, mounted read-only at /data",
 }
