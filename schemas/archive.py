@@ -12,7 +12,7 @@ An event lands under the date of its event time ``ts``; a catalog record under t
 ``ts`` when it has one, else of its Kafka timestamp. One file holds records of one Kafka
 partition, in offset order; its name carries the first and the last offset it holds, so the
 files alone prove what was written (the archiver resumes from them, see
-:func:`archived_offsets`). Columns: the contract fields of ``event.v1`` / ``item.v1``
+:func:`archived_ids`). Columns: the contract fields of ``event.v1`` / ``item.v1``
 (``context`` as its JSON text) plus ``kafka_partition``, ``kafka_offset``, ``kafka_timestamp``.
 
 A file is written under a temporary name starting with ``.`` (``.<name>.tmp-<pid>``), fsynced,
@@ -280,17 +280,22 @@ def list_files(root: str | os.PathLike, kind: str, since_ms: int | None = None, 
     return out
 
 
-def archived_offsets(root: str | os.PathLike, kind: str, topic: str, partition: int, from_offset: int = 0) -> set[int]:
-    """Offsets ``>= from_offset`` of ``topic``/``partition`` that committed files already hold.
+def archived_ids(root: str | os.PathLike, kind: str, topic: str, partition: int, from_offset: int = 0) -> dict[int, str]:
+    """``{offset: event_id or item_id}`` of the records of ``topic``/``partition`` at offsets
+    ``>= from_offset`` that committed files already hold.
 
-    Only files whose name says they reach ``from_offset`` are opened, and only their offset
-    column is read.
+    Only files whose name says they reach ``from_offset`` are opened, and only two columns read.
+    The id lets a writer tell a record it already archived from a different record at the same
+    offset (a topic deleted and created again).
     """
-    found: set[int] = set()
+    id_column = "event_id" if kind == EVENTS else "item_id"
+    found: dict[int, str] = {}
     for f in list_files(root, kind):
         if f.topic == topic and f.partition == partition and f.last_offset >= from_offset:
-            column = pq.read_table(f.path, columns=["kafka_offset"]).column("kafka_offset").to_pylist()
-            found.update(o for o in column if o >= from_offset)
+            table = pq.read_table(f.path, columns=["kafka_offset", id_column])
+            for offset, record_id in zip(table.column("kafka_offset").to_pylist(), table.column(id_column).to_pylist()):
+                if offset >= from_offset:
+                    found[offset] = record_id
     return found
 
 
