@@ -54,11 +54,21 @@ def _time(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _source(text: str) -> str:
+    if text.startswith("kafka://"):
+        if not text[len("kafka://"):].strip():
+            raise argparse.ArgumentTypeError("kafka:// needs HOST:PORT")
+        return text
+    if "://" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: use kafka://HOST:PORT[,HOST:PORT] or an archive folder")
+    return text
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     """Where the events come from and how they are split: the same for train and baselines."""
     g = p.add_argument_group("data (one of --source or --dataset)")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--source", default=None, help="kafka://HOST:PORT[,HOST:PORT] (topics and security from the worker's settings) or an archive folder")
+    src.add_argument("--source", type=_source, default=None, help="kafka://HOST:PORT[,HOST:PORT] (topics and security from the worker's settings) or an archive folder")
     src.add_argument("--dataset", default=None, choices=DATASETS, help="a bundled data set, with BASELINES.md's protocol parameters")
     g.add_argument("--data-dir", type=Path, default=None, help="(--dataset) the shared data folder")
     g.add_argument("--since", type=_time, default=None, help="(--source) events at or after this time (date, ISO time or epoch ms)")
@@ -157,12 +167,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_once(cfg) -> int:
     from exporters.job import Refusal, run
+    from exporters.logsource import LogSourceError
+    from schemas.archive import ArchiveError
+    from schemas.kafka_settings import SettingsError
 
     try:
         result = run(cfg)
     except Refusal as e:
         print(f"streamrec-retrain: refused: {e}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
+    except (LogSourceError, ArchiveError, SettingsError) as e:
+        print(f"streamrec-retrain: cannot read {cfg.source}: {e}", file=sys.stderr, flush=True)
+        return 2
     if not result.table:  # a non-zero rank of a distributed run
         return 0
     print(result.table)

@@ -112,3 +112,26 @@ def test_cli_refuses_a_log_too_small(tmp_path, monkeypatch, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("streamrec-retrain: refused: log too small")
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["runs.jsonl"]
+
+
+def test_every_loops_and_goes_on_after_a_refusal(tmp_path, monkeypatch) -> None:
+    import exporters.cli as cli
+    import exporters.job as job
+
+    monkeypatch.setattr(job, "load_log", lambda cfg: (log(ROWS), cfg.split or SplitSpec()))
+    sleeps: list[float] = []
+    monkeypatch.setattr(cli.time, "sleep", sleeps.append)
+    code = cli.main(["train", "--source", "kafka://127.0.0.1:1", "--model-root", str(tmp_path), "--every", "6h", "--runs", "3"])
+    assert code == cli.EXIT_REFUSED and len(sleeps) == 2 and all(5.9 * 3600 < s <= 6 * 3600 for s in sleeps)
+    from exporters.registry import read_runs
+
+    assert [r["status"] for r in read_runs(tmp_path)] == ["refused"] * 3
+    assert [cli.parse_duration(x) for x in ("6h", "30m", "1d", "90s", "15")] == [21600, 1800, 86400, 90, 15]
+
+
+def test_bad_source_fails_at_start_in_one_line(capsys) -> None:
+    from exporters.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--source", "http://x:1", "--model-root", "/nonexistent"])
+    assert e.value.code == 2 and "use kafka://HOST:PORT" in capsys.readouterr().err
