@@ -128,6 +128,10 @@ PRODUCT_ENV_VARS: dict[str, str] = {
     "STREAMREC_ATTRIBUTION_WINDOW_S": "event-time window in which a click, add-to-cart or purchase of a listed item is attributed to the user's live list",
     "STREAMREC_VARIANTS_POLL_S": 'how often the worker reads the runtime A/B split from Redis <meta prefix>config:variants',
     "STREAMREC_REDIS_META_PREFIX": "prefix of the worker's own Redis keys: <prefix>config:variants",
+    "STREAMREC_ARCHIVE_DIR": "root folder of the Parquet archive",
+    "STREAMREC_ARCHIVE_GROUP": "the archiver's Kafka consumer group",
+    "STREAMREC_ARCHIVE_FLUSH_RECORDS": "write a partition's buffered records once it holds this many",
+    "STREAMREC_ARCHIVE_FLUSH_S": "write a partition's buffered records at the latest this many seconds after the first arrived",
 }
 
 #: Product variables read outside streamer.settings (replay/retrain data, logging).
