@@ -141,6 +141,8 @@ def _window(dataset: Any, days: float | None) -> tuple[Any, int]:
 
 
 def _slug(name: str) -> str:
+    """A version-name part for a log: ``kafka://h:p`` -> ``kafka``, ``archive:/x`` -> ``archive``."""
+    name = name.split("://")[0] if "://" in name else name.split(":")[0]
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40] or "log"
 
 
