@@ -134,7 +134,12 @@ class Archiver:
 
     def _take(self, tp, messages) -> None:
         buf = self.buffers.get(tp)
-        if buf is None:  # revoked while the fetch was in flight
+        if buf is None:
+            # Fetched before the assignment callback has read this partition's files (aiokafka
+            # fetches while the callback runs), or revoked meanwhile: take nothing, and read the
+            # messages again later if the partition is still ours.
+            if messages and tp in self.consumer.assignment():
+                self.consumer.seek(tp, messages[0].offset)
             return
         topic = tp.topic
         worker = self.s.worker_id
@@ -213,6 +218,7 @@ class Archiver:
             if archived:
                 log.info("%s:%d: files hold %d records past the committed offset %s; they will not be written again",
                          tp.topic, tp.partition, len(archived), committed)
+        log.info("assigned partitions: %s", ", ".join(f"{tp.topic}:{tp.partition}" for tp in sorted(tps)))
 
     def revoked(self, tps) -> None:
         # Unwritten records are simply dropped: their offsets are not committed, the next owner reads them.

@@ -7,15 +7,17 @@ import random
 import threading
 import time
 
+import orjson
 import pyarrow.parquet as pq
 import pytest
 
 from exporters.logsource import read_log
-from schemas.archive import EVENTS, ITEMS, list_files
+from schemas import decode_event
+from schemas.archive import EVENTS, ITEMS, Located, list_files, write_batch
 from schemas.sources import load_dataset
 from streamer.local import ArchiverProcess
 from streamer.replay import replay
-from tests.integration.helpers import produce, unique_topics
+from tests.integration.helpers import event, produce, read_all, unique_topics
 
 pytestmark = pytest.mark.integration
 
@@ -63,15 +65,20 @@ def test_sigkilled_archiver_keeps_every_valid_event_exactly_once(stack, tmp_path
     # frequent files: a kill lands among writes, renames and commits.
     producer = threading.Thread(target=lambda: asyncio.run(
         replay(retail, stack.bootstrap, topics["events"], topics["items"], rate=300, progress=False)))
-    producer.start()
     settings = dict(STREAMREC_ARCHIVE_FLUSH_RECORDS="37", STREAMREC_ARCHIVE_FLUSH_S="0.2",
                     STREAMREC_SESSION_TIMEOUT_S="3")
     rng = random.Random()
     kills = []
-    for _round in range(3):
+    for round_ in range(3):
         if len(raw_ids(archive, EVENTS)) >= len(want):
             break  # all written before this round's kill
         proc = ArchiverProcess(stack, archive, app_id="arch-test", topics=topics, **settings).start()
+        if round_ == 0:  # the log starts flowing once the first archiver owns its partitions
+            deadline = time.monotonic() + 60
+            while "assigned partitions:" not in proc.tail() and time.monotonic() < deadline:
+                assert proc.proc.poll() is None, proc.tail()
+                time.sleep(0.05)
+            producer.start()
         # wait for its first new file of this round, then kill at a random moment
         before = len(list_files(archive, EVENTS))
         deadline = time.monotonic() + 30
@@ -91,13 +98,46 @@ def test_sigkilled_archiver_keeps_every_valid_event_exactly_once(stack, tmp_path
         events, items = raw_ids(archive, EVENTS), raw_ids(archive, ITEMS)
     finally:
         assert proc.stop() == 0, proc.tail()
-    print(f"kills (delay s, events archived at the kill): {kills}; final {len(events)} rows")
+    resumed = proc.log.read_text().count("they will not be written again")
+    print(f"kills (delay s, events archived at the kill): {kills}; final {len(events)} rows; "
+          f"partitions resumed past their committed offset: {resumed}")
     assert len(events) == len(set(events)), "an event was archived twice"
     assert set(events) == want
     assert sorted(items) == sorted(retail.items)
     leftovers = [p for p in archive.rglob(".*") if p.is_file()]
     assert leftovers == [], "temporary files left behind"
     assert "'invalid': " in proc.tail(5)
+
+
+def test_files_written_before_a_lost_commit_are_not_written_again(stack, tmp_path):
+    """A crash between the rename and the offset commit: the files hold records past the group's
+    committed offset. The restarted archiver must skip exactly those."""
+    topics = unique_topics(stack, f"lost{random.randrange(10**6)}")
+    archive = tmp_path / "archive"
+    messages = [event(i, f"user{i % 7}", "a", ts=1_320_000_000_000 + i * 60_000) for i in range(60)]
+    asyncio.run(produce(stack.bootstrap, topics["events"], messages))
+    records = asyncio.run(read_all(stack.bootstrap, topics["events"], expect=len(messages)))
+    # "already written, commit lost": the first half of every partition, as the archiver writes it
+    by_partition: dict[int, list] = {}
+    for m in sorted(records, key=lambda m: (m.partition, m.offset)):
+        by_partition.setdefault(m.partition, []).append(Located(decode_event(m.value), m.partition, m.offset, m.timestamp))
+    pre = 0
+    for located in by_partition.values():
+        half = located[: len(located) // 2]
+        if half:
+            write_batch(archive, EVENTS, topics["events"], half)
+            pre += len(half)
+    assert pre > 0
+    proc = ArchiverProcess(stack, archive, app_id="lost-test", topics=topics,
+                           STREAMREC_ARCHIVE_FLUSH_RECORDS="10", STREAMREC_ARCHIVE_FLUSH_S="0.2").start()
+    try:
+        wait_archived(archive, len(messages), 0, proc)
+        time.sleep(1.0)
+    finally:
+        assert proc.stop() == 0, proc.tail()
+    ids = raw_ids(archive, EVENTS)
+    assert sorted(ids) == sorted(orjson.loads(v)["event_id"] for _k, v in messages)
+    assert f"'already_archived': {pre}" in proc.tail(5)
 
 
 def test_read_log_from_kafka_equals_read_log_from_the_archive(stack, tmp_path, retail):
