@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-root", default=os.environ.get("STREAMREC_MODEL_ROOT", "var/models"))
     ap.add_argument("--loop", action="store_true", help="the learning loop: replay, archive, retrain, swap, replay (see above)")
     ap.add_argument("--loop-dir", default="var/loop", help="(--loop) fresh model root and archive under this folder")
-    ap.add_argument("--retrain-at", default="2011-11-01", help="(--loop) replay events before this date, then retrain")
+    ap.add_argument("--retrain-at", default="2011-06-01", help="(--loop) replay events before this date, then retrain")
     ap.add_argument("--next-days", type=float, default=21.0, help="(--loop) then replay this many days more")
     ap.add_argument("--loop-rate", type=float, default=3000.0, help="(--loop) events per second produced")
     ap.add_argument("--retrain-args", default="", help="(--loop) extra streamrec-retrain train options, e.g. '--epochs 1'")
@@ -261,8 +261,18 @@ def _archived_events(archive: Path) -> int:
     return sum(pq.ParquetFile(f.path).metadata.num_rows for f in list_files(archive, EVENTS))
 
 
-def _worker_seen(port: int) -> float:
-    m = _get(f"http://127.0.0.1:{port}/metrics")
+def _metrics_of(proc: subprocess.Popen, port: int, name: str) -> str:
+    """The process's /metrics; a process that died ends the demo with one line naming its log."""
+    try:
+        return _get(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        if proc.poll() is not None:
+            raise SystemExit(f"[loop] {name} exited with code {proc.returncode} (see its log)") from None
+        return ""
+
+
+def _worker_seen(worker: subprocess.Popen, port: int) -> float:
+    m = _metrics_of(worker, port, "worker")
     return sum(_metric(m, "streamrec_events_total", outcome=o, topic="events") for o in ("valid", "duplicate", "dead_letter", "erased"))
 
 
@@ -311,7 +321,7 @@ def loop(args: argparse.Namespace) -> int:
             print(f"[loop] 1/4 replaying the first months ({len(first.events):,} events) to the worker and the archiver", flush=True)
             sent = asyncio.run(replay(first, stack.bootstrap, rate=args.loop_rate, progress=False))
             _wait_for("the worker and the archive to hold every event",
-                      lambda: _worker_seen(wport) >= sent["events"] and _archived_events(archive) >= sent["events"], 1800)
+                      lambda: _worker_seen(worker, wport) >= sent["events"] and _archived_events(archive) >= sent["events"], 1800)
             before = read_stats(r, prefix)
 
             print("[loop] 2/4 retraining from the archive (streamrec-retrain train --source ...)", flush=True)
@@ -325,15 +335,15 @@ def loop(args: argparse.Namespace) -> int:
             latest = (model_root / "LATEST").read_text().strip()
             if job.returncode == 0 and "bootstrap" not in latest:
                 _wait_for(f"the worker to swap to {latest}",
-                          lambda: _metric(_get(f"http://127.0.0.1:{wport}/metrics"), "streamrec_model_swaps_total") >= 1, 300)
+                          lambda: _metric(_metrics_of(worker, wport, "worker"), "streamrec_model_swaps_total") >= 1, 300)
                 print(f"[loop] 3/4 the worker now serves {latest}", flush=True)
             else:
                 print(f"[loop] 3/4 no new version published (LATEST is {latest}): the worker keeps the bootstrap model", flush=True)
 
             print(f"[loop] 4/4 replaying the next {args.next_days:g} days ({len(then.events):,} events)", flush=True)
-            seen = _worker_seen(wport)
+            seen = _worker_seen(worker, wport)
             sent2 = asyncio.run(replay(then, stack.bootstrap, items_topic=None, rate=args.loop_rate, progress=False))
-            _wait_for("the worker to read every event", lambda: _worker_seen(wport) >= seen + sent2["events"], 1800)
+            _wait_for("the worker to read every event", lambda: _worker_seen(worker, wport) >= seen + sent2["events"], 1800)
             time.sleep(2.0)
             after = read_stats(r, prefix)
             print(f"\n== online report, first months (model: the bootstrap version) ==\n{render(summarize(before))}")
@@ -344,6 +354,7 @@ def loop(args: argparse.Namespace) -> int:
                 print(f"\n== offline evaluation of {latest} ({report_md}) ==\n{report_md.read_text()}")
         finally:
             codes = {"worker": _stop(worker), "archiver": _stop(archiver)}
+        print(f"[loop] logs: {base}/worker.log, {base}/archiver.log", flush=True)
     print(f"[loop] stopped everything ({codes}); {time.monotonic() - t_start:.0f} s in all", flush=True)
     return 0 if all(c in (0, -15, None) for c in codes.values()) else 1
 
