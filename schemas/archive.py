@@ -299,21 +299,31 @@ def archived_ids(root: str | os.PathLike, kind: str, topic: str, partition: int,
     return found
 
 
+def _check_schema(f: ArchiveFile, schema: pa.Schema) -> None:
+    try:
+        found = pq.read_schema(f.path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ArchiveError(f"{f.path}: not a readable Parquet file: {exc}") from None
+    for field in schema:
+        index = found.get_field_index(field.name)
+        if index < 0 or found.field(index).type != field.type:
+            got = "missing" if index < 0 else str(found.field(index).type)
+            raise ArchiveError(f"{f.path}: column {field.name!r} is {got}, the {f.kind} archive contract says {field.type}")
+
+
 def _read_tables(files: list[ArchiveFile], kind: str) -> pa.Table:
+    """All ``files`` as one table (read in parallel); a file that breaks the contract is named."""
     schema = SCHEMAS[kind]
-    tables = []
+    if not files:
+        return schema.empty_table()
+    import pyarrow.dataset as pads
+
     for f in files:
-        try:
-            table = pq.read_table(f.path)
-        except (OSError, pa.ArrowException) as exc:
-            raise ArchiveError(f"{f.path}: not a readable Parquet file: {exc}") from None
-        if not table.schema.equals(schema, check_metadata=False):
-            try:
-                table = table.select(schema.names).cast(schema)
-            except (KeyError, pa.ArrowException) as exc:
-                raise ArchiveError(f"{f.path}: columns do not match the {kind} archive contract: {exc}") from None
-        tables.append(table)
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+        _check_schema(f, schema)
+    try:
+        return pads.dataset([str(f.path) for f in files], schema=schema, format="parquet").to_table()
+    except (OSError, pa.ArrowException) as exc:
+        raise ArchiveError(f"{files[0].path.parents[1]}: cannot read the {kind} files: {exc}") from None
 
 
 def read_archive(
@@ -327,8 +337,8 @@ def read_archive(
     stats = SourceStats(name=name or f"archive:{root}")
     table = _read_tables(list_files(root, EVENTS, since_ms, until_ms), EVENTS)
     stats.rows = table.num_rows
-    events = list(_events(table))
-    items = list(_items(_read_tables(list_files(root, ITEMS), ITEMS)))
+    events = _events(table)
+    items = _items(_read_tables(list_files(root, ITEMS), ITEMS))
     return log_dataset(stats, events, items, since_ms, until_ms)
 
 
@@ -381,19 +391,17 @@ _ITEM_ARGS = ("item_id", "title", "description", "category", "brand", "price", "
 _COORDINATES = ("kafka_partition", "kafka_offset", "kafka_timestamp")
 
 
-def _rows(table: pa.Table, names: Iterable[str]) -> Iterator[tuple]:
-    return zip(*(table.column(n).to_pylist() for n in (*names, *_COORDINATES)))
+def _events(table: pa.Table) -> list[tuple[int, int, int, Event]]:
+    columns = [table.column(n).to_pylist() for n in _EVENT_ARGS]
+    contexts = columns[10]
+    if any(c is not None for c in contexts):
+        loads = orjson.loads
+        columns[10] = [None if c is None else loads(c) for c in contexts]
+    coordinates = [table.column(n).to_pylist() for n in _COORDINATES[:2]]
+    return list(zip(columns[3], *coordinates, map(Event, *columns)))
 
 
-def _events(table: pa.Table) -> Iterator[tuple[int, int, int, Event]]:
-    loads = orjson.loads
-    for row in _rows(table, _EVENT_ARGS):
-        args = row[:12]
-        if args[10] is not None:
-            args = (*args[:10], loads(args[10]), args[11])
-        yield args[3], row[12], row[13], Event(*args)
-
-
-def _items(table: pa.Table) -> Iterator[tuple[int, int, int, Item]]:
-    for row in _rows(table, _ITEM_ARGS):
-        yield row[11], row[9], row[10], Item(*row[:9])
+def _items(table: pa.Table) -> list[tuple[int, int, int, Item]]:
+    columns = [table.column(n).to_pylist() for n in _ITEM_ARGS]
+    partitions, offsets, timestamps = (table.column(n).to_pylist() for n in _COORDINATES)
+    return list(zip(timestamps, partitions, offsets, map(Item, *columns)))
