@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="online_retail")
     ap.add_argument("--limit", type=int, help="read only the first N rows of the data set")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", action="store_true", help="keep the archive folder (printed) instead of deleting it")
     args = ap.parse_args(argv)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
@@ -123,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"same events, same order: {result['same_events']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    if args.keep:
+        print(f"archive kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     return 0 if result["same_events"] else 1
 
 

@@ -49,13 +49,14 @@ def read_log(
     until_ms: int | None = None,
     *,
     env: Mapping[str, str] | None = None,
-    progress: bool = False,
+    progress: bool = True,
     stall_s: float = 60.0,
 ) -> Dataset:
     """Events and catalog of ``source`` (``kafka://HOST:PORT[,...]`` or an archive folder).
 
     ``since_ms`` (inclusive) and ``until_ms`` (exclusive) bound the event time. ``env`` replaces
-    ``os.environ`` for the Kafka settings. Reading Kafka fails with :class:`LogSourceError` when
+    ``os.environ`` for the Kafka settings; ``progress`` shows a bar on a terminal (never in logs
+    or pipes). Reading Kafka fails with :class:`LogSourceError` when
     a partition makes no progress for ``stall_s`` seconds.
     """
     if since_ms is not None and until_ms is not None and since_ms >= until_ms:
@@ -65,7 +66,7 @@ def read_log(
         settings = KafkaSettings.from_env(env, kafka_bootstrap=bootstrap)
         return asyncio.run(read_kafka(settings, since_ms, until_ms, progress=progress, stall_s=stall_s))
     if "://" in source:
-        raise ValueError(f"unknown source {source!r}: use kafka://HOST:PORT[,HOST:PORT] or an archive folder")
+        raise LogSourceError(f"unknown source {source!r}: use kafka://HOST:PORT[,HOST:PORT] or an archive folder")
     return read_archive(source, since_ms, until_ms)
 
 
@@ -119,7 +120,7 @@ async def read_kafka(
         # watermark of the first fetch response, which it states right.
         target: dict = {}
         bar = tqdm(total=sum(end[tp] - begin[tp] for tp in pending), unit="msg", desc=f"read {name}",
-                   disable=None if progress else True)
+                   disable=None if progress else True, mininterval=1.0)
         last_progress = time.monotonic()
         try:
             while pending:

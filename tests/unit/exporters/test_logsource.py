@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporters.logsource import read_log
+from exporters.logsource import LogSourceError, read_log
 from schemas.archive import EVENTS, ITEMS, Located, write_batch
 from schemas.kafka_settings import KafkaSettings, SettingsError
 from schemas.models import Event, Item
@@ -24,7 +24,7 @@ def test_read_log_from_an_archive_folder(tmp_path):
 
 
 def test_unknown_scheme_and_empty_window_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="kafka://HOST:PORT"):
+    with pytest.raises(LogSourceError, match="kafka://HOST:PORT"):
         read_log("http://example:1")
     with pytest.raises(ValueError, match="since"):
         read_log(str(tmp_path), since_ms=5, until_ms=5)
