@@ -43,3 +43,13 @@ def test_topics_and_security_come_from_the_workers_variables():
     s = KafkaSettings.from_env({"STREAMREC_EVENTS_TOPIC": "shop.events", "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                                 "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}, kafka_bootstrap="h:1")
     assert (s.events_topic, s.items_topic, s.kafka_sasl_username) == ("shop.events", "items", "u")
+
+
+def test_an_unreachable_broker_is_a_clear_error_not_a_hang():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(LogSourceError, match="kafka://127.0.0.1"):
+        read_log(f"kafka://127.0.0.1:{port}", env={}, progress=False)
