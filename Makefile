@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-deps test test-fast demo run bootstrap retrain baselines bench check-compose clean
+.PHONY: setup system-deps test test-fast demo loop run bootstrap retrain baselines bench check-compose clean
 
 setup: system-deps $(STAMP)
 
@@ -38,6 +38,11 @@ test-fast: setup
 demo: setup
 	$(BIN)/streamrec-demo
 
+# The learning loop: replay -> worker + archiver -> retrain from the archive -> swap -> replay -> online report.
+# LOOP_ARGS passes options to streamrec-demo --loop (e.g. LOOP_ARGS="--retrain-args '--epochs 1'").
+loop: setup
+	$(BIN)/streamrec-demo --loop $(LOOP_ARGS)
+
 # Long-running worker: embedded broker + Redis unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set.
 run: setup bootstrap
 	$(BIN)/streamrec-stack -- $(BIN)/streamrec-worker
@@ -45,11 +50,12 @@ run: setup bootstrap
 bootstrap: setup
 	@test -f $${STREAMREC_MODEL_ROOT:-var/models}/LATEST || $(BIN)/streamrec-bootstrap --model-root $${STREAMREC_MODEL_ROOT:-var/models}
 
+# SOURCE=kafka://HOST:PORT or an archive folder trains on a deployment's own events; else DATASET (bundled file).
 retrain: setup
-	$(BIN)/streamrec-retrain train --dataset $${DATASET:-online_retail} --model-root $${STREAMREC_MODEL_ROOT:-var/models}
+	$(BIN)/streamrec-retrain train $$( [ -n "$${SOURCE:-}" ] && echo --source "$$SOURCE" || echo --dataset $${DATASET:-online_retail} ) --model-root $${STREAMREC_MODEL_ROOT:-var/models}
 
 baselines: setup
-	$(BIN)/streamrec-retrain baselines --dataset $${DATASET:-online_retail}
+	$(BIN)/streamrec-retrain baselines $$( [ -n "$${SOURCE:-}" ] && echo --source "$$SOURCE" || echo --dataset $${DATASET:-online_retail} )
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

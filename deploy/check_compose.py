@@ -128,6 +128,10 @@ PRODUCT_ENV_VARS: dict[str, str] = {
     "STREAMREC_ATTRIBUTION_WINDOW_S": "event-time window in which a click, add-to-cart or purchase of a listed item is attributed to the user's live list",
     "STREAMREC_VARIANTS_POLL_S": 'how often the worker reads the runtime A/B split from Redis <meta prefix>config:variants',
     "STREAMREC_REDIS_META_PREFIX": "prefix of the worker's own Redis keys: <prefix>config:variants",
+    "STREAMREC_ARCHIVE_DIR": "root folder of the Parquet archive",
+    "STREAMREC_ARCHIVE_GROUP": "the archiver's Kafka consumer group",
+    "STREAMREC_ARCHIVE_FLUSH_RECORDS": "write a partition's buffered records once it holds this many",
+    "STREAMREC_ARCHIVE_FLUSH_S": "write a partition's buffered records at the latest this many seconds after the first arrived",
 }
 
 #: Product variables read outside streamer.settings (replay/retrain data, logging).
@@ -150,7 +154,7 @@ COMPOSE_VARS: dict[str, str] = {
     "STREAMREC_IMAGE_REGISTRY": "registry/namespace of the streamrec images",
     "STREAMREC_IMAGE_TAG": "tag of the streamrec images",
     "STREAMREC_BOOTSTRAP_DATASET": "catalog the bootstrap model indexes (or none)",
-    "STREAMREC_RETRAIN_DATASET": "data set the retrain job trains on",
+    "STREAMREC_RETRAIN_SOURCE": "where the retrain job reads events: kafka://HOST:PORT or an archive folder",
     "STREAMREC_REPLAY_DATASET": "data set the replay producer sends",
     "STREAMREC_DATA_HOST_DIR": "host folder with the data sets, mounted read-only at /data",
 }

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import sparse
 
 from exporters.baselines import KnnSimilarity
-from exporters.dataset import PROTOCOLS, Interactions, Split, cut_targets, last_event_before, load_interactions, make_split
+from exporters.dataset import Interactions, Split, cut_targets, last_event_before, load_interactions, make_split
 from exporters.features import build_points
 from exporters.served import (
     MIN_NEW_GRID, CandidateSets, candidate_sets, grade, list_index, own_items, served_lists, served_points,
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     inter = load_interactions(args.dataset)
-    protocols = PROTOCOLS[args.dataset]
+    protocols = inter.protocols
     val = {p: make_split(inter, p, "validation") for p in protocols}
     test = {p: make_split(inter, p, "test") for p in protocols}
     if args.version_dir:

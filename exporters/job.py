@@ -1,6 +1,16 @@
-"""The retrain job, end to end: data -> item vectors -> ranker -> evaluation against the
-baselines and the production model -> ONNX export with parity -> versioned folder -> gate ->
-``LATEST`` and the ``model-updates`` message.
+"""The retrain job, end to end: event log -> interactions and protocol split -> item vectors ->
+ranker -> evaluation against the baselines and the production model -> ONNX export with parity
+-> versioned folder -> gate -> ``LATEST`` and the ``model-updates`` message -> run record.
+
+Data: contract events from ``source`` (``kafka://HOST:PORT`` or an archive folder, read by
+``exporters.logsource.read_log``), or a bundled data set (``dataset``: the file as contract
+events, with its ``dataset.BUNDLED`` protocol parameters). Both go through the same code from
+there on; nothing below branches on a data set's name. ``window_days`` keeps only the last days
+of the log (by its own clock).
+
+Refusal: a log with fewer than ``min_test_cases`` validation or test cases, or with nothing newer
+than the window of the last run that wrote a version (``<model_root>/runs.jsonl``), raises
+``Refusal`` before any training: no version is written, and the refusal is recorded.
 
 Gate: the new version is published (``LATEST`` moved, message sent) only when its parity
 check holds and its test NDCG@10 (protocol's first mode) is not below the production model's
@@ -10,9 +20,13 @@ by more than ``tolerance`` — or with ``force``. A version that fails the gate 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +36,13 @@ import torch
 from exporters import registry
 from exporters.baselines import run_baselines
 from exporters.bootstrap import DEFAULT_MAX_SEQ_LEN, TOKENIZER_FILE, build_models
-from exporters.dataset import CUTS, PROTOCOLS, Interactions, build_interactions, make_split
+from exporters.dataset import BUNDLED, Interactions, SplitSpec, build_interactions, make_split
 from exporters.evaluate import Metrics, evaluate
 from exporters.export import export_models
 from exporters.features import covis_pairs
 from exporters.item_index import ItemIndex, item_fields
 from exporters.item_training import ItemTrainConfig, train_item_vectors
+from exporters.logs import Heartbeat
 from exporters.modeling import BASE_MODEL_NAME, TRAINING_INIT_FEATURE_WEIGHTS, TRAINING_INIT_TASTE, base_model_info, pick_device
 from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
@@ -35,7 +50,7 @@ from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curve
 from exporters.served import dense_candidate_scorer, served_evaluation
 from exporters.train import RankerTrainConfig, TrainStep, config_dict, distributed_context, fit_ranker, model_scorer, seed_everything
 from exporters.trainset import cut_examples, eval_points, event_examples
-from schemas.ranking import EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
+from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
 from schemas.serving import LIST_PARAMS_KEY
 
 log = logging.getLogger(__name__)
@@ -52,19 +67,30 @@ def cut_spacing_days(fit_ts: np.ndarray, val_cut: int) -> float:
     return float(max(1, int(span_days / TRAINING_CUTS)))
 
 
+class Refusal(Exception):
+    """The log cannot give a trustworthy version (too small, or nothing new): nothing is written."""
+
+
 @dataclass
 class JobConfig:
-    dataset: str = "online_retail"
+    dataset: str = "online_retail"  # the --dataset convenience, used when source is None
     model_root: Path = Path("var/models")
-    protocol: str | None = None  # default: the data set's first protocol
+    protocol: str | None = None  # default: the split's first protocol (next-item, or loo)
     data_dir: Path | None = None
     limit_rows: int | None = None
+    source: str | None = None  # kafka://HOST:PORT or an archive folder (exporters.logsource)
+    since_ms: int | None = None  # event time window read from the source
+    until_ms: int | None = None
+    window_days: float | None = None  # keep the last N days of the log (its own clock)
+    split: SplitSpec | None = None  # default: SplitSpec() for a source, BUNDLED[dataset] for a data set
+    min_test_cases: int = 50  # refuse a log with fewer validation or test cases
+    allow_stale: bool = False  # train even if the log has nothing newer than the last run's window
+    warmup_days: float | None = None  # first training cut after this much history (default: the step)
     tiny: bool = False
     n_layers: int = 2
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     max_text_len: int = 32
     cut_step_days: float | None = None  # default: cut_spacing_days (the log's span / TRAINING_CUTS)
-    warmup_days: float | None = None
     max_examples_per_user: int = 20
     item: ItemTrainConfig = field(default_factory=ItemTrainConfig)
     ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
@@ -103,23 +129,111 @@ def _best(rows: dict[str, dict[str, Metrics]], mode: str, exclude: tuple[str, ..
     return name, rows[name][mode]
 
 
+def load_log(cfg: JobConfig) -> tuple[Any, SplitSpec]:
+    """The events (a ``schemas.sources.Dataset`` of contract events) and the protocol to apply."""
+    if cfg.source:
+        from exporters.logsource import read_log
+
+        dataset = read_log(cfg.source, since_ms=cfg.since_ms, until_ms=cfg.until_ms)
+        return dataset, cfg.split or SplitSpec()
+    from schemas.sources import load_dataset
+
+    dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, limit_rows=cfg.limit_rows)
+    return dataset, cfg.split or BUNDLED[cfg.dataset]
+
+
+def _window(dataset: Any, days: float | None) -> tuple[Any, int]:
+    """Keep the last ``days`` of the log; returns the dataset and the number of events cut."""
+    if days is None or not dataset.events:
+        return dataset, 0
+    start = max(e.ts for e in dataset.events) - round(days * DAY_MS)
+    out = copy.copy(dataset)
+    out.events = [e for e in dataset.events if e.ts > start]
+    return out, len(dataset.events) - len(out.events)
+
+
+def _slug(name: str) -> str:
+    """A version-name part for a log: ``kafka://h:p`` -> ``kafka``, ``archive:/x`` -> ``archive``."""
+    name = name.split("://")[0] if "://" in name else name.split(":")[0]
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:40] or "log"
+
+
+def _source_label(cfg: JobConfig, dataset: Any) -> str:
+    return cfg.source or f"dataset:{dataset.name}"
+
+
 def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
-    """Run the job; ``dataset`` (a ``schemas.sources.Dataset``) skips loading, for tests."""
+    """Run the job and record it in ``<model_root>/runs.jsonl``; ``dataset`` (a
+    ``schemas.sources.Dataset``) skips loading, for tests. Raises ``Refusal`` (recorded too)."""
     t_start = time.perf_counter()
+    with Heartbeat() as beat:
+        beat.stage("reading the log")
+        spec = cfg.split
+        if dataset is None:
+            dataset, spec = load_log(cfg)
+        spec = spec or SplitSpec()
+        n_read = len(dataset.events)
+        dataset, n_old = _window(dataset, cfg.window_days)
+        record: dict[str, Any] = {
+            "started_at": registry.utc_now_iso(),
+            "source": _source_label(cfg, dataset),
+            "since_ms": cfg.since_ms,
+            "until_ms": cfg.until_ms,
+            "window_days": cfg.window_days,
+            "events": {"read": n_read, "outside_window": n_old},
+        }
+        try:
+            result = _run(cfg, dataset, spec, record, beat, t_start)
+        except Refusal as exc:
+            record.update(status="refused", reason=str(exc), version=None, wall_s=round(time.perf_counter() - t_start, 1))
+            if distributed_context()[0] == 0:
+                registry.append_run(cfg.model_root, record)
+            raise
+    return result
+
+
+def _refuse_if_unfit(cfg: JobConfig, inter: Interactions, val, test, record: dict[str, Any]) -> None:
+    if len(val) < cfg.min_test_cases or len(test) < cfg.min_test_cases:
+        raise Refusal(
+            f"log too small: {len(val)} validation and {len(test)} test cases (need {cfg.min_test_cases} each; "
+            f"{len(inter.users)} interactions of {inter.n_users} users)"
+        )
+    last = None if cfg.allow_stale else registry.last_trained_run(cfg.model_root)
+    if last is not None and last.get("window", {}).get("end_ms") is not None and len(inter.ts):
+        if int(inter.ts.max()) <= int(last["window"]["end_ms"]):
+            raise Refusal(
+                f"log too stale: its newest event ({_iso_ms(int(inter.ts.max()))}) is not newer than the window of the "
+                f"last run ({last.get('version')}, up to {_iso_ms(int(last['window']['end_ms']))})"
+            )
+
+
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], beat: Heartbeat, t_start: float) -> JobResult:
     timings: dict[str, float] = {}
     rank, world = distributed_context()
     seed_everything(cfg.seed)
     device = pick_device()
-    if dataset is None:
-        from schemas.sources import load_dataset
-
-        dataset = load_dataset(cfg.dataset, data_dir=cfg.data_dir, limit_rows=cfg.limit_rows)
-    inter = build_interactions(dataset)
-    protocol = cfg.protocol or PROTOCOLS[inter.name][0]
+    inter = build_interactions(dataset, spec)
+    if not len(inter.users):
+        raise Refusal("log too small: no interactions")
+    protocol = cfg.protocol or inter.protocols[0]
     val, test = make_split(inter, protocol, "validation"), make_split(inter, protocol, "test")
+    protocol = val.protocol
     mode = val.modes[0]
+    record["events"].update(interactions=int(len(inter.users)), not_interactions=dict(inter.skipped))
+    record.update(
+        window={"start_ms": int(inter.ts.min()), "end_ms": int(inter.ts.max()), "start": _iso_ms(int(inter.ts.min())), "end": _iso_ms(int(inter.ts.max()))},
+        protocol={"name": protocol, **spec.describe(inter.ts)},
+        users=inter.n_users, items=inter.n_items, cases={"validation": len(val), "test": len(test)},
+    )
+    _refuse_if_unfit(cfg, inter, val, test, record)
     timings["data"] = time.perf_counter() - t_start
-    log.info("%s/%s: %d interactions, %d items; %d validation and %d test cases", inter.name, protocol, len(inter.users), inter.n_items, len(val), len(test))
+    log.info("%s/%s (%s): %d interactions, %d users, %d items; %d validation and %d test cases", inter.name, protocol,
+             record["protocol"], len(inter.users), inter.n_users, inter.n_items, len(val), len(test))
+    beat.stage("item vectors")
 
     # Stage 1: item vectors.
     t0 = time.perf_counter()
@@ -133,6 +247,7 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
     timings["item_vectors"] = time.perf_counter() - t0
 
     # Stage 2: ranker.
+    beat.stage("ranker examples")
     t0 = time.perf_counter()
     if protocol == "loo":
         train_ex = event_examples(inter, val, cfg.max_seq_len, cfg.max_examples_per_user)
@@ -147,12 +262,14 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
     ckpt_dir = root / ".checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    fit = fit_ranker(step, train_ex, inter, val, val_points, cfg.ranker, device, ckpt_dir / f"{inter.name}-{protocol}.pt")
+    beat.stage("ranker training")
+    fit = fit_ranker(step, train_ex, inter, val, val_points, cfg.ranker, device, ckpt_dir / f"{_slug(inter.name)}-{protocol}.pt")
     timings["ranker"] = time.perf_counter() - t0
     if rank != 0:
         return JobResult(Path(), False, "not rank 0", "", {})
 
-    # Evaluation on test: this model, the baselines, the production model.
+    # Evaluation on test: this model, the baselines, the production model (on this same window).
+    beat.stage("evaluation")
     t0 = time.perf_counter()
     rows: dict[str, dict[str, Metrics]] = {}
     base = run_baselines(inter, protocol)
@@ -164,10 +281,10 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         prod_name = f"production ({production})"
         rows[prod_name] = evaluate(prod.scorer(inter, eval_points(inter, test, prod.max_seq_len)), inter, test)
     rows[MODEL_NAME] = evaluate(model_scorer(step, test_points, device), inter, test)
-    # The data set's other protocols (online_retail: next-new) read out with the same model: it
-    # is trained for the first protocol, but the other question matters to the product too.
+    # The split's other protocols (next-new) read out with the same model: it is trained for the
+    # first protocol, but the other question matters to the product too.
     other: dict[str, tuple[Any, dict[str, dict[str, Metrics]]]] = {}
-    for extra in PROTOCOLS[inter.name]:
+    for extra in inter.protocols:
         if extra == protocol:
             continue
         extra_test = make_split(inter, extra, "test")
@@ -179,7 +296,7 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
     # The lists the worker will serve (its candidates, the validated share of new items), graded as
     # served; the data set's protocols that share a cut are graded on the same lists.
     t0 = time.perf_counter()
-    protocols = (protocol, *[p for p in PROTOCOLS[inter.name] if p != protocol])
+    protocols = (protocol, *[p for p in inter.protocols if p != protocol])
     val_splits = {p: val if p == protocol else make_split(inter, p, "validation") for p in protocols}
     test_splits = {p: test if p == protocol else make_split(inter, p, "test") for p in protocols}
     step.eval()
@@ -204,12 +321,13 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         gate_ok, reason = True, f"forced ({reason})"
 
     # Export and register.
+    beat.stage("export")
     t0 = time.perf_counter()
     step.eval()
     with torch.no_grad():
         vecs = step.tower().float().cpu().numpy()
     index = _item_index(inter, dataset, vecs, step, encoder, tok, texts)
-    version = cfg.version or registry.new_version_name("trained-" + inter.name.replace("_", "-"))
+    version = cfg.version or registry.new_version_name("trained-" + _slug(inter.name))
     title = f"{inter.name} {protocol} ({len(test)} test cases, {inter.n_items} items)"
     with registry.StagedVersion(root, version) as staged:
         result = export_models(encoder, ranker, tok, staged.path, max_seq_len=cfg.max_seq_len, item_vecs=index.vecs)
@@ -243,7 +361,11 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         }
         report = {
             "dataset": inter.name,
+            "source": record["source"],
             "protocol": protocol,
+            "split": record["protocol"],
+            "window": record["window"],
+            "events": record["events"],
             "cases": {"validation": len(val), "test": len(test)},
             "test": metrics_json(rows),
             "summary": summary,
@@ -263,7 +385,7 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
                          for p in protocols]
         table = write_report(staged.path, report, title, rows, test.modes,
                              extra=[(extra_titles[n], r, sp.modes) for n, (sp, r) in other.items()] + served_tables)
-        _, val_cut = CUTS.get(inter.name, (0, 0))
+        val_cut = val.cut
         fit_ts = inter.ts[val.fit]
         manifest = {
             "format": MODEL_FORMAT,
@@ -298,6 +420,12 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
     if published and cfg.kafka_bootstrap:
         update = publish_model_update(cfg.kafka_bootstrap, final, cfg.kafka_topic, location=cfg.location)
         log.info("announced %s on %s", update.version, cfg.kafka_topic)
+    record.update(
+        status="published" if published else "written", version=final.name, reason=reason,
+        metrics={n: {m: x.as_dict() for m, x in per.items()} for n, per in rows.items() if n in (MODEL_NAME, prod_name, best_name)},
+        summary=summary, gate=report["gate"], timings_s=report["timings_s"], wall_s=round(time.perf_counter() - t_start, 1),
+    )
+    registry.append_run(root, record)
     return JobResult(final, published, reason, table, report)
 
 
@@ -315,7 +443,9 @@ def _check_int8(result, folder: Path, inter: Interactions, val, val_points, vecs
 
 def _job_dict(cfg: JobConfig) -> dict[str, Any]:
     skip = {"item", "ranker"}
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items() if k not in skip}
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items() if k not in skip}
+    out["split"] = dataclasses.asdict(cfg.split) if cfg.split else None
+    return out
 
 
 def _item_index(inter: Interactions, dataset: Any, vecs: np.ndarray, step: TrainStep, encoder, tok, texts: list[str]) -> ItemIndex:

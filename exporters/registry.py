@@ -11,6 +11,11 @@ A worker may look at ``<root>`` at any moment, so nothing it can see is ever hal
    replaced atomically (temp file, fsync, ``os.replace``, fsync of the folder).
 
 Any exception before the rename removes the temporary folder and leaves ``LATEST`` as it was.
+
+``<root>/runs.jsonl`` records every run of the retrain job, one JSON object a line (version,
+window, event counts, metrics, gate decision, wall time; or the refusal and its reason): each
+line is appended with one ``write`` on an ``O_APPEND`` descriptor and fsynced before the job
+reports success, so a crash leaves at most a torn last line, which ``read_runs`` skips.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from schemas.models import validate_manifest
 
 LATEST = "LATEST"
+RUNS = "runs.jsonl"
 MANIFEST = "manifest.json"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -167,3 +173,40 @@ def verify_version(version_dir: Path) -> list[str]:
         elif sha256_file(p) != meta["sha256"]:
             problems.append(f"{name}: sha256 mismatch")
     return problems
+
+
+def append_run(root: Path, record: dict[str, Any]) -> None:
+    """Append one run record to ``<root>/runs.jsonl``, durably (see the module docstring)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / RUNS
+    created = not path.exists()
+    line = (json.dumps(record, sort_keys=False, allow_nan=False, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(root)
+
+
+def read_runs(root: Path) -> list[dict[str, Any]]:
+    """Every complete run record, oldest first (a torn last line is skipped)."""
+    try:
+        lines = (Path(root) / RUNS).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    runs = []
+    for line in lines:
+        try:
+            runs.append(json.loads(line))
+        except ValueError:
+            continue
+    return runs
+
+
+def last_trained_run(root: Path) -> dict[str, Any] | None:
+    """The latest run that wrote a version (published or not)."""
+    return next((r for r in reversed(read_runs(root)) if r.get("version")), None)

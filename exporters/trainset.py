@@ -1,11 +1,11 @@
 """Training examples for the ranker, built the way the protocol tests ("train as you test").
 
-* Cut protocols (online_retail, taobao): a series of training cuts every ``step_days`` before
+* Time splits: a series of training cuts every ``step_days`` before
   the validation cut. At each cut, every user with history gets one example: input = events
   before the cut, prediction time = the cut, target = the protocol's target after the cut
   (before the validation cut, so validation and test periods never leak into training), with
   the rest of the target's basket as auxiliary targets.
-* Leave-one-out (movielens): every training event after a user's first is an example, its
+* Leave-one-out: every training event after a user's first is an example, its
   input the events before it (at most ``max_per_user`` latest examples per user).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporters.dataset import CUTS, Interactions, Split, cut_targets, last_event_before
+from exporters.dataset import Interactions, Split, cut_targets, last_event_before
 from exporters.features import PointSet, basket_points, build_points
 from schemas.ranking import DAY_MS
 
@@ -43,7 +43,7 @@ def baskets_of(inter: Interactions, events: np.ndarray) -> list[np.ndarray]:
 
 
 def cut_examples(inter: Interactions, val: Split, max_seq_len: int, step_days: float, warmup_days: float) -> Examples:
-    _, val_cut = CUTS[inter.name]
+    val_cut = val.cut  # the validation split's cut: training targets stay before it
     step, start = int(step_days * DAY_MS), int(inter.ts[val.fit].min() + warmup_days * DAY_MS)
     cuts = np.arange(val_cut - step, start, -step)[::-1]
     as_of, now, target_events = [], [], []

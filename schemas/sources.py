@@ -263,9 +263,12 @@ def _load_taobao(root: Path, limit_rows: int | None) -> Dataset:
     """Tianchi UserBehavior sample: pv/cart/fav/buy rows -> events; items carry only a category.
 
     Checks in order: exact_duplicate, malformed_row (the file's truncated last line lands here),
-    out_of_period (outside 2017-11-25 .. 2017-12-03, UTC+8).
+    out_of_period (outside 2017-11-25 .. 2017-12-03, UTC+8). Then truncated_last_user: the file
+    is a byte prefix of a file grouped by user, so its last user's history is cut off mid-way;
+    that user's events are dropped (with them the catalog has 55,344 items and 801 next-any test
+    cases, without them the 55,209 items and 800 cases of BASELINES.md).
     """
-    stats = _stats("exact_duplicate", "malformed_row", "out_of_period")
+    stats = _stats("exact_duplicate", "malformed_row", "out_of_period", "truncated_last_user")
     events: list[Event] = []
     seen: set[bytes] = set()
     categories: dict[str, str] = {}
@@ -307,6 +310,13 @@ def _load_taobao(root: Path, limit_rows: int | None) -> Dataset:
             if known != category:
                 stats.notes["category_changes_ignored"] += 1
 
+    if events:
+        last_user = events[-1].user_id
+        kept = [e for e in events if e.user_id != last_user]
+        stats.dropped["truncated_last_user"] += len(events) - len(kept)
+        events = kept
+        used = {e.item_id for e in events}
+        categories = {i: c for i, c in categories.items() if i in used}
     items = {item_id: Item.from_dict({"item_id": item_id, "category": cat}) for item_id, cat in categories.items()}
     return Dataset("taobao", events, items, stats)
 

@@ -19,6 +19,8 @@ from streamer.stack import free_port
 class WorkerProcess:
     """One ``streamrec-worker`` OS process (so SIGKILL is a real crash)."""
 
+    module = "streamer.app"
+
     def __init__(self, stack, model_root: Path, state_dir: Path, *, app_id: str, topics: dict[str, str], **env: str):
         self.port = free_port()
         self.log = Path(state_dir).parent / f"worker-{Path(state_dir).name}.log"
@@ -44,7 +46,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         logf = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streamer.app"], env=self.env, stdout=logf,
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=logf,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
         return self
@@ -90,6 +92,28 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode if self.proc else 0
+
+
+class ArchiverProcess(WorkerProcess):
+    """One ``streamrec-archive`` OS process writing ``archive_dir``; the same start/kill/stop."""
+
+    module = "streamer.archiver"
+
+    def __init__(self, stack, archive_dir: Path, *, app_id: str, topics: dict[str, str], **env: str):
+        self.port = free_port()
+        self.log = Path(archive_dir).parent / f"archiver-{Path(archive_dir).name}.log"
+        self.env = dict(
+            os.environ,
+            **stack.client_env(),
+            STREAMREC_ARCHIVE_DIR=str(archive_dir),
+            STREAMREC_APP_ID=app_id,
+            STREAMREC_METRICS_PORT=str(self.port),
+            STREAMREC_EVENTS_TOPIC=topics["events"],
+            STREAMREC_ITEMS_TOPIC=topics["items"],
+            STREAMREC_LOG_LEVEL="INFO",
+        )
+        self.env.update(env)
+        self.proc = None
 
 
 async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:

@@ -9,41 +9,12 @@ here is building the objects. Nothing here logs a secret.
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
-from streamer.settings import Settings, SettingsError
+from schemas.kafka_settings import kafka_client_kwargs, kafka_ssl_context
+from streamer.settings import Settings
 
-
-def kafka_ssl_context(s: Settings) -> ssl.SSLContext | None:
-    """The TLS context for SSL / SASL_SSL (None for the plaintext protocols): server verification
-    against ``KAFKA_SSL_CAFILE`` (else the system's CAs), hostname check per
-    ``KAFKA_SSL_CHECK_HOSTNAME``, and the client certificate when ``KAFKA_SSL_CERTFILE`` is set."""
-    if not s.kafka_security_protocol.endswith("SSL"):
-        return None
-    from aiokafka.helpers import create_ssl_context
-
-    try:
-        ctx = create_ssl_context(cafile=s.kafka_ssl_cafile or None, certfile=s.kafka_ssl_certfile or None,
-                                 keyfile=s.kafka_ssl_keyfile or None, password=s.kafka_ssl_key_password or None)
-    except ssl.SSLError as exc:
-        which = "KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE / KAFKA_SSL_KEY_PASSWORD" if s.kafka_ssl_certfile else "KAFKA_SSL_CAFILE"
-        raise SettingsError(f"{which}: cannot be loaded: {exc.reason or exc}") from None
-    ctx.check_hostname = s.kafka_ssl_check_hostname
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
-def kafka_client_kwargs(s: Settings) -> dict[str, Any]:
-    """aiokafka client arguments for the worker's own consumers (items, model-updates)."""
-    kw: dict[str, Any] = {"security_protocol": s.kafka_security_protocol}
-    if s.kafka_security_protocol.startswith("SASL"):
-        kw.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-                  sasl_plain_password=s.kafka_sasl_password)
-    ctx = kafka_ssl_context(s)
-    if ctx is not None:
-        kw["ssl_context"] = ctx
-    return kw
+__all__ = ["faust_credentials", "kafka_client_kwargs", "kafka_ssl_context", "redis_client_kwargs", "tool_redis_client"]
 
 
 def faust_credentials(s: Settings):

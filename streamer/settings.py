@@ -13,79 +13,25 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
-class SettingsError(ValueError):
-    """A setting is missing or invalid. The message starts with the variable's name."""
-
-
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}: must be an integer, got {raw!r}") from None
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise SettingsError(f"{name}: must be between {lo} and {hi}, got {value}")
-        return value
-
-    return parse
-
-
-def _float(lo: float | None = None, hi: float | None = None) -> Callable[[str, str], float]:
-    def parse(name: str, raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name}: must be a number, got {raw!r}") from None
-        if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise SettingsError(f"{name}: must be between {lo} and {hi}, got {raw}")
-        return value
-
-    return parse
-
-
-def _bool(name: str, raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise SettingsError(f"{name}: must be true or false, got {raw!r}")
-
-
-def _str(name: str, raw: str) -> str:
-    return raw
-
-
-def _nonempty(name: str, raw: str) -> str:
-    if not raw.strip():
-        raise SettingsError(f"{name}: must not be empty")
-    return raw.strip()
-
-
-def _bootstrap(name: str, raw: str) -> str:
-    servers = [s.strip() for s in raw.split(",") if s.strip()]
-    if not servers:
-        raise SettingsError(f"{name}: must be host:port[,host:port...], got {raw!r}")
-    for s in servers:
-        host, _, port = s.rpartition(":")
-        if not host or not port.isdigit():
-            raise SettingsError(f"{name}: {s!r} is not host:port")
-    return ",".join(servers)
-
+from schemas.kafka_settings import (
+    KAFKA_SETTINGS_DOC,
+    KafkaSettings,
+    SettingsError,
+    check_kafka_security,
+    check_tls_files,
+    read_settings,
+)
+from schemas.kafka_settings import parse_bool as _bool
+from schemas.kafka_settings import parse_choice as _choice
+from schemas.kafka_settings import parse_float as _float
+from schemas.kafka_settings import parse_int as _int
+from schemas.kafka_settings import parse_nonempty as _nonempty
+from schemas.kafka_settings import parse_str as _str
 
 def _redis_url(name: str, raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError(f"{name}: must start with redis://, rediss:// or unix://, got {raw!r}")
     return raw
-
-
-def _choice(*options: str) -> Callable[[str, str], str]:
-    def parse(name: str, raw: str) -> str:
-        if raw not in options:
-            raise SettingsError(f"{name}: must be one of {', '.join(options)}, got {raw!r}")
-        return raw
-
-    return parse
 
 
 def _variants(name: str, raw: str) -> tuple[tuple[str, float], ...]:
@@ -107,26 +53,26 @@ def _variants(name: str, raw: str) -> tuple[tuple[str, float], ...]:
 
 # field name -> (ENV VAR, default, parser, description)
 SETTINGS_DOC: dict[str, tuple[str, str | None, Callable[[str, str], Any], str]] = {
-    "kafka_bootstrap": ("KAFKA_BOOTSTRAP_SERVERS", None, _bootstrap, "Kafka bootstrap servers, host:port[,...] (required for the worker; the embedded stack sets it)"),
+    "kafka_bootstrap": KAFKA_SETTINGS_DOC["kafka_bootstrap"],
     "redis_url": ("REDIS_URL", None, _redis_url, "Redis URL (redis://, rediss:// for TLS; password in the URL or REDIS_PASSWORD)"),
     "redis_password": ("REDIS_PASSWORD", "", _str, "Redis AUTH password, for a REDIS_URL without one (redis-py lets a password in the URL win); never logged"),
-    "kafka_security_protocol": ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol"),
-    "kafka_sasl_mechanism": ("KAFKA_SASL_MECHANISM", "PLAIN", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SASL mechanism"),
-    "kafka_sasl_username": ("KAFKA_SASL_USERNAME", "", _str, "SASL user name"),
-    "kafka_sasl_password": ("KAFKA_SASL_PASSWORD", "", _str, "SASL password; never logged"),
-    "kafka_ssl_cafile": ("KAFKA_SSL_CAFILE", "", _str, "CA bundle (PEM) that signs the Kafka brokers' certificates (SSL, SASL_SSL; empty: the system's CAs)"),
-    "kafka_ssl_certfile": ("KAFKA_SSL_CERTFILE", "", _str, "client certificate (PEM) for Kafka mutual TLS (SSL, SASL_SSL)"),
-    "kafka_ssl_keyfile": ("KAFKA_SSL_KEYFILE", "", _str, "private key (PEM) of KAFKA_SSL_CERTFILE (empty: the key is inside the certificate file)"),
-    "kafka_ssl_key_password": ("KAFKA_SSL_KEY_PASSWORD", "", _str, "password of an encrypted KAFKA_SSL_KEYFILE; never logged"),
-    "kafka_ssl_check_hostname": ("KAFKA_SSL_CHECK_HOSTNAME", "true", _bool, "verify that the broker's certificate names the host connected to"),
+    "kafka_security_protocol": KAFKA_SETTINGS_DOC["kafka_security_protocol"],
+    "kafka_sasl_mechanism": KAFKA_SETTINGS_DOC["kafka_sasl_mechanism"],
+    "kafka_sasl_username": KAFKA_SETTINGS_DOC["kafka_sasl_username"],
+    "kafka_sasl_password": KAFKA_SETTINGS_DOC["kafka_sasl_password"],
+    "kafka_ssl_cafile": KAFKA_SETTINGS_DOC["kafka_ssl_cafile"],
+    "kafka_ssl_certfile": KAFKA_SETTINGS_DOC["kafka_ssl_certfile"],
+    "kafka_ssl_keyfile": KAFKA_SETTINGS_DOC["kafka_ssl_keyfile"],
+    "kafka_ssl_key_password": KAFKA_SETTINGS_DOC["kafka_ssl_key_password"],
+    "kafka_ssl_check_hostname": KAFKA_SETTINGS_DOC["kafka_ssl_check_hostname"],
     "redis_ssl_cafile": ("REDIS_SSL_CAFILE", "", _str, "CA bundle (PEM) that signs the Redis server's certificate (rediss:// only; empty: the system's CAs)"),
     "redis_ssl_certfile": ("REDIS_SSL_CERTFILE", "", _str, "client certificate (PEM) for Redis mutual TLS (rediss:// only)"),
     "redis_ssl_keyfile": ("REDIS_SSL_KEYFILE", "", _str, "private key (PEM) of REDIS_SSL_CERTFILE"),
     "redis_ssl_check_hostname": ("REDIS_SSL_CHECK_HOSTNAME", "true", _bool, "verify that the Redis server's certificate names the host connected to (rediss:// only)"),
     "app_id": ("STREAMREC_APP_ID", "streamrec", _nonempty, "consumer group / faust app id (all workers of one deployment share it)"),
     "worker_id": ("STREAMREC_WORKER_ID", "", _str, "name of this worker in logs and dead letters (default: host:pid)"),
-    "events_topic": ("STREAMREC_EVENTS_TOPIC", "events", _nonempty, "input events topic"),
-    "items_topic": ("STREAMREC_ITEMS_TOPIC", "items", _nonempty, "item catalog topic"),
+    "events_topic": KAFKA_SETTINGS_DOC["events_topic"],
+    "items_topic": KAFKA_SETTINGS_DOC["items_topic"],
     "recs_topic": ("STREAMREC_RECS_TOPIC", "recommendations", _nonempty, "output topic of recommendation lists"),
     "dlq_topic": ("STREAMREC_DLQ_TOPIC", "events.dlq", _nonempty, "dead-letter topic"),
     "model_updates_topic": ("STREAMREC_MODEL_UPDATES_TOPIC", "model-updates", _nonempty, "topic announcing new model versions"),
@@ -161,31 +107,25 @@ SETTINGS_DOC: dict[str, tuple[str, str | None, Callable[[str, str], Any], str]] 
     "attribution_window_s": ("STREAMREC_ATTRIBUTION_WINDOW_S", "86400", _int(1, 10**9), "event-time window in which a click, add-to-cart or purchase of a listed item is attributed to the user's live list"),
     "variants_poll_s": ("STREAMREC_VARIANTS_POLL_S", "5", _float(0, 3600), "how often the worker reads the runtime A/B split from Redis <meta prefix>config:variants (0 = never)"),
     "redis_meta_prefix": ("STREAMREC_REDIS_META_PREFIX", "streamrec:", _nonempty, "prefix of the worker's own Redis keys: <prefix>config:variants (runtime A/B split), <prefix>stats:<variant> (online metrics)"),
+    "archive_dir": ("STREAMREC_ARCHIVE_DIR", "var/archive", _nonempty, "archiver (streamrec-archive): root folder of the Parquet archive of valid events and catalog records"),
+    "archive_group": ("STREAMREC_ARCHIVE_GROUP", "", _str, "archiver: its Kafka consumer group, never the workers' (default: <STREAMREC_APP_ID>-archive)"),
+    "archive_flush_records": ("STREAMREC_ARCHIVE_FLUSH_RECORDS", "50000", _int(1, 10_000_000), "archiver: write a partition's buffered records once it holds this many"),
+    "archive_flush_s": ("STREAMREC_ARCHIVE_FLUSH_S", "60", _float(0.1, 86400), "archiver: write a partition's buffered records at the latest this many seconds after the first arrived"),
 }
 
 
 @dataclass(frozen=True)
-class Settings:
-    kafka_bootstrap: str
+class Settings(KafkaSettings):
+    """The worker's settings: the shared Kafka connection and topics (``KafkaSettings``) and the rest."""
+
     redis_url: str
     redis_password: str
-    kafka_security_protocol: str
-    kafka_sasl_mechanism: str
-    kafka_sasl_username: str
-    kafka_sasl_password: str
-    kafka_ssl_cafile: str
-    kafka_ssl_certfile: str
-    kafka_ssl_keyfile: str
-    kafka_ssl_key_password: str
-    kafka_ssl_check_hostname: bool
     redis_ssl_cafile: str
     redis_ssl_certfile: str
     redis_ssl_keyfile: str
     redis_ssl_check_hostname: bool
     app_id: str
     worker_id: str
-    events_topic: str
-    items_topic: str
     recs_topic: str
     dlq_topic: str
     model_updates_topic: str
@@ -220,24 +160,22 @@ class Settings:
     attribution_window_s: int
     variants_poll_s: float
     redis_meta_prefix: str
+    archive_dir: str
+    archive_group: str
+    archive_flush_records: int
+    archive_flush_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            var, default, parse, _doc = SETTINGS_DOC[f.name]
-            if f.name in overrides:
-                values[f.name] = overrides[f.name]
-                continue
-            raw = env.get(var)
-            if raw is None:
-                if default is None:
-                    raise SettingsError(f"{var}: required but not set")
-                raw = default
-            values[f.name] = parse(var, raw)
+        values = read_settings(SETTINGS_DOC, [f.name for f in fields(cls)], env, overrides)
         if not values["worker_id"]:
             values["worker_id"] = f"{os.uname().nodename}:{os.getpid()}"
+        if not values["archive_group"]:
+            values["archive_group"] = f"{values['app_id']}-archive"
+        if values["archive_group"] == values["app_id"]:
+            raise SettingsError("STREAMREC_ARCHIVE_GROUP: must differ from STREAMREC_APP_ID (the workers' consumer group)")
         if values["candidates"] < values["list_size"]:
             raise SettingsError("STREAMREC_CANDIDATES: must be >= STREAMREC_LIST_SIZE")
         _check_transport_security(values, env)
@@ -310,52 +248,15 @@ def redact_url(url: str) -> str:
         return url.split("://", 1)[0] + "://***"
 
 
-def _check_file(var: str, path: str) -> None:
-    p = Path(path)
-    if not p.is_file():
-        raise SettingsError(f"{var}: file not found: {path}")
-    if not os.access(p, os.R_OK):
-        raise SettingsError(f"{var}: file not readable: {path}")
-
-
 def _check_transport_security(v: dict[str, Any], env: Mapping[str, str]) -> None:
     """Fail at start, naming the setting, when the Kafka or Redis security settings contradict
     each other or name files that are not there (instead of a TLS or SASL error at connect time,
     or a silent fallback to plaintext)."""
-    proto = v["kafka_security_protocol"]
-    if proto.startswith("SASL"):
-        if not v["kafka_sasl_username"]:
-            raise SettingsError(f"KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL={proto} "
-                                f"(KAFKA_SASL_MECHANISM={v['kafka_sasl_mechanism']})")
-        if not v["kafka_sasl_password"]:
-            raise SettingsError(f"KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL={proto} "
-                                f"(KAFKA_SASL_MECHANISM={v['kafka_sasl_mechanism']})")
-    elif env.get("KAFKA_SASL_MECHANISM"):
-        raise SettingsError(f"KAFKA_SASL_MECHANISM: set to {env['KAFKA_SASL_MECHANISM']!r} but KAFKA_SECURITY_PROTOCOL is "
-                            f"{proto}: SASL needs SASL_SSL or SASL_PLAINTEXT")
-    kafka_tls = {"KAFKA_SSL_CAFILE": v["kafka_ssl_cafile"], "KAFKA_SSL_CERTFILE": v["kafka_ssl_certfile"],
-                 "KAFKA_SSL_KEYFILE": v["kafka_ssl_keyfile"]}
-    _check_tls_files(kafka_tls, proto.endswith("SSL"), f"KAFKA_SECURITY_PROTOCOL is {proto}: TLS needs SSL or SASL_SSL")
-    if v["kafka_ssl_key_password"] and not (v["kafka_ssl_keyfile"] or v["kafka_ssl_certfile"]):
-        raise SettingsError("KAFKA_SSL_KEY_PASSWORD: set without KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE")
-
+    check_kafka_security(v, env)
     url = v["redis_url"]
     redis_tls = {"REDIS_SSL_CAFILE": v["redis_ssl_cafile"], "REDIS_SSL_CERTFILE": v["redis_ssl_certfile"],
                  "REDIS_SSL_KEYFILE": v["redis_ssl_keyfile"]}
-    _check_tls_files(redis_tls, url.startswith("rediss://"), "REDIS_URL is not rediss:// (TLS): use rediss://host:port/db")
-
-
-def _check_tls_files(files: dict[str, str], tls_on: bool, why_off: str) -> None:
-    """TLS file settings (``<PREFIX>_SSL_CAFILE/CERTFILE/KEYFILE``): only with TLS on, readable,
-    and no key without its certificate."""
-    for var, path in files.items():
-        if path and not tls_on:
-            raise SettingsError(f"{var}: set but {why_off}")
-        if path:
-            _check_file(var, path)
-    key, cert = [k for k in files if k.endswith("_KEYFILE")][0], [k for k in files if k.endswith("_CERTFILE")][0]
-    if files[key] and not files[cert]:
-        raise SettingsError(f"{key}: set without {cert} (the client certificate)")
+    check_tls_files(redis_tls, url.startswith("rediss://"), "REDIS_URL is not rediss:// (TLS): use rediss://host:port/db")
 
 
 def settings_table() -> str:

@@ -105,7 +105,7 @@ def test_retrain_job_publishes_and_running_worker_switches(stack, tmp_path):
         w.wait_ready()
         asyncio.run(produce(stack.bootstrap, topics["events"], evs[:500]))
         result = run(JobConfig(
-            dataset="online_retail", model_root=root, tiny=True, max_seq_len=8, cut_step_days=30,
+            dataset="online_retail", model_root=root, tiny=True, max_seq_len=8, cut_step_days=30, min_test_cases=10,
             item=ItemTrainConfig(steps=3, batch_pairs=32), ranker=RankerTrainConfig(epochs=1, patience=1, batch_size=32),
             force=True, kafka_bootstrap=stack.bootstrap, kafka_topic=topics["updates"], version="v2-job",
         ), dataset=shop())

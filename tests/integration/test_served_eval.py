@@ -18,13 +18,14 @@ pytestmark = pytest.mark.integration
 
 def test_served_metrics_equal_offline_on_a_small_replay(stack, tmp_path) -> None:
     data = shop()
-    version = run(config(tmp_path / "models", publish=False), dataset=data).version_dir
-    inter = build_interactions(data)
+    cfg = config(tmp_path / "models", publish=False)
+    version = run(cfg, dataset=data).version_dir
+    inter = build_interactions(data, cfg.split)
 
     def replay(events, model_root, out, **kw):
         return served_replay.run(events, model_root, out, stack=stack, **kw)
 
-    res = evaluate_served_replay(inter, ("next-line", "next-new"), version, users=15, replay=replay,
+    res = evaluate_served_replay(inter, ("next-item", "next-new"), version, users=15, replay=replay,
                                  work_dir=tmp_path / "work", timeout=180, ranker_variant="fp32")
     assert res.cases == 15 and res.events > 100
     assert res.identical_lists == 1.0, res.as_dict()
@@ -34,5 +35,5 @@ def test_served_metrics_equal_offline_on_a_small_replay(stack, tmp_path) -> None
             assert served.cases == offline.cases > 0
             assert (served.hr, served.ndcg, served.mrr, served.cov) == (offline.hr, offline.ndcg, offline.mrr, offline.cov), (protocol, mode)
     # the lists are not trivially empty: the version's list holds items and hits some targets
-    assert res.served["next-line"]["in"].cov > 0
-    assert np.isfinite(res.served["next-line"]["in"].ndcg)
+    assert res.served["next-item"]["in"].cov > 0
+    assert np.isfinite(res.served["next-item"]["in"].ndcg)

@@ -202,10 +202,12 @@ def test_online_retail_rules_on_a_generated_file(tmp_path):
 def test_taobao_every_row_is_accounted_for(taobao):
     s = taobao.stats
     assert s.rows == 84_476 and s.balanced
-    assert s.dropped == {"exact_duplicate": 0, "malformed_row": 1, "out_of_period": 35}
-    # README: pv 75,872 (the 35 rows before the period are all views), cart 4,497, fav 2,356, buy 1,750.
-    assert s.event_types == {"view": 75_837, "add_to_cart": 4_497, "favorite": 2_356, "purchase": 1_750}
-    assert s.items == 55_344
+    # The file's last user (a byte prefix cut them off mid-history) is dropped: 188 rows.
+    assert s.dropped == {"exact_duplicate": 0, "malformed_row": 1, "out_of_period": 35, "truncated_last_user": 188}
+    # README: pv 75,872 (the 35 rows before the period are all views), cart 4,497, fav 2,356, buy 1,750,
+    # less the truncated last user's 179 pv, 3 cart, 5 fav and 1 buy.
+    assert s.event_types == {"view": 75_658, "add_to_cart": 4_494, "favorite": 2_351, "purchase": 1_749}
+    assert s.items == 55_209  # BASELINES.md's catalog
 
 
 def test_taobao_truncated_last_line_is_counted_not_kept(taobao, data_dir):
@@ -232,15 +234,16 @@ def test_taobao_rules_on_a_generated_file(tmp_path):
         "",  # malformed_row: empty line inside the file
         "2,2576651,149192,fav,1511572885",
         "2,2576651,149192,buy,1511572886",
+        "3,2576651,149192,pv,1511572887",  # truncated_last_user: the last user of the file
         "100370,1968385,1875258,pv",  # malformed_row: truncated
     ]
     path = tmp_path / TAOBAO_FILE
     path.parent.mkdir(parents=True)
     path.write_text("\n".join(rows))
     ds = load_dataset("taobao", tmp_path)
-    assert ds.stats.dropped == {"exact_duplicate": 1, "malformed_row": 3, "out_of_period": 2}
+    assert ds.stats.dropped == {"exact_duplicate": 1, "malformed_row": 3, "out_of_period": 2, "truncated_last_user": 1}
     assert [e.type for e in ds.events] == ["view", "favorite", "purchase"]
-    assert ds.stats.rows == 9 and ds.stats.balanced
+    assert ds.stats.rows == 10 and ds.stats.balanced
 
 
 # --- movielens ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from exporters.baselines import KnnSimilarity, fit_popularity
-from exporters.dataset import build_interactions, make_split
+from exporters.dataset import SplitSpec, build_interactions, make_split
 from exporters.evaluate import evaluate, tie_order
 from schemas.models import Event
 
@@ -26,6 +26,7 @@ def retail(rows: list[tuple[str, str, int, str]]):
 
 
 BEFORE, AFTER = ms(2011, 9, 20), ms(2011, 10, 5)
+CUTS = SplitSpec(test_cut=ms(2011, 10, 1), val_cut=ms(2011, 9, 1))  # online_retail's BASELINES.md dates
 
 ROWS = [
     ("u1", "A", BEFORE, "purchase"),
@@ -42,7 +43,7 @@ ROWS = [
 
 
 def test_cut_protocols_pick_first_line_and_first_new_line() -> None:
-    inter = build_interactions(retail(ROWS))
+    inter = build_interactions(retail(ROWS), CUTS)
     assert "X" not in inter.item_ids, "cancellations are not interactions"
     item = {i: k for k, i in enumerate(inter.item_ids)}
     user = {u: k for k, u in enumerate(inter.user_ids)}
@@ -59,7 +60,7 @@ def test_cut_protocols_pick_first_line_and_first_new_line() -> None:
 def test_ties_go_to_more_training_events_then_lower_id_as_text() -> None:
     rows = [("u0", i, BEFORE, "purchase") for i in ["9", "10", "10", "2"]] + [("u0", "2", AFTER, "purchase")]
     rows += [("u1", "9", BEFORE, "purchase"), ("u1", "9", AFTER, "purchase")]
-    inter = build_interactions(retail(rows))
+    inter = build_interactions(retail(rows), CUTS)
     split = make_split(inter, "next-line", "test")
     order = [inter.item_ids[i] for i in tie_order(inter, split.fit)]
     assert order == ["10", "9", "2"]  # "10" and "9" have 2 events each, "10" < "9" as text
@@ -71,7 +72,7 @@ def test_ties_go_to_more_training_events_then_lower_id_as_text() -> None:
 
 def test_text_order_of_ids_breaks_equal_counts() -> None:
     rows = [("u0", i, BEFORE, "purchase") for i in ["9", "10", "2"]] + [("u0", "10", AFTER, "purchase")]
-    inter = build_interactions(retail(rows))
+    inter = build_interactions(retail(rows), CUTS)
     split = make_split(inter, "next-line", "test")
     assert [inter.item_ids[i] for i in tie_order(inter, split.fit)] == ["10", "2", "9"]
 
@@ -79,7 +80,7 @@ def test_text_order_of_ids_breaks_equal_counts() -> None:
 def test_history_excluded_mode() -> None:
     """Each case scores A (in both users' history) 2 and its own target 1: "in" ranks the target
     second, "ex" removes A and ranks it first."""
-    inter = build_interactions(retail(ROWS))
+    inter = build_interactions(retail(ROWS), CUTS)
     split = make_split(inter, "next-new", "test")
     a = inter.item_ids.index("A")
 
@@ -99,7 +100,7 @@ def test_leave_one_out_uses_timestamp_then_file_order() -> None:
     rows = [("u1", "A", t, "rating"), ("u1", "C", t + 5, "rating"), ("u1", "B", t + 5, "rating"), ("u2", "A", t, "rating"), ("u2", "B", t + 1, "rating"), ("u2", "C", t + 2, "rating")]
     ds = retail(rows)
     ds.name = "movielens"
-    inter = build_interactions(ds)
+    inter = build_interactions(ds, SplitSpec(split="loo"))
     test, val = make_split(inter, "loo", "test"), make_split(inter, "loo", "validation")
     got = {inter.user_ids[u]: inter.item_ids[i] for u, i in zip(test.case_users, test.case_targets)}
     assert got == {"u1": "B", "u2": "C"}  # u1: C and B share a timestamp; file order puts B last
@@ -109,7 +110,7 @@ def test_leave_one_out_uses_timestamp_then_file_order() -> None:
 
 
 def test_popularity_and_knn_similarity() -> None:
-    inter = build_interactions(retail(ROWS))
+    inter = build_interactions(retail(ROWS), CUTS)
     split = make_split(inter, "next-line", "test")
     pop = fit_popularity(inter, split)(np.arange(1))[0]
     assert dict(zip(inter.item_ids, pop)) == {"A": 2, "B": 1, "C": 1, "D": 1}

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from exporters import registry
+from exporters.dataset import SplitSpec
 from exporters.item_training import ItemTrainConfig
-from exporters.job import JobConfig, run
+from exporters.job import JobConfig, Refusal, run
 from exporters.publish import build_model_update
 from exporters.train import RankerTrainConfig
 from schemas.models import Event, ModelUpdate, decode_model_update, encode, validate_manifest
@@ -41,10 +42,16 @@ def shop(seed: int = 0) -> SimpleNamespace:
     return SimpleNamespace(name="online_retail", events=events, items=items)
 
 
+def ms(*args: int) -> int:
+    return int(datetime(*args, tzinfo=timezone.utc).timestamp() * 1000)
+
+
 def config(root: Path, **kw) -> JobConfig:
+    kw.setdefault("allow_stale", True)
+    kw.setdefault("min_test_cases", 10)
     return JobConfig(
-        dataset="online_retail",
         model_root=root,
+        split=SplitSpec(test_cut=ms(2011, 10, 1), val_cut=ms(2011, 9, 1)),
         tiny=True,
         max_seq_len=8,
         cut_step_days=30,
@@ -72,7 +79,7 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     report = json.loads((result.version_dir / "report.json").read_text())
     models = set(report["test"])
     assert {"popularity", "personal frequency", "ranker (this run)"} <= models
-    assert report["training"]["epochs"] and report["summary"]["protocol"] == "next-line"
+    assert report["training"]["epochs"] and report["summary"]["protocol"] == "next-item"
     epochs = report["training"]["epochs"]
     assert any(0 < e["epoch"] < 1 for e in epochs), epochs  # checks inside the first epoch (val_every)
     best = max(epochs, key=lambda e: e["val_ndcg"])
@@ -88,10 +95,10 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     grid = served["validation_ndcg@10"]
     chosen = max(grid, key=lambda k: (round(sum(grid[k].values()) / len(grid[k]), 6), -int(k)))
     assert int(chosen) == served["list_params"]["min_new"]
-    assert set(served["test"]) == {"next-line", "next-new"} and set(served["test"]["next-new"]) == {"ex", "in"}
-    assert 0 < served["candidate_recall"]["next-line"] <= 1
+    assert set(served["test"]) == {"next-item", "next-new"} and set(served["test"]["next-new"]) == {"ex", "in"}
+    assert 0 < served["candidate_recall"]["next-item"] <= 1
     # the ratio the issue sets a floor on (>= 0.95 for the shipped version): served over full ranking
-    assert served["served_over_offline"] == pytest.approx(served["test"]["next-line"]["in"]["ndcg@10"] / served["offline_ndcg@10"])
+    assert served["served_over_offline"] == pytest.approx(served["test"]["next-item"]["in"]["ndcg@10"] / served["offline_ndcg@10"])
     assert "the served list" in (result.version_dir / "report.md").read_text()
     start, end = manifest["training_window"]["start"], manifest["training_window"]["end"]
     assert start < end <= datetime(2011, 9, 1, tzinfo=timezone.utc).timestamp() * 1000
@@ -101,6 +108,10 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
 
 def test_gate_keeps_a_worse_version_unpublished(first_run, tmp_path: Path) -> None:
     root, first = first_run
+    runs = registry.read_runs(root)
+    assert runs[0]["version"] == first.version_dir.name and runs[0]["status"] == "published"
+    assert runs[0]["window"]["end_ms"] == max(e.ts for e in shop().events) and runs[0]["events"]["interactions"] > 0
+    assert runs[0]["gate"]["publish"] and runs[0]["summary"]["ndcg@10"] == pytest.approx(first.report["summary"]["ndcg@10"])
     # Demand an improvement no model can make: the version is written but LATEST stays.
     second = run(config(root, tolerance=-1.0, version="stricter"), dataset=shop())
     assert not second.published and "production" in second.gate_reason
@@ -118,4 +129,17 @@ def test_model_update_message_round_trips(first_run) -> None:
     decoded = decode_model_update(encode(update))
     assert isinstance(decoded, ModelUpdate) and decoded.version == result.version_dir.name
     assert decoded.manifest_sha256 == registry.sha256_file(result.version_dir / "manifest.json")
-    assert decoded.metrics["next-line"]["ndcg@10"] == pytest.approx(result.report["summary"]["ndcg@10"])
+    assert decoded.metrics["next-item"]["ndcg@10"] == pytest.approx(result.report["summary"]["ndcg@10"])
+
+
+def test_refusals_write_no_version_and_are_recorded(first_run, tmp_path: Path) -> None:
+    root, first = first_run
+    before = sorted(p.name for p in root.iterdir())
+    with pytest.raises(Refusal, match="too stale"):  # nothing newer than the first run's window
+        run(config(root, allow_stale=False), dataset=shop())
+    with pytest.raises(Refusal, match="too small"):
+        run(config(root, min_test_cases=1000), dataset=shop())
+    assert sorted(p.name for p in root.iterdir()) == before  # no version, LATEST unchanged
+    refused = [r for r in registry.read_runs(root) if r["status"] == "refused"]
+    assert [r["reason"].split(":")[0] for r in refused[-2:]] == ["log too stale", "log too small"]
+    assert refused[-1]["version"] is None and refused[-1]["cases"]["test"] > 0

@@ -8,7 +8,7 @@ from exporters.dataset import build_interactions, make_split
 from exporters.served import candidate_sets, grade, list_index, own_items, served_lists
 from exporters.trainset import eval_points
 from schemas.serving import SOURCES, CandidateQuota, ListParams
-from tests.unit.exporters.test_evaluation_rules import AFTER, BEFORE, retail
+from tests.unit.exporters.test_evaluation_rules import AFTER, BEFORE, CUTS, retail
 
 ROWS = [
     ("u1", "A", BEFORE, "purchase"),
@@ -26,7 +26,7 @@ ROWS = [
 
 
 def setup():
-    inter = build_interactions(retail(ROWS))
+    inter = build_interactions(retail(ROWS), CUTS)
     line, new = make_split(inter, "next-line"), make_split(inter, "next-new")
     points = eval_points(inter, line, 5)
     return inter, line, new, points
