@@ -265,6 +265,7 @@ class Worker:
         self.lock = asyncio.Lock()  # held while a batch runs; model swaps and catalog updates wait for it
         self.probe = metrics.ProbeServer(settings.metrics_port)
         self.redis = None
+        self._feeds: set[asyncio.Task] = set()  # side feeds (catalog, model updates): cancelled on close
         self._preloaded: ModelBundle | None = None  # verified by main() before faust starts
         self._last_seen: dict = {}  # (topic, partition) -> (offset, fingerprint) of the last event handled
         self._in_batch = False  # for the stalled-partition check: a busy agent is never "stalled"
@@ -338,8 +339,8 @@ class Worker:
         self._variant_poller = start_variant_poller(self.redis, self.pipeline, self.s)  # runtime A/B split from Redis
         log.info("serving model %s (%s on %s), %d catalog items", bundle.version, bundle.ranker_file,
                  bundle.provider, len(self.pipeline.index))
-        asyncio.ensure_future(self._items_feed())
-        asyncio.ensure_future(self._model_feed())
+        self._spawn(self._items_feed())
+        self._spawn(self._model_feed())
         # a partition whose log the broker lost (memory-only broker restarted) is rewound instead
         # of waiting for ever past the new log's end: see streamer/watchdog.py
         probe = watchdog.RecordProbe(self.s.kafka_bootstrap, **kafka_client_kwargs(self.s))
@@ -439,6 +440,13 @@ class Worker:
         await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(bounded_dead_letter(dl)))
 
     # ---- side feeds -----------------------------------------------------------------------
+    def _spawn(self, coro) -> asyncio.Task:
+        """Run a side feed as a task the worker keeps, so ``close`` can stop it (and its consumer)."""
+        task = asyncio.ensure_future(coro)
+        self._feeds.add(task)
+        task.add_done_callback(self._feeds.discard)
+        return task
+
     async def _items_feed(self) -> None:
         """Read the whole catalog topic (no consumer group: every worker needs every item)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -477,7 +485,7 @@ class Worker:
         except Exception:
             log.exception("items feed failed; restarting it in 2 s")
             await asyncio.sleep(2)
-            asyncio.ensure_future(self._items_feed())
+            self._spawn(self._items_feed())
         finally:
             if guard is not None:
                 guard.cancel()
@@ -517,7 +525,7 @@ class Worker:
             # topic) would end it silently and no later version would ever be picked up.
             log.exception("model-updates feed failed; restarting it in 2 s")
             await asyncio.sleep(2)
-            asyncio.ensure_future(self._model_feed())
+            self._spawn(self._model_feed())
         finally:
             if guard is not None:
                 guard.cancel()
@@ -586,6 +594,10 @@ class Worker:
         raise RuntimeError(f"topic {topic!r} not found")
 
     async def close(self) -> None:
+        feeds = list(self._feeds)
+        for task in feeds:
+            task.cancel()
+        await asyncio.gather(*feeds, return_exceptions=True)  # each feed stops its consumer in ``finally``
         await self.probe.stop()
         if self.redis is not None:
             await self.redis.aclose()
