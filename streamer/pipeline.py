@@ -236,8 +236,8 @@ class Pipeline:
                 raw = store.get(ev.user_id, msg)
                 st = UserState.from_bytes(raw) if raw else UserState(dim=self.bundle.dim, space=self.bundle.version)
                 t = touched[ev.user_id] = _Touched(st, ev, msg)
-                if st.space != self.bundle.version:
-                    st.rebuild_embedding(self._vectors_of(st), self.bundle.version, self.half_life_ms)
+                if st.space != self.bundle.version or st.dim != self.bundle.dim:  # built by another model
+                    st.rebuild_embedding(self._vectors_of(st), self.bundle.version, self.bundle.dim, self.half_life_ms)
                     t.dirty = True
             t.last_event, t.last_msg = ev, msg
             if self._apply(t.state, ev, out.stats):

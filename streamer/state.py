@@ -129,10 +129,12 @@ class UserState:
         oldest = min(self.items.items(), key=lambda kv: kv[1][1])[0]
         del self.items[oldest]
 
-    def rebuild_embedding(self, vectors: dict[str, np.ndarray], space: str, half_life_ms: float) -> None:
-        """Re-derive the embedding in a new model's vector space from the profile (after a swap)."""
+    def rebuild_embedding(self, vectors: dict[str, np.ndarray], space: str, dim: int, half_life_ms: float) -> None:
+        """Re-derive the embedding in a new model's vector space (``dim``-d vectors; it may differ
+        from the old space's) from the profile (after a swap)."""
         self.emb = None
         self.emb_ts = 0
+        self.dim = dim
         for item_id, (weight, last_ts, _bought) in sorted(self.items.items(), key=lambda kv: kv[1][1]):
             vec = vectors.get(item_id)
             if vec is not None and weight > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
@@ -143,3 +144,53 @@ async def test_list_params_from_the_manifest_guarantee_new_items(tiny_model_root
     items = next(r for r in mixed.recs if r.user_id == "u1").items
     assert len(items) == 5 and sum(i.item_id not in own for i in items) == 2
     assert [i.source for i in items[:3]] == ["history"] * 3 and all(i.reason for i in items)
+
+
+@pytest.fixture(scope="module")
+def wide_version(tmp_path_factory, monkeypatch_module):
+    """A tiny version whose item vectors are 48-d (the conftest's are 32-d): another vector space."""
+    import functools
+
+    import exporters.bootstrap as bootstrap
+    from exporters.modeling import tiny_bert_config
+    from tests.unit.streamer.conftest import CATALOG
+
+    monkeypatch_module.setattr(bootstrap, "tiny_bert_config", functools.partial(tiny_bert_config, hidden=48))
+    root = tmp_path_factory.mktemp("wide")
+    return bootstrap.export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v2-wide")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+async def test_swap_to_another_dimension_rebuilds_user_embeddings(tiny_model_root, wide_version):
+    """Hot swap to a version with a different item-vector size: stored users (embedding, search
+    query) from the old space are rebuilt in the new one and keep being served; never a crash."""
+    old = ModelBundle.load(latest_version_dir(tiny_model_root))
+    new = ModelBundle.load(wide_version)
+    assert old.dim != new.dim
+    p = Pipeline(settings(), old)
+    store = DictStore()
+    first = [msg(ev(1, "u1", "71053")), msg(ev(2, "u1", "22633", etype="view"), 1),
+             msg(ev(3, "u2", "85123A"), 2), msg(ev(4, "u2", None, etype="search", query="heart holder"), 3),
+             msg(ev(5, "u3", "22752"), 4)]
+    await p.process(first, store)
+    assert UserState.from_bytes(store.data["u1"]).emb.shape == (old.dim,)
+    p.install(new, p.build_index(new, p.index))
+    # u1: an item event; u2: a plain event while its search intent is live; u3: a duplicate only
+    res = await p.process([msg(ev(6, "u1", "21730")), msg(ev(7, "u2", "22633", etype="view"), 1),
+                           msg(ev(5, "u3", "22752"), 2), msg(ev(8, "u4", "71053"), 3)], store)
+    assert sorted(r.user_id for r in res.recs) == ["u1", "u2", "u3", "u4"]
+    assert all(r.model_version.startswith("v2-wide") and r.items for r in res.recs)
+    for u in ("u1", "u2", "u3", "u4"):
+        st = UserState.from_bytes(store.data[u])
+        assert st.space == "v2-wide" and st.dim == new.dim and st.emb.shape == (new.dim,), u
+    # u1's rebuilt embedding is the one the same events give a worker that always ran the new model
+    fresh = DictStore()
+    await Pipeline(settings(), new).process([msg(ev(1, "u1", "71053")), msg(ev(2, "u1", "22633", etype="view"), 1),
+                                             msg(ev(6, "u1", "21730"), 2)], fresh)
+    np.testing.assert_allclose(UserState.from_bytes(store.data["u1"]).emb, UserState.from_bytes(fresh.data["u1"]).emb,
+                               rtol=1e-5, atol=1e-6)
