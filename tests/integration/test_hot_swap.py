@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
 import time
@@ -20,13 +21,18 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory):
+    import exporters.bootstrap as bootstrap
     from exporters.bootstrap import export_bootstrap
+    from exporters.modeling import tiny_bert_config
     from tests.unit.streamer.conftest import CATALOG
 
     root = tmp_path_factory.mktemp("models")
     v1 = export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v1-bootstrap")
     v2 = export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v2-retrained", publish=False)
-    return root, v1, v2
+    with pytest.MonkeyPatch.context() as mp:  # another vector space: 48-d item vectors (v1's are 32-d)
+        mp.setattr(bootstrap, "tiny_bert_config", functools.partial(tiny_bert_config, hidden=48))
+        wide = export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v2-wide", publish=False)
+    return root, v1, {"v2-retrained": v2, "v2-wide": wide}
 
 
 def update_for(folder) -> bytes:
@@ -48,21 +54,30 @@ def random_stream(seed: int, users: list[str], n: int) -> tuple[list[tuple[bytes
 def wait_swapped_and_serving(stack, w, r, topics, user: str, version: str) -> None:
     """The worker swapped once, and an event of ``user`` sent now gets a list from ``version``."""
     deadline = time.monotonic() + 90
-    while 'streamrec_model_swaps_total 1.0' not in w.metrics():
+    while w.proc.poll() is None and 'streamrec_model_swaps_total 1.0' not in w.metrics():
         assert time.monotonic() < deadline, w.tail()
         time.sleep(0.3)
-    asyncio.run(produce(stack.bootstrap, topics["events"], [event(5000, user, "71053")]))
+    assert w.proc.poll() is None, f"worker exited with {w.proc.returncode}: {w.tail()}"
+    wait_serving(stack, w, r, topics, user, version, 5000)
+
+
+def wait_serving(stack, w, r, topics, user: str, version: str, event_no: int) -> None:
+    """An event of ``user`` sent now gets a list from ``version``."""
+    asyncio.run(produce(stack.bootstrap, topics["events"], [event(event_no, user, "71053")]))
     deadline = time.monotonic() + 30
     while True:
         raw = r.get(topics["prefix"] + user)
-        if raw and orjson.loads(raw)["model_version"] == version:
+        if raw and orjson.loads(raw)["model_version"] == version and orjson.loads(raw)["event_id"].endswith(str(event_no)):
             break
         assert time.monotonic() < deadline, w.tail()
         time.sleep(0.3)
 
 
-def test_swap_mid_stream_changes_version_and_keeps_every_event_once(stack, versions, tmp_path):
-    root, v1, v2 = versions
+@pytest.mark.parametrize("target", ["v2-retrained", "v2-wide"])
+def test_swap_mid_stream_changes_version_and_keeps_every_event_once(stack, versions, tmp_path, target):
+    """Also to a version of another item-vector size (``v2-wide``): users whose stored embedding
+    belongs to the old space are rebuilt in the new one and served, the worker never stops."""
+    root, _v1, targets = versions
     topics = unique_topics(stack, "swap")
     r = redis.Redis.from_url(stack.redis_url)
     evs, expected = random_stream(3, [f"s{i}" for i in range(40)], 1600)
@@ -71,15 +86,20 @@ def test_swap_mid_stream_changes_version_and_keeps_every_event_once(stack, versi
         w.wait_ready()
         asyncio.run(produce(stack.bootstrap, topics["events"], evs[:800]))
         time.sleep(1.0)
-        asyncio.run(produce(stack.bootstrap, topics["updates"], [(b"v2", update_for(v2))]))
+        asyncio.run(produce(stack.bootstrap, topics["updates"], [(b"v2", update_for(targets[target]))]))
         asyncio.run(produce(stack.bootstrap, topics["events"], evs[800:]))
-        # new events after the swap produce lists that carry the new version
-        wait_swapped_and_serving(stack, w, r, topics, "after-swap", "v2-retrained")
+        # new events after the swap produce lists that carry the new version, for a user stored
+        # before the swap too
+        wait_swapped_and_serving(stack, w, r, topics, "after-swap", target)
         expected["after-swap"] = 1
+        old_user = evs[0][0].decode()
+        wait_serving(stack, w, r, topics, old_user, target, 5001)
+        expected[old_user] += 1
         states = final_states(stack.bootstrap, "swap", expected)  # every event applied exactly once
         assert states.keys() == expected.keys()
         assert 'streamrec_model_info{provider="CPUExecutionProvider",ranker_file=' in w.metrics()
-        assert 'version="v2-retrained"' in w.metrics()
+        assert f'version="{target}"' in w.metrics()
+        assert w.proc.poll() is None, w.tail()
     finally:
         w.stop()
 
