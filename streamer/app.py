@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     # folder used to join the group and die ~40 s later on RocksDB's LOCK, naming no setting.
     try:
         state_lock.acquire(settings.state_dir)  # held (the descriptor stays open) until the process ends
-    except state_lock.StateDirInUse as exc:
+    except state_lock.StateDirUnusable as exc:  # in use by another worker, or not writable
         print(f"streamrec-worker: {exc}", file=sys.stderr)
         return 2
     try:

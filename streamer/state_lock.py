@@ -17,19 +17,28 @@ from pathlib import Path
 LOCK_NAME = "worker.lock"
 
 
-class StateDirInUse(RuntimeError):
+class StateDirUnusable(RuntimeError):
+    """The state folder cannot be created or its lock file cannot be opened."""
+
+
+class StateDirInUse(StateDirUnusable):
     """Another live process holds the state folder."""
 
 
 def acquire(state_dir: str | os.PathLike) -> int:
     """Lock ``state_dir`` for this process; return the lock file's descriptor (keep it open).
 
-    Raises ``StateDirInUse`` with one line naming the setting, the folder and the holder's pid.
+    Raises ``StateDirInUse`` with one line naming the setting, the folder and the holder's pid, or
+    ``StateDirUnusable`` (one line naming the setting) when the folder cannot be created or opened.
     """
     folder = Path(state_dir).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StateDirUnusable(f"STREAMREC_STATE_DIR: cannot use the state folder {folder}: "
+                               f"{exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -72,3 +72,11 @@ def test_free_folder_is_created_and_locked_by_this_process(tmp_path):
     finally:
         os.close(fd)
     os.close(state_lock.acquire(folder))  # closed: free again
+
+
+def test_unusable_folder_names_the_setting(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(state_lock.StateDirUnusable, match="STREAMREC_STATE_DIR: cannot use the state folder") as err:
+        state_lock.acquire(blocker / "state")
+    assert not isinstance(err.value, state_lock.StateDirInUse) and "\n" not in str(err.value)
