@@ -29,7 +29,7 @@ import numpy as np
 from faust.streams import _current_event
 
 from schemas import DeadLetter, ValidationError, decode_model_update, encode
-from streamer import metrics, watchdog
+from streamer import metrics, state_lock, watchdog
 from streamer.attribution import write_stats
 from streamer.ingest import RawMessage, parse_item
 from streamer.model import ModelBundle, ModelRefused, latest_version_dir
@@ -265,7 +265,8 @@ class Worker:
         self.lock = asyncio.Lock()  # held while a batch runs; model swaps and catalog updates wait for it
         self.probe = metrics.ProbeServer(settings.metrics_port)
         self.redis = None
-        self._feeds: set[asyncio.Task] = set()  # side feeds (catalog, model updates): cancelled on close
+        self._feeds: set[asyncio.Task] = set()  # side feeds and monitors: cancelled on close
+        self._record_probe: watchdog.RecordProbe | None = None  # its own consumer: closed on close
         self._preloaded: ModelBundle | None = None  # verified by main() before faust starts
         self._last_seen: dict = {}  # (topic, partition) -> (offset, fingerprint) of the last event handled
         self._in_batch = False  # for the stalled-partition check: a busy agent is never "stalled"
@@ -343,11 +344,14 @@ class Worker:
         self._spawn(self._model_feed())
         # a partition whose log the broker lost (memory-only broker restarted) is rewound instead
         # of waiting for ever past the new log's end: see streamer/watchdog.py
-        probe = watchdog.RecordProbe(self.s.kafka_bootstrap, **kafka_client_kwargs(self.s))
+        self._record_probe = watchdog.RecordProbe(self.s.kafka_bootstrap, **kafka_client_kwargs(self.s))
         self._consumer_handle = watchdog.FaustConsumerHandle(self.app.consumer, [self.s.events_topic],
-                                                             last_seen=self._last_seen, probe=probe)
+                                                             last_seen=self._last_seen, probe=self._record_probe)
         self._watchdog = watchdog.start(self._consumer_handle, self.s.lost_log_check_s)
-        asyncio.ensure_future(self._lag_monitor())
+        for task in (self._variant_poller, self._watchdog):
+            if task is not None:
+                self._spawn(task)
+        self._spawn(self._lag_monitor())
         self.probe.ready = True
         self.ready.set()
 
@@ -440,9 +444,9 @@ class Worker:
         await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(bounded_dead_letter(dl)))
 
     # ---- side feeds -----------------------------------------------------------------------
-    def _spawn(self, coro) -> asyncio.Task:
-        """Run a side feed as a task the worker keeps, so ``close`` can stop it (and its consumer)."""
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro_or_task) -> asyncio.Task:
+        """Keep a side feed or monitor as a task, so ``close`` can stop it (and its consumer)."""
+        task = asyncio.ensure_future(coro_or_task)
         self._feeds.add(task)
         task.add_done_callback(self._feeds.discard)
         return task
@@ -598,6 +602,8 @@ class Worker:
         for task in feeds:
             task.cancel()
         await asyncio.gather(*feeds, return_exceptions=True)  # each feed stops its consumer in ``finally``
+        if self._record_probe is not None:
+            await self._record_probe.close()  # the lost-log watchdog's consumer (left open: "Unclosed AIOKafkaConsumer")
         await self.probe.stop()
         if self.redis is not None:
             await self.redis.aclose()
@@ -667,6 +673,13 @@ def main(argv: list[str] | None = None) -> int:
     log.info("settings: %s", settings.redacted())
     for warning in settings.warnings():
         log.warning("settings: %s", warning)
+    # One worker per state folder, checked before anything connects: a second worker on the same
+    # folder used to join the group and die ~40 s later on RocksDB's LOCK, naming no setting.
+    try:
+        state_lock.acquire(settings.state_dir)  # held (the descriptor stays open) until the process ends
+    except state_lock.StateDirUnusable as exc:  # in use by another worker, or not writable
+        print(f"streamrec-worker: {exc}", file=sys.stderr)
+        return 2
     try:
         kafka_ssl_context(settings)  # a CA or client certificate that does not load stops the start here
         worker = Worker(settings)
