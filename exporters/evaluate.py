@@ -65,15 +65,27 @@ def history_matrix(inter: Interactions, split: Split) -> sparse.csr_matrix:
 
 def evaluate(scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interactions, split: Split, k: int = K) -> dict[str, Metrics]:
     """Metrics per mode of the split (``ex`` and/or ``in``)."""
+    return _evaluate(scorer, inter, split, k)[0]
+
+
+def case_ndcg(scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interactions, split: Split, cases: np.ndarray,
+              k: int = K) -> np.ndarray:
+    """NDCG@k of each of the given cases (indices into ``split``), in the split's first mode."""
+    r = _evaluate(scorer, inter, split, k, np.asarray(cases, dtype=np.int64))[1][split.modes[0]]
+    return np.where(r <= k, 1.0 / np.log2(r + 1), 0.0)
+
+
+def _evaluate(scorer, inter: Interactions, split: Split, k: int, subset: np.ndarray | None = None):
     order = tie_order(inter, split.fit)
     col_of = np.empty(inter.n_items, dtype=np.int64)
     col_of[order] = np.arange(inter.n_items)
     history = history_matrix(inter, split) if "ex" in split.modes else None
-    ranks = {m: np.empty(len(split), dtype=np.float64) for m in split.modes}
+    all_cases = np.arange(len(split)) if subset is None else subset
+    ranks = {m: np.full(len(split), np.inf, dtype=np.float64) for m in split.modes}
     covered = {m: np.zeros(inter.n_items, dtype=bool) for m in split.modes}
     arange = np.arange(inter.n_items)
-    for start in range(0, len(split), CHUNK):
-        cases = np.arange(start, min(start + CHUNK, len(split)))
+    for start in range(0, len(all_cases), CHUNK):
+        cases = all_cases[start : start + CHUNK]
         raw = np.asarray(scorer(cases), dtype=np.float64)
         if raw.shape != (len(cases), inter.n_items):
             raise ValueError(f"scorer returned {raw.shape}, expected {(len(cases), inter.n_items)}")
@@ -93,7 +105,7 @@ def evaluate(scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interac
             covered[mode][order[_top_k_mask(s, k).any(axis=0)]] = True
     out = {}
     for mode in split.modes:
-        r = ranks[mode]
+        r = ranks[mode] = ranks[mode][all_cases]
         hit = r <= k
         out[mode] = Metrics(
             hr=float(hit.mean()) if len(r) else 0.0,
@@ -102,7 +114,7 @@ def evaluate(scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interac
             cov=float(covered[mode].sum() / inter.n_items),
             cases=len(r),
         )
-    return out
+    return out, ranks
 
 
 def _top_k_mask(s: np.ndarray, k: int, prefix: int = 1024) -> np.ndarray:

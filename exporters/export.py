@@ -74,7 +74,7 @@ class ExportResult:
     """
 
     files: list[str]
-    parity: dict
+    parity: dict  # parity["item_encoder"] is None when no encoder was exported
     ranker_variants: list[str]
     variant_files: dict[str, str]
     fused_ops: dict[str, dict[str, int]]
@@ -263,7 +263,7 @@ def default_probe_texts() -> list[str]:
 
 
 def export_models(
-    encoder: ItemEncoder,
+    encoder: ItemEncoder | None,
     ranker: Ranker,
     tok: Tokenizer,
     out_dir: Path,
@@ -276,28 +276,30 @@ def export_models(
 ) -> ExportResult:
     """Export both modules with their variants into ``out_dir`` and check parity.
 
+    ``encoder`` None: the catalog has no text, so no item encoder is exported or checked (the
+    worker then vectors new items by category or id hash and has no search-query encoder).
     The raw traced graphs are intermediate: only the optimised FP32 files and the variants that
     passed their checks stay in ``out_dir``.
     """
     out_dir = Path(out_dir)
-    enc_cfg, rk_cfg = encoder.bert.config, ranker.bert.config
-    raw_enc, raw_rk = out_dir / "item_encoder.raw.onnx", out_dir / "ranker.raw.onnx"
-    export_item_encoder(encoder, tok, raw_enc)
+    rk_cfg = ranker.bert.config
+    raw_rk = out_dir / "ranker.raw.onnx"
     export_ranker(ranker, raw_rk)
-    fused = {
-        ENCODER_FILE: optimize_onnx(raw_enc, out_dir / ENCODER_FILE, enc_cfg.num_attention_heads, enc_cfg.hidden_size),
-        RANKER_FILE: optimize_onnx(raw_rk, out_dir / RANKER_FILE, rk_cfg.num_attention_heads, rk_cfg.hidden_size),
-    }
+    fused = {RANKER_FILE: optimize_onnx(raw_rk, out_dir / RANKER_FILE, rk_cfg.num_attention_heads, rk_cfg.hidden_size)}
+    parity: dict = {"item_encoder": None}
+    if encoder is not None:
+        enc_cfg, raw_enc = encoder.bert.config, out_dir / "item_encoder.raw.onnx"
+        export_item_encoder(encoder, tok, raw_enc)
+        fused[ENCODER_FILE] = optimize_onnx(raw_enc, out_dir / ENCODER_FILE, enc_cfg.num_attention_heads, enc_cfg.hidden_size)
+        raw_enc.unlink()
+        texts = list(probe_texts or default_probe_texts())
+        check = encoder_parity(encoder, out_dir / ENCODER_FILE, tok, texts)
+        parity["item_encoder"] = check | {"atol": FP32_ATOL_VECS, "ok": check["max_abs_diff"] <= FP32_ATOL_VECS}
     probes = ranker_probe_inputs(
         item_vecs, ranker.item_dim, shapes=[(1, 1, 1), (3, 7, 50), (8, max_seq_len, 200), (16, max_seq_len, 500)], seed=2024
     )
-    texts = list(probe_texts or default_probe_texts())
-    parity = {
-        "item_encoder": encoder_parity(encoder, out_dir / ENCODER_FILE, tok, texts) | {"atol": FP32_ATOL_VECS},
-        "ranker": ranker_parity(ranker, out_dir / RANKER_FILE, probes)
-        | {"atol": FP32_ATOL_SCORES, "min_top10_agreement": FP32_MIN_TOP10},
-    }
-    parity["item_encoder"]["ok"] = parity["item_encoder"]["max_abs_diff"] <= FP32_ATOL_VECS
+    parity["ranker"] = ranker_parity(ranker, out_dir / RANKER_FILE, probes) | {
+        "atol": FP32_ATOL_SCORES, "min_top10_agreement": FP32_MIN_TOP10}
     parity["ranker"]["ok"] = (
         parity["ranker"]["max_abs_diff"] <= FP32_ATOL_SCORES and parity["ranker"]["top10_agreement"] >= FP32_MIN_TOP10
     )
@@ -323,11 +325,10 @@ def export_models(
             variant_files["int8"] = RANKER_INT8_FILE
         else:
             (out_dir / RANKER_INT8_FILE).unlink()
-    raw_enc.unlink()
     raw_rk.unlink()
     # Only the FP32 files gate publication; a failed optional variant is simply not shipped.
-    parity["ok"] = parity["item_encoder"]["ok"] and parity["ranker"]["ok"]
-    files = [ENCODER_FILE, *variant_files.values()]
+    parity["ok"] = (parity["item_encoder"] is None or parity["item_encoder"]["ok"]) and parity["ranker"]["ok"]
+    files = [ENCODER_FILE] * (encoder is not None) + list(variant_files.values())
     sizes = {f: os.path.getsize(out_dir / f) for f in files}
     log.info("exported %s; parity ok=%s", sizes, parity["ok"])
     return ExportResult(

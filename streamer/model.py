@@ -78,7 +78,7 @@ class ModelBundle:
     max_seq_len: int
     max_text_len: int
     tokenizer: object
-    encoder: object  # onnxruntime.InferenceSession
+    encoder: object | None  # onnxruntime.InferenceSession; None: a version without text (no item encoder)
     ranker: object  # onnxruntime.InferenceSession
     ranker_file: str
     provider: str
@@ -121,8 +121,10 @@ class ModelBundle:
             digest = sha256_file(f)
             if digest != meta["sha256"]:
                 raise ModelRefused(f"{path}: checksum mismatch for {name}: {digest[:12]}… != {meta['sha256'][:12]}…")
-        for required in ("item_encoder.onnx", "ranker.onnx", "tokenizer.json", "item_ids.json", "item_vecs.npy"):
-            if required not in files:
+        # "item_encoder": null in the manifest = the catalog had no text, so the version has no encoder
+        encoder_file = manifest.get("item_encoder", "item_encoder.onnx")
+        for required in (encoder_file, "ranker.onnx", "tokenizer.json", "item_ids.json", "item_vecs.npy"):
+            if required is not None and required not in files:
                 raise ModelRefused(f"{path}: manifest does not list {required}")
 
         providers = providers_for(device)
@@ -135,7 +137,7 @@ class ModelBundle:
         # the pool shares the cores with the event loop: a spinning thread would take its CPU
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            encoder = ort.InferenceSession(str(path / "item_encoder.onnx"), opts, providers=providers)
+            encoder = None if encoder_file is None else ort.InferenceSession(str(path / encoder_file), opts, providers=providers)
             ranker = ort.InferenceSession(str(path / ranker_file), opts, providers=providers)
             tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         except Exception as exc:  # onnxruntime raises several unrelated types for bad files
@@ -161,8 +163,11 @@ class ModelBundle:
         return bundle
 
     # ---- inference ------------------------------------------------------------------------
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """Item or query text -> L2-normalised vectors [N, dim] (the same encoder for both)."""
+    def encode_texts(self, texts: list[str]) -> np.ndarray | None:
+        """Item or query text -> L2-normalised vectors [N, dim] (the same encoder for both);
+        None when the version has no item encoder (its catalog had no text)."""
+        if self.encoder is None:
+            return None
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         enc = self.tokenizer.encode_batch(texts)
@@ -194,7 +199,7 @@ class ModelBundle:
         """Run both models on a small fixed input; refuse on error, wrong shape or non-finite output."""
         try:
             vecs = self.encode_texts(["white metal lantern", ""])
-            if vecs.shape != (2, self.dim) or not np.isfinite(vecs).all():
+            if vecs is not None and (vecs.shape != (2, self.dim) or not np.isfinite(vecs).all()):
                 raise ModelRefused(f"{self.path}: item encoder smoke test gave shape {vecs.shape} or non-finite values")
             rng = np.random.default_rng(0)
             b, l, c = 2, 3, 5

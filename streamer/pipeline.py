@@ -199,7 +199,10 @@ class Pipeline:
         return max(int(s.list_size * s.search_share / 2**since_search), 1) if s.search_share > 0 else 0
 
     def query_vectors(self, queries: list[str]) -> dict[str, np.ndarray]:
-        """Encoded search queries, one encoder call for the ones not cached (LRU, per model)."""
+        """Encoded search queries, one encoder call for the ones not cached (LRU, per model).
+        Empty for a version without an item encoder (no text): its searches are like empty ones."""
+        if self.bundle.encoder is None:
+            return {}
         missing = list(dict.fromkeys(q for q in queries if q not in self._query_cache))
         if missing:
             for q, v in zip(missing, self.bundle.encode_texts(missing)):
@@ -277,7 +280,7 @@ class Pipeline:
             recent_rows = [self.index.pos[i] for i, _t, _ts in list(st.seq)[-5:] if i in self.index.pos]
         vec = self.index.vecs[row] if row is not None else None
         if ev.type == "search" and ev.query:
-            vec = self.query_vectors([ev.query])[ev.query]
+            vec = self.query_vectors([ev.query]).get(ev.query)
         applied = st.apply(
             ev.event_id, ev.type, ev.item_id, ev.ts, vec,
             max_seq_len=self.settings.max_seq_len, dedup_window=self.settings.dedup_window,
@@ -307,7 +310,8 @@ class Pipeline:
         trending_evidence = self.recent.counts(trending)
         users = list(touched)
         ts = [touched[u] for u in users]
-        intents = [t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms) for t in ts]
+        intents = [t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms)
+                   if self.bundle.encoder is not None else None for t in ts]
         qvecs = self.query_vectors([t.state.last_query for t, k in zip(ts, intents) if k is not None])
         variants = [variant_for(u, self.variants) for u in users]
         use_ranker = [s.ranking and v == "ranker" for v in variants]

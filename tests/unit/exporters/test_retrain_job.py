@@ -143,3 +143,71 @@ def test_refusals_write_no_version_and_are_recorded(first_run, tmp_path: Path) -
     refused = [r for r in registry.read_runs(root) if r["status"] == "refused"]
     assert [r["reason"].split(":")[0] for r in refused[-2:]] == ["log too stale", "log too small"]
     assert refused[-1]["version"] is None and refused[-1]["cases"]["test"] > 0
+
+
+async def test_no_text_catalog_ships_no_item_encoder_and_the_worker_serves_it(tmp_path: Path) -> None:
+    """Taobao-like: items have only categories. No item_encoder.onnx, no encoder parity; the
+    worker loads the version, vectors a new item by category and treats a search as empty."""
+    import orjson
+
+    from schemas import Item
+    from schemas.ranking import compose_item_vector
+    from streamer.ingest import RawMessage
+    from streamer.model import ModelBundle
+    from streamer.pipeline import Pipeline
+    from streamer.settings import Settings
+
+    ds = shop()
+    for i, it in enumerate(ds.items.values()):
+        it.title, it.category = None, f"cat{i % 4}"
+    result = run(config(tmp_path), dataset=ds)
+    manifest = registry.load_manifest(result.version_dir)
+    validate_manifest(manifest)
+    assert manifest["item_encoder"] is None and manifest["parity"]["item_encoder"] is None and manifest["parity"]["ok"]
+    assert "item_encoder.onnx" not in manifest["files"] and not (result.version_dir / "item_encoder.onnx").exists()
+    int8 = manifest["parity"]["ranker_int8"]
+    assert int8["sample"] > 0 and int8["ci95"][0] <= int8["mean_diff"] <= int8["ci95"][1]
+
+    bundle = ModelBundle.load(result.version_dir)
+    assert bundle.encoder is None
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0", "STREAMREC_LIST_SIZE": "5"}
+    pipe = Pipeline(Settings.from_env(env), bundle)
+    pipe.upsert_items([Item(item_id="NEW1", title="a titled new item", category="cat1")])
+    # its title is ignored (no encoder): the category path, as for an item without text
+    assert np.allclose(pipe.index.vecs[pipe.index.pos["NEW1"]], compose_item_vector(None, bundle.category_vecs["cat1"]))
+
+    class Store(dict):
+        def get(self, user_id, msg):
+            return dict.get(self, user_id)
+
+        def put(self, user_id, value, msg):
+            self[user_id] = value
+
+        def delete(self, user_id, msg):
+            self.pop(user_id, None)
+
+    t0 = ms(2011, 12, 2)
+    events = [{"event_id": "x1", "user_id": "c1", "type": "view", "ts": t0, "item_id": "P001"},
+              {"event_id": "x2", "user_id": "c1", "type": "search", "ts": t0 + 1000, "query": "gold gift"}]
+    msgs = [RawMessage("events", 0, n, b"k", orjson.dumps(e), t0) for n, e in enumerate(events)]
+    res = await pipe.process(msgs, Store())
+    assert res.applied == 2 and not res.dead_letters
+    (rec,) = res.recs
+    assert 0 < len(rec.items) <= 5
+
+
+@pytest.mark.parametrize(
+    ("diffs", "ok"),
+    [
+        (np.zeros(500), True),  # identical lists
+        (np.r_[np.zeros(495), np.full(5, -0.05)], True),  # mean -0.0005, interval within -0.002
+        (np.r_[np.zeros(450), np.full(50, -0.05)], False),  # mean -0.005: a real loss
+        (np.r_[np.zeros(490), np.full(5, -0.3), np.full(5, 0.3)], False),  # mean 0 but too uncertain for the tolerance
+    ],
+)
+def test_int8_decision_is_non_inferiority_on_the_interval(diffs: np.ndarray, ok: bool) -> None:
+    from exporters.job import int8_decision
+
+    check = int8_decision(diffs, 0.002, seed=1)
+    assert check["ok"] is ok and check["sample"] == len(diffs)
+    assert check["ci95"][0] <= check["mean_diff"] <= check["ci95"][1]
