@@ -9,7 +9,9 @@ Files written (names from ``schemas.ranking.MODEL_DIR_LAYOUT``):
 * ``ranker.fp16.onnx``: the optimised graph in FP16 with FP32 inputs/outputs kept, for the CUDA
   provider (the worker feeds the same float32 arrays to every variant).
 * ``ranker.int8.onnx``: dynamic int8 quantisation of the MatMuls, for CPU; shipped only when
-  its top-10 agreement with torch holds (``INT8_MIN_TOP10``).
+  its top-10 agreement with torch holds (``INT8_MIN_TOP10``) and then, in the job, its validation
+  NDCG@10 on a sample (``exporters.job.int8_decision``).
+* No ``item_encoder.onnx`` when the job passes no encoder (no catalog item has text).
 
 The parity check compares each ONNX file with the torch module on held-out inputs (not the
 ones used for tracing): max absolute difference of outputs, and for the ranker the mean overlap

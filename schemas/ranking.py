@@ -84,7 +84,9 @@ MODEL_DIR_LAYOUT = """
   LATEST                 text file: the newest published version name (replaced atomically)
   <version>/             written to <version>.tmp-*, then renamed
     manifest.json        ModelManifest (see schemas/json/model_manifest.v1.json)
-    item_encoder.onnx    text -> vector (ITEM_ENCODER_INPUTS -> ITEM_ENCODER_OUTPUT)
+    item_encoder.onnx    text -> vector (ITEM_ENCODER_INPUTS -> ITEM_ENCODER_OUTPUT); absent when
+                         no catalog item had text (manifest "item_encoder": null: new items get
+                         their category vector or id hash, a search query has no vector)
     ranker.onnx          FP32 ranker (RANKER_INPUTS -> RANKER_OUTPUT)
     ranker.fp16.onnx     optional, for the CUDA provider
     ranker.int8.onnx     optional, for CPU, only if its metrics held
