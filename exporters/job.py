@@ -438,7 +438,7 @@ def _check_int8(result, folder: Path, inter: Interactions, val, val_points, vecs
     """Ship the int8 ranker only if its validation NDCG@10 holds (workers prefer it on CPU).
 
     Paired on a seeded random sample of ``sample`` validation cases: int8 and fp32 ONNX files
-    score the same cases, and the 95 % interval of the mean per-case difference decides."""
+    score the same cases (``int8_decision`` says the rule and records the 95 % interval)."""
     rng = np.random.default_rng(seed)
     cases = np.sort(rng.choice(len(val), size=min(sample, len(val)), replace=False))
     per = {name: case_ndcg(onnx_scorer(session(folder / result.variant_files[name]), vecs, val_points), inter, val, cases)
@@ -454,22 +454,27 @@ def _check_int8(result, folder: Path, inter: Interactions, val, val_points, vecs
 
 
 def int8_decision(diffs: np.ndarray, tolerance: float, *, seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
-    """Non-inferiority of int8: ship when the lower end of the 95 % paired-bootstrap interval of
-    mean(int8 - fp32) per-case NDCG@10 is at least ``-tolerance``. The lower bound (not the mean)
-    is the rule so that "int8 loses at most ``tolerance``" holds with the stated confidence (97.5 %
-    one-sided) on a sample; the per-case differences are mostly 0 with rare +-1 rank swaps, far from
-    normal, hence the percentile bootstrap rather than a normal interval."""
+    """Per-case NDCG@10 differences int8 - fp32 on a sample -> the decision and its confidence.
+
+    Rule: ship when the mean difference is at least ``-tolerance``; the 95 % percentile-bootstrap
+    interval of that mean is recorded beside it, with ``non_inferior_95`` = its lower end is at
+    least ``-tolerance``. The lower end is not the rule: on MovieLens (500 cases) the interval's
+    half-width is ~0.0037, wider than the 0.002 tolerance, so an int8 file exactly as good as fp32
+    would be dropped most of the time. Per-case differences are mostly 0 with rare rank swaps, far
+    from normal: hence the bootstrap rather than a normal interval."""
     diffs = np.asarray(diffs, dtype=np.float64)
     if not len(diffs):
-        return {"sample": 0, "mean_diff": 0.0, "ci95": [0.0, 0.0], "metric_tolerance": tolerance, "rule": INT8_RULE, "ok": False}
+        return {"sample": 0, "mean_diff": 0.0, "ci95": [0.0, 0.0], "metric_tolerance": tolerance, "rule": INT8_RULE,
+                "non_inferior_95": False, "ok": False}
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"sample": len(diffs), "mean_diff": float(diffs.mean()), "ci95": [float(lo), float(hi)],
-            "metric_tolerance": tolerance, "rule": INT8_RULE, "ok": bool(lo >= -tolerance)}
+    mean = float(diffs.mean())
+    return {"sample": len(diffs), "mean_diff": mean, "ci95": [float(lo), float(hi)], "metric_tolerance": tolerance,
+            "rule": INT8_RULE, "non_inferior_95": bool(lo >= -tolerance), "ok": bool(mean >= -tolerance)}
 
 
-INT8_RULE = "ship if the 95% paired-bootstrap lower bound of mean NDCG@10 (int8 - fp32) >= -metric_tolerance"
+INT8_RULE = "ship if mean NDCG@10 (int8 - fp32) over the sample >= -metric_tolerance (ci95: paired bootstrap)"
 
 
 def _job_dict(cfg: JobConfig) -> dict[str, Any]:

@@ -197,17 +197,18 @@ async def test_no_text_catalog_ships_no_item_encoder_and_the_worker_serves_it(tm
 
 
 @pytest.mark.parametrize(
-    ("diffs", "ok"),
+    ("diffs", "ok", "confident"),
     [
-        (np.zeros(500), True),  # identical lists
-        (np.r_[np.zeros(495), np.full(5, -0.05)], True),  # mean -0.0005, interval within -0.002
-        (np.r_[np.zeros(450), np.full(50, -0.05)], False),  # mean -0.005: a real loss
-        (np.r_[np.zeros(490), np.full(5, -0.3), np.full(5, 0.3)], False),  # mean 0 but too uncertain for the tolerance
+        (np.zeros(500), True, True),  # identical lists
+        (np.r_[np.zeros(495), np.full(5, -0.05)], True, True),  # mean -0.0005, interval within -0.002
+        (np.r_[np.zeros(450), np.full(50, -0.05)], False, False),  # mean -0.005: a real loss
+        (np.r_[np.zeros(490), np.full(5, -0.3), np.full(5, 0.3)], True, False),  # mean 0, interval wider than the tolerance
+        (np.r_[np.zeros(490), np.full(10, -0.11)], False, False),  # mean -0.0022, just past the tolerance
     ],
 )
-def test_int8_decision_is_non_inferiority_on_the_interval(diffs: np.ndarray, ok: bool) -> None:
+def test_int8_decision_mean_rule_with_its_interval(diffs: np.ndarray, ok: bool, confident: bool) -> None:
     from exporters.job import int8_decision
 
     check = int8_decision(diffs, 0.002, seed=1)
-    assert check["ok"] is ok and check["sample"] == len(diffs)
+    assert check["ok"] is ok and check["non_inferior_95"] is confident and check["sample"] == len(diffs)
     assert check["ci95"][0] <= check["mean_diff"] <= check["ci95"][1]
