@@ -92,9 +92,10 @@ def top_rows(scores: np.ndarray, k: int, positive: bool = True) -> np.ndarray:
     return top[scores[top] > 0] if positive else top
 
 
-def assemble(scores: np.ndarray, new: np.ndarray, params: ListParams) -> list[int]:
+def assemble(scores: np.ndarray, new: np.ndarray | None, params: ListParams) -> list[int]:
     """Candidate positions of the list, best first: the ``size`` best by score, at least
-    ``min_new`` of them new to the user (``new``) where the candidates have them."""
+    ``min_new`` of them new to the user (``new``; may be None when ``min_new`` is 0) where the
+    candidates have them."""
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
     size = min(params.size, len(order))

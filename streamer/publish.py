@@ -111,7 +111,9 @@ def build_list(
 ) -> Recommendation:
     """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by score,
     at least ``min_new`` of them items the user never touched), then the search pins."""
-    new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
+    new = None  # which candidates the user never touched: only needed when slots are reserved for them
+    if min_new > 0:
+        new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
     assembled = assemble(scores, new, ListParams(size, min_new))
     order, final = order_with_search(scores, cands.query_sim, assembled, size, search_slots)
     items = []
