@@ -30,11 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+import msgspec
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.models import Event, Item
+from schemas.models import Event, Item, value_type
 from schemas.sources import Dataset, SourceStats
 
 EVENTS = "events"
@@ -47,38 +48,28 @@ _KAFKA_FIELDS = [
     pa.field("kafka_offset", pa.int64(), nullable=False),
     pa.field("kafka_timestamp", pa.int64(), nullable=False),
 ]
-EVENT_SCHEMA = pa.schema(
-    [
-        pa.field("schema_version", pa.int16(), nullable=False),
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("type", pa.string(), nullable=False),
-        pa.field("ts", pa.int64(), nullable=False),
-        pa.field("item_id", pa.string()),
-        pa.field("query", pa.string()),
-        pa.field("session_id", pa.string()),
-        pa.field("quantity", pa.int64()),
-        pa.field("price", pa.float64()),
-        pa.field("rating", pa.float64()),
-        pa.field("context", pa.string()),  # the producer's JSON object, as compact JSON text
-        *_KAFKA_FIELDS,
-    ]
-)
-ITEM_SCHEMA = pa.schema(
-    [
-        pa.field("schema_version", pa.int16(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("title", pa.string()),
-        pa.field("description", pa.string()),
-        pa.field("category", pa.string()),
-        pa.field("brand", pa.string()),
-        pa.field("price", pa.float64()),
-        pa.field("available", pa.bool_(), nullable=False),
-        pa.field("ts", pa.int64()),
-        *_KAFKA_FIELDS,
-    ]
-)
+_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(), dict: pa.string()}
+
+
+def arrow_schema(model: type[Event] | type[Item]) -> pa.Schema:
+    """The archive columns of a wire model, derived from its declaration (``schemas.models``):
+    ``schema_version`` first (int16), then the model's fields in order, a JSON object (``context``)
+    as its compact JSON text; a field is nullable when it is optional (default None); then the
+    Kafka coordinates."""
+    fields = {f.name: f for f in msgspec.structs.fields(model)}
+    columns = [pa.field("schema_version", pa.int16(), nullable=False)]
+    for name, f in fields.items():
+        if name != "schema_version":
+            columns.append(pa.field(name, _ARROW[value_type(f.type)], nullable=f.default is None))
+    return pa.schema([*columns, *_KAFKA_FIELDS])
+
+
+EVENT_SCHEMA = arrow_schema(Event)
+ITEM_SCHEMA = arrow_schema(Item)
 SCHEMAS = {EVENTS: EVENT_SCHEMA, ITEMS: ITEM_SCHEMA}
+_MODELS = {EVENTS: Event, ITEMS: Item}
+# Fields stored as JSON text (a JSON object on the wire: ``context``).
+_JSON_TEXT = {kind: {f.name for f in msgspec.structs.fields(m) if value_type(f.type) is dict} for kind, m in _MODELS.items()}
 
 _FILE = re.compile(r"(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet")
 _DATE_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
@@ -143,35 +134,14 @@ def _table(kind: str, records: list[Located]) -> pa.Table:
         "kafka_offset": [r.offset for r in records],
         "kafka_timestamp": [r.timestamp for r in records],
     }
-    if kind == EVENTS:
-        columns = {
-            "schema_version": [v.schema_version for v in values],
-            "event_id": [v.event_id for v in values],
-            "user_id": [v.user_id for v in values],
-            "type": [v.type for v in values],
-            "ts": [v.ts for v in values],
-            "item_id": [v.item_id for v in values],
-            "query": [v.query for v in values],
-            "session_id": [v.session_id for v in values],
-            "quantity": [v.quantity for v in values],
-            "price": [v.price for v in values],
-            "rating": [v.rating for v in values],
-            "context": [None if v.context is None else orjson.dumps(v.context).decode() for v in values],
-        }
-    elif kind == ITEMS:
-        columns = {
-            "schema_version": [v.schema_version for v in values],
-            "item_id": [v.item_id for v in values],
-            "title": [v.title for v in values],
-            "description": [v.description for v in values],
-            "category": [v.category for v in values],
-            "brand": [v.brand for v in values],
-            "price": [v.price for v in values],
-            "available": [v.available for v in values],
-            "ts": [v.ts for v in values],
-        }
-    else:
+    if kind not in SCHEMAS:
         raise ValueError(f"unknown archive kind {kind!r}; one of {', '.join(KINDS)}")
+    columns = {}
+    for name in _MODELS[kind].__struct_fields__:
+        column = [getattr(v, name) for v in values]
+        if name in _JSON_TEXT[kind]:
+            column = [None if c is None else orjson.dumps(c).decode() for c in column]
+        columns[name] = column
     return pa.Table.from_pydict({**columns, **kafka}, schema=SCHEMAS[kind])
 
 
@@ -385,20 +355,19 @@ def log_dataset(
     return Dataset(stats.name, kept, catalog, stats)
 
 
-_EVENT_ARGS = ("event_id", "user_id", "type", "ts", "item_id", "query", "session_id", "quantity", "price", "rating",
-               "context", "schema_version")
-_ITEM_ARGS = ("item_id", "title", "description", "category", "brand", "price", "available", "ts", "schema_version")
+_EVENT_ARGS = Event.__struct_fields__  # constructor order
+_ITEM_ARGS = Item.__struct_fields__
 _COORDINATES = ("kafka_partition", "kafka_offset", "kafka_timestamp")
 
 
 def _events(table: pa.Table) -> list[tuple[int, int, int, Event]]:
     columns = [table.column(n).to_pylist() for n in _EVENT_ARGS]
-    contexts = columns[10]
-    if any(c is not None for c in contexts):
-        loads = orjson.loads
-        columns[10] = [None if c is None else loads(c) for c in contexts]
+    for i, name in enumerate(_EVENT_ARGS):
+        if name in _JSON_TEXT[EVENTS] and any(c is not None for c in columns[i]):
+            loads = orjson.loads
+            columns[i] = [None if c is None else loads(c) for c in columns[i]]
     coordinates = [table.column(n).to_pylist() for n in _COORDINATES[:2]]
-    return list(zip(columns[3], *coordinates, map(Event, *columns)))
+    return list(zip(columns[_EVENT_ARGS.index("ts")], *coordinates, map(Event, *columns)))
 
 
 def _items(table: pa.Table) -> list[tuple[int, int, int, Item]]:

@@ -1,16 +1,19 @@
-"""Typed wire models for every topic, with fast hand-written validation.
+"""Typed wire models for every topic: ONE declaration per contract (msgspec Structs).
 
-The JSON Schema files in ``schemas/json/`` are the published contract (for other languages and
-for documentation); this module is its Python implementation. The worker decodes every event
-with it, so validation is written by hand (a few microseconds per message) instead of running a
-generic JSON Schema validator. ``tests/unit/schemas/test_schema_agreement.py`` proves that both
-accept and reject the same messages, and lists the few rules JSON Schema cannot express
-(encoded size of ``context``, the exact instant range of RFC 3339 strings, calendar validity of
-dates, unique items in a recommendation).
+Each model below is the single source of truth of its contract. msgspec decodes and checks the
+plain parts natively (strings and their lengths, numbers and their bounds, booleans, enums,
+arrays, unknown and missing fields); the rules it cannot express are ``WireType`` field types that
+carry their Python check and their JSON Schema together. ``python -m schemas.generate`` writes
+the published JSON Schema files in ``schemas/json/`` from these declarations (a unit test fails
+when the checked-in files are stale), and ``tests/unit/schemas/test_schema_agreement.py`` proves
+that the generated schemas and the decoders accept and reject the same messages, listing the few
+rules JSON Schema cannot express (encoded size of ``context``, the exact instant range of RFC 3339
+strings, calendar validity of dates, unique items in a recommendation).
 
 Rules that hold for every model:
 
-* ``decode_*`` take the raw Kafka value (bytes) and raise only :class:`ValidationError`;
+* ``decode_*`` take the raw Kafka value (bytes) and raise only :class:`ValidationError`, whose
+  ``reason`` is the dead-letter ``error_code`` (see :data:`REASONS`) and ``path`` a JSONPath;
   any unexpected exception inside a check is wrapped as ``internal_error``, so one bad message
   can never take the consume loop down.
 * Unknown fields are rejected (``unknown_field``): a typo in a producer must surface, not be
@@ -26,11 +29,14 @@ from __future__ import annotations
 import base64
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Annotated, Any, Callable, ClassVar, Literal, TypeVar, get_args, get_origin
 
+import msgspec
 import orjson
+from msgspec import Meta
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024  # events, items, recommendations, model updates
@@ -370,324 +376,364 @@ def _pattern(value: Any, path: str, regex: re.Pattern[str], what: str, max_len: 
     return text
 
 
-def _reject_unknown(d: Mapping[str, Any], allowed: frozenset[str], path: str) -> None:
-    if not allowed.issuperset(d):
-        extra = sorted(str(k) for k in d if k not in allowed)
-        raise ValidationError("unknown_field", _child(path, extra[0]), "not part of the schema")
-
-
-def _version(d: Mapping[str, Any], path: str) -> int:
-    value = d.get("schema_version", SCHEMA_VERSION)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
-        raise _wrong(_child(path, "schema_version"), "an integer", value)
-    if value != SCHEMA_VERSION:
-        raise ValidationError("unsupported_version", _child(path, "schema_version"), f"{_show(value)}, this code reads {SCHEMA_VERSION}")
-    return SCHEMA_VERSION
-
-
-def _required(d: Mapping[str, Any], key: str, path: str) -> Any:
-    try:
-        return d[key]
-    except KeyError:
-        raise ValidationError("missing_field", _child(path, key), "required") from None
-
-
-def _as_object(d: Any, path: str) -> Mapping[str, Any]:
+def _as_object(d: Any, path: str) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise ValidationError("not_object" if path == "$" else "wrong_type", path, f"expected an object, got {_kind(d)}")
     return d
 
 
-def _drop_none(pairs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in pairs.items() if v is not None}
+def _version(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise _wrong(path, "an integer", value)
+    if value != SCHEMA_VERSION:
+        raise ValidationError("unsupported_version", path, f"{_show(value)}, this code reads {SCHEMA_VERSION}")
+    return SCHEMA_VERSION
+
+
+def _manifest_format(value: Any, path: str) -> int:
+    if isinstance(value, bool) or value != 1:
+        raise ValidationError("unsupported_version", path, f"{_show(value)}, this code reads 1")
+    return 1
+
+
+def _fast_id(value: Any, path: str) -> str:
+    # Hot path: the common valid form inline, the full check (which also builds the error) otherwise.
+    if type(value) is str and 0 < len(value) <= MAX_ID_LEN:
+        return value
+    return _id(value, path)
+
+
+def _fast_ts(value: Any, path: str) -> int:
+    if type(value) is int and TS_MIN_MS <= value <= TS_MAX_MS:
+        return value
+    return _ts(value, path)
 
 
 # ---------------------------------------------------------------------------------------------
-# Models
+# Field types. msgspec checks plain strings, numbers, booleans, enums, arrays and unknown or
+# missing fields natively (constraints in ``Meta``). A wire rule it cannot express (an id that may
+# arrive as a number, a timestamp in two forms, blank text meaning absent, bounded context) is a
+# ``WireType``: ONE class holding both its check (run on decode, through msgspec's ``dec_hook``)
+# and its JSON Schema (emitted by ``python -m schemas.generate``), so the two are declared side by
+# side and ``test_schema_agreement`` proves they agree.
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class _PlainValues(type):
+    """A wire type's values are the plain Python values its check returns (a ``str`` id, an ``int``
+    timestamp), not instances of the type: msgspec checks the hook's result with isinstance."""
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return True
+
+
+class WireType(metaclass=_PlainValues):
+    """A field type msgspec delegates to Python: ``check(value, path)`` and ``json_schema()``."""
+
+    __slots__ = ()
+    check: ClassVar[Callable[[Any, str], Any]]
+    schema: ClassVar[dict[str, Any] | Callable[[], dict[str, Any]]]
+    python: ClassVar[type]  # the Python type of the values ``check`` returns
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        return cls.schema() if callable(cls.schema) else dict(cls.schema)
+
+
+def wire_type(
+    name: str, python: type, check: Callable[[Any, str], Any], schema: dict[str, Any] | Callable[[], dict[str, Any]]
+) -> Any:
+    return type(name, (WireType,), {"__slots__": (), "check": staticmethod(check), "schema": schema, "python": python})
+
+
+def value_type(annotation: Any) -> type:
+    """The Python type of a model field's values (``str`` for an ``Id``, ``int`` for a ``Ts``...)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, WireType):
+        return annotation.python
+    if get_origin(annotation) is Literal:
+        return type(get_args(annotation)[0])
+    return get_origin(annotation) or annotation
+
+
+_RFC3339_PATTERN = (
+    r"^(199[0-9]|20[0-9]{2}|2100)-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]"
+    r":[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_RFC3339_SCHEMA = {"type": "string", "maxLength": 64, "pattern": _RFC3339_PATTERN}
+_TS_INT_SCHEMA = {
+    "description": "Integer epoch milliseconds, 1990-01-01 .. 2100-01-01 UTC.",
+    "type": "integer",
+    "minimum": TS_MIN_MS,
+    "maximum": TS_MAX_MS,
+}
+
+
+def _regex_schema(regex: re.Pattern[str]) -> str:
+    return "^" + regex.pattern.replace("(?:", "(") + "$"
+
+
+def _context_schema() -> dict[str, Any]:
+    scalar = {"type": ["string", "number", "boolean", "null"]}
+    level: dict[str, Any] = {"type": ["object", "array"], "additionalProperties": scalar, "items": scalar}
+    for _ in range(MAX_CONTEXT_DEPTH - 2):
+        inner = {"anyOf": [scalar, level]}
+        level = {"type": ["object", "array"], "additionalProperties": inner, "items": inner}
+    return {
+        "description": f"Producer's free-form context: at most {MAX_CONTEXT_KEYS} keys, nested at most "
+        f"{MAX_CONTEXT_DEPTH} levels (this object is level 1), at most {MAX_CONTEXT_BYTES} bytes encoded "
+        "(not expressible in JSON Schema; enforced by readers).",
+        "type": "object",
+        "maxProperties": MAX_CONTEXT_KEYS,
+        "additionalProperties": {"anyOf": [scalar, level]},
+    }
+
+
+def _int_type(name: str, lo: int, hi: int) -> Any:
+    return wire_type(name, int, lambda v, p: _int(v, p, lo, hi), {"type": "integer", "minimum": lo, "maximum": hi})
+
+
+def _text_type(name: str, max_len: int, description: str = "") -> Any:
+    schema = {"type": "string", "maxLength": max_len}
+    return wire_type(name, str, lambda v, p: _text(v, p, max_len), {"description": description, **schema} if description else schema)
+
+
+def _pattern_type(name: str, regex: re.Pattern[str], what: str, max_len: int) -> Any:
+    # Short patterns bound their own length; long ones (base64) state it.
+    schema = {"type": "string", "pattern": _regex_schema(regex), **({"maxLength": max_len} if max_len > 128 else {})}
+    return wire_type(name, str, lambda v, p: _pattern(v, p, regex, what, max_len), schema)
+
+
+SchemaVersion = wire_type(
+    "SchemaVersion", int, _version, {"description": "Contract version; readers of v1 accept only 1. Absent means 1.", "const": SCHEMA_VERSION}
+)
+Id = wire_type(
+    "Id",
+    str,
+    _fast_id,
+    {
+        "description": "A string of 1..128 characters, or an integral JSON number (17850 or 17850.0) that readers "
+        'normalise to its digits ("17850").',
+        "anyOf": [
+            {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN},
+            {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
+        ],
+    },
+)
+Ts = wire_type(
+    "Ts",
+    int,
+    _fast_ts,
+    {
+        "description": "Event time: epoch milliseconds (integer or number) or an RFC 3339 date-time with offset; "
+        "1990-01-01 .. 2100-01-01 UTC. Readers normalise it to integer epoch ms.",
+        "anyOf": [{"type": "number", "minimum": TS_MIN_MS, "maximum": TS_MAX_MS}, _RFC3339_SCHEMA],
+    },
+)
+TsInt = wire_type("TsInt", int, _ts_int, _TS_INT_SCHEMA)
+Rfc3339 = wire_type(
+    "Rfc3339", str, _rfc3339_str, {"description": "RFC 3339 date-time with offset, 1990-01-01 .. 2100-01-01 UTC.", **_RFC3339_SCHEMA}
+)
+Context = wire_type("Context", dict, _context, _context_schema)
+Quantity = _int_type("Quantity", -MAX_QUANTITY, MAX_QUANTITY)
+Finite = wire_type("Finite", float, _finite, {"type": "number"})
+Base64 = _pattern_type("Base64", _B64, "base64", 2**24)
+Sha256 = _pattern_type("Sha256", _SHA256, "64 lowercase hex digits", 64)
+SafeName = _pattern_type("SafeName", _SAFE_NAME, "a safe version name", 128)
+Title = _text_type("Title", MAX_TITLE_LEN)
+Category = _text_type("Category", MAX_CATEGORY_LEN)
+
+
+def _str_meta(min_len: int, max_len: int, description: str = "") -> Any:
+    kw: dict[str, Any] = {"max_length": max_len}
+    if min_len:
+        kw["min_length"] = min_len
+    if description:
+        kw["description"] = description
+    return Meta(**kw)
+
+
+def Str(max_len: int, min_len: int = 1, description: str = "") -> Any:  # noqa: N802 - reads as a type
+    """A plain string field checked natively by msgspec."""
+    return Annotated[str, _str_meta(min_len, max_len, description)]
+
+
+def Doc(tp: Any, description: str) -> Any:  # noqa: N802 - reads as a type
+    return Annotated[tp, Meta(description=description)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: the single declaration of every wire contract.
+
+
+class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Base of the wire models: frozen, slotted, unknown fields refused.
+
+    A field typed ``X = None`` is optional: absent means None, and JSON ``null`` is refused
+    (msgspec checks the value against ``X``, which never admits null).
+    """
+
+    # Extra JSON Schema of the whole message (title/description/cross-field rules), see schemas.generate.
+    __schema__: ClassVar[dict[str, Any]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "schema_version" in self.__struct_fields__:
+            out["schema_version"] = self.schema_version  # type: ignore[attr-defined]
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if value is not None and name != "schema_version":
+                out[name] = value
+        return out
+
+    def replace(self: T, **changes: Any) -> T:
+        """A copy with ``changes`` (trusted, like direct construction)."""
+        return msgspec.structs.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls: type[T], d: Any, path: str = "$") -> T:
+        """Validate an already parsed message (a dict from JSON); raises only ValidationError."""
+        return _convert(d, cls, path)
+
+    def _rules(self, path: str) -> None:
+        """Cross-field rules msgspec cannot express (run by decode_* and from_dict)."""
+
+
+def _when_type(types: list[str] | str, required: str, negate: bool = False) -> dict[str, Any]:
+    cond: dict[str, Any] = {"enum": types} if isinstance(types, list) else {"const": types}
+    return {"if": {"required": ["type"], "properties": {"type": {"not": cond} if negate else cond}},
+            "then": {"required": [required]}}
+
+
+class Event(_Wire):
     """One user event from the ``events`` topic (key: ``user_id``).
 
     ``ts`` is always epoch milliseconds here, whatever form the producer sent. ``context`` is
     the producer's own small JSON object; treat it as read-only.
     """
 
-    event_id: str
-    user_id: str
-    type: str
-    ts: int
-    item_id: str | None = None
-    query: str | None = None
-    session_id: str | None = None
-    quantity: int | None = None
-    price: float | None = None
-    rating: float | None = None
-    context: dict[str, Any] | None = None
-    schema_version: int = SCHEMA_VERSION
+    event_id: Str(MAX_ID_LEN, description="Unique id of the event; consumers de-duplicate on it.")
+    user_id: Id
+    type: Doc(Literal[EVENT_TYPES], "erase_user asks the worker to forget the user (no item).")  # type: ignore[valid-type]
+    ts: Ts
+    item_id: Doc(Id, "Required for every type except search and erase_user.") = None
+    query: Str(MAX_QUERY_LEN, description="Search text; required for type search.") = None
+    session_id: Doc(_text_type("SessionId", MAX_ID_LEN), "Blank means absent.") = None
+    quantity: Doc(Quantity, "Units; a cancel carries the cancelled quantity as a positive number.") = None
+    price: Annotated[float, Meta(ge=0, le=MAX_PRICE, description="Unit price.")] = None
+    rating: Annotated[float, Meta(ge=0, le=MAX_RATING, description="Explicit rating; required for type rating.")] = None
+    context: Context = None
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "schema_version": self.schema_version,
-                "event_id": self.event_id,
-                "user_id": self.user_id,
-                "type": self.type,
-                "item_id": self.item_id,
-                "query": self.query,
-                "ts": self.ts,
-                "session_id": self.session_id,
-                "quantity": self.quantity,
-                "price": self.price,
-                "rating": self.rating,
-                "context": self.context,
-            }
-        )
+    __schema__ = {
+        "description": "One user event on the `events` topic (Kafka key: user_id). Encoded as compact UTF-8 JSON, "
+        f"at most {MAX_MESSAGE_BYTES} bytes. Unknown fields are rejected; null is never a valid value (leave an "
+        "optional field out instead).",
+        "properties": {"type": {"enum": list(EVENT_TYPES)}},  # in EVENT_TYPES order (msgspec sorts a Literal)
+        "allOf": [
+            _when_type(sorted(ITEMLESS_EVENT_TYPES, key=EVENT_TYPES.index), "item_id", negate=True),
+            _when_type("search", "query"),
+            _when_type("rating", "rating"),
+        ],
+    }
 
-    @classmethod
-    def from_dict(cls, d: Any, path: str = "$") -> "Event":
-        # Hot path of the worker: each field first gets an inline check for its common, valid
-        # form (a plain str, an int in range) and falls back to the full check, which also
-        # builds the error, only otherwise. Both give the same result for every input.
-        if type(d) is not dict:
-            d = _as_object(d, path)
-        if not _EVENT_FIELDS.issuperset(d):
-            _reject_unknown(d, _EVENT_FIELDS, path)
-        version = _version(d, path) if "schema_version" in d else SCHEMA_VERSION
-        event_id = _required(d, "event_id", path)
-        if not (type(event_id) is str and 0 < len(event_id) <= MAX_ID_LEN):
-            event_id = _str(event_id, f"{path}.event_id", MAX_ID_LEN)
-        user_id = _required(d, "user_id", path)
-        if not (type(user_id) is str and 0 < len(user_id) <= MAX_ID_LEN):
-            user_id = _id(user_id, f"{path}.user_id")
-        etype = _required(d, "type", path)
-        if not isinstance(etype, str):
-            raise _wrong(f"{path}.type", "a string", etype)
-        if etype not in _EVENT_TYPE_SET:
-            raise ValidationError("unknown_type", f"{path}.type", f"{_show(etype)} is not one of {', '.join(EVENT_TYPES)}")
-        item_id = d.get("item_id")
-        if type(item_id) is str and 0 < len(item_id) <= MAX_ID_LEN:
-            pass
-        elif "item_id" in d:
-            item_id = _id(item_id, f"{path}.item_id")
-        elif etype not in ITEMLESS_EVENT_TYPES:
+    def _rules(self, path: str) -> None:
+        etype = self.type
+        if self.item_id is None and etype not in ITEMLESS_EVENT_TYPES:
             raise ValidationError("missing_field", f"{path}.item_id", f"required for type {etype}")
-        if "query" in d:
-            query = _str(d["query"], f"{path}.query", MAX_QUERY_LEN)
-        elif etype == "search":
+        if self.query is None and etype == "search":
             raise ValidationError("missing_field", f"{path}.query", "required for type search")
-        else:
-            query = None
-        ts = _required(d, "ts", path)
-        if not (type(ts) is int and TS_MIN_MS <= ts <= TS_MAX_MS):
-            ts = _ts(ts, f"{path}.ts")
-        session_id = quantity = price = rating = context = None
-        if "session_id" in d:
-            session_id = _text(d["session_id"], f"{path}.session_id", MAX_ID_LEN)
-        if "quantity" in d:
-            quantity = d["quantity"]
-            if not (type(quantity) is int and -MAX_QUANTITY <= quantity <= MAX_QUANTITY):
-                quantity = _int(quantity, f"{path}.quantity", -MAX_QUANTITY, MAX_QUANTITY)
-        if "price" in d:
-            price = d["price"]
-            if not (type(price) is float and 0.0 <= price <= MAX_PRICE):
-                price = _number(price, f"{path}.price", 0, MAX_PRICE)
-        if "rating" in d:
-            rating = _number(d["rating"], f"{path}.rating", 0, MAX_RATING)
-        if "context" in d:
-            context = _context(d["context"], f"{path}.context")
-        if rating is None and etype == "rating":
+        if self.rating is None and etype == "rating":
             raise ValidationError("missing_field", f"{path}.rating", "required for type rating")
-        return cls(event_id, user_id, etype, ts, item_id, query, session_id, quantity, price, rating, context, version)
 
 
-_EVENT_FIELDS = frozenset(
-    ("schema_version", "event_id", "user_id", "type", "item_id", "query", "ts", "session_id", "quantity", "price",
-     "rating", "context")
-)
-_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(_Wire):
     """A catalog entry from the ``items`` topic (key: ``item_id``). It may have no text at all."""
 
-    item_id: str
-    title: str | None = None
-    description: str | None = None
-    category: str | None = None
-    brand: str | None = None
-    price: float | None = None
-    available: bool = True
-    ts: int | None = None
-    schema_version: int = SCHEMA_VERSION
+    item_id: Id
+    title: Title = None
+    description: _text_type("Description", MAX_DESCRIPTION_LEN) = None
+    category: Category = None
+    brand: Category = None
+    price: Annotated[float, Meta(ge=0, le=MAX_PRICE)] = None
+    available: Doc(bool, "False hides the item from recommendations. Absent means true.") = True
+    ts: Ts = None
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "schema_version": self.schema_version,
-                "item_id": self.item_id,
-                "title": self.title,
-                "description": self.description,
-                "category": self.category,
-                "brand": self.brand,
-                "price": self.price,
-                "available": self.available,
-                "ts": self.ts,
-            }
-        )
-
-    @classmethod
-    def from_dict(cls, d: Any, path: str = "$") -> "Item":
-        d = _as_object(d, path)
-        _reject_unknown(d, _ITEM_FIELDS, path)
-        version = _version(d, path)
-        item_id = _id(_required(d, "item_id", path), f"{path}.item_id")
-        title = description = category = brand = price = ts = None
-        if "title" in d:
-            title = _text(d["title"], f"{path}.title", MAX_TITLE_LEN)
-        if "description" in d:
-            description = _text(d["description"], f"{path}.description", MAX_DESCRIPTION_LEN)
-        if "category" in d:
-            category = _text(d["category"], f"{path}.category", MAX_CATEGORY_LEN)
-        if "brand" in d:
-            brand = _text(d["brand"], f"{path}.brand", MAX_CATEGORY_LEN)
-        if "price" in d:
-            price = _number(d["price"], f"{path}.price", 0, MAX_PRICE)
-        available = _bool(d["available"], f"{path}.available") if "available" in d else True
-        if "ts" in d:
-            ts = _ts(d["ts"], f"{path}.ts")
-        return cls(item_id, title, description, category, brand, price, available, ts, version)
+    __schema__ = {
+        "description": "A catalog entry on the `items` topic (Kafka key: item_id). An item may have no text at all; "
+        "blank (empty or whitespace-only) text fields mean absent.",
+    }
 
 
-_ITEM_FIELDS = frozenset(
-    ("schema_version", "item_id", "title", "description", "category", "brand", "price", "available", "ts")
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RecItem:
+class RecItem(_Wire):
     """One recommended item: its score and a short human reason (``"bought with X"``)."""
 
-    item_id: str
-    score: float
-    reason: str
-    title: str | None = None
-    source: str | None = None  # candidate source: history, covis, ann, trending, search, ...
-
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(
-            {"item_id": self.item_id, "score": self.score, "reason": self.reason, "title": self.title, "source": self.source}
-        )
-
-    @classmethod
-    def from_dict(cls, d: Any, path: str = "$") -> "RecItem":
-        d = _as_object(d, path)
-        _reject_unknown(d, _REC_ITEM_FIELDS, path)
-        item_id = _id(_required(d, "item_id", path), f"{path}.item_id")
-        score = _finite(_required(d, "score", path), f"{path}.score")
-        reason = _str(_required(d, "reason", path), f"{path}.reason", MAX_REASON_LEN, 0)
-        title = _str(d["title"], f"{path}.title", MAX_TITLE_LEN, 0) if "title" in d else None
-        source = _str(d["source"], f"{path}.source", 64) if "source" in d else None
-        return cls(item_id, score, reason, title, source)
+    item_id: Id
+    score: Doc(Finite, "Ranker score; higher is better; only comparable within one list.")
+    reason: Str(MAX_REASON_LEN, 0, "Short human explanation, e.g. 'bought with WHITE METAL LANTERN'.")
+    title: Str(MAX_TITLE_LEN, 0) = None
+    source: Str(64, description="Candidate source: history, covis, ann, trending, search, ...") = None
 
 
-_REC_ITEM_FIELDS = frozenset(("item_id", "score", "reason", "title", "source"))
-
-
-@dataclass(frozen=True, slots=True)
-class Recommendation:
+class Recommendation(_Wire):
     """A user's fresh list on the ``recommendations`` topic (key: ``user_id``) and in Redis."""
 
-    user_id: str
-    items: tuple[RecItem, ...]
-    model_version: str
-    variant: str
-    event_id: str
-    event_ts: int
-    published_ts: int
-    schema_version: int = SCHEMA_VERSION
+    user_id: Id
+    items: Annotated[tuple[RecItem, ...], Meta(max_length=MAX_REC_ITEMS)]
+    model_version: Str(MAX_ID_LEN)
+    variant: Str(64, description="Ranking variant that produced the list (A/B arm, precision, fallback).")
+    event_id: Str(MAX_ID_LEN, description="The event that triggered this list.")
+    event_ts: Doc(TsInt, "Time of the triggering event.")
+    published_ts: Doc(TsInt, "When the worker published the list; published_ts - event_ts is the end-to-end latency.")
+    schema_version: SchemaVersion = SCHEMA_VERSION
+
+    __schema__ = {
+        "description": "A user's fresh list on the `recommendations` topic (Kafka key: user_id); the same document "
+        "is stored in Redis. Items are ordered best first and unique by item_id (uniqueness is enforced by readers).",
+    }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "user_id": self.user_id,
-            "items": [item.to_dict() for item in self.items],
-            "model_version": self.model_version,
-            "variant": self.variant,
-            "event_id": self.event_id,
-            "event_ts": self.event_ts,
-            "published_ts": self.published_ts,
-        }
+        out = _Wire.to_dict(self)
+        out["items"] = [item.to_dict() for item in self.items]
+        return out
 
-    @classmethod
-    def from_dict(cls, d: Any, path: str = "$") -> "Recommendation":
-        d = _as_object(d, path)
-        _reject_unknown(d, _RECOMMENDATION_FIELDS, path)
-        version = _version(d, path)
-        user_id = _id(_required(d, "user_id", path), f"{path}.user_id")
-        raw_items = _required(d, "items", path)
-        if not isinstance(raw_items, list):
-            raise _wrong(f"{path}.items", "an array", raw_items)
-        if len(raw_items) > MAX_REC_ITEMS:
-            raise ValidationError("too_many", f"{path}.items", f"{len(raw_items)} items, at most {MAX_REC_ITEMS}")
-        items = tuple(RecItem.from_dict(x, f"{path}.items[{i}]") for i, x in enumerate(raw_items))
+    def _rules(self, path: str) -> None:
+        items = self.items
         if len({x.item_id for x in items}) != len(items):
             seen: set[str] = set()
             for i, x in enumerate(items):
                 if x.item_id in seen:
                     raise ValidationError("duplicate", f"{path}.items[{i}].item_id", f"{_show(x.item_id)} is listed twice")
                 seen.add(x.item_id)
-        model_version = _str(_required(d, "model_version", path), f"{path}.model_version", MAX_ID_LEN)
-        variant = _str(_required(d, "variant", path), f"{path}.variant", 64)
-        event_id = _str(_required(d, "event_id", path), f"{path}.event_id", MAX_ID_LEN)
-        event_ts = _ts_int(_required(d, "event_ts", path), f"{path}.event_ts")
-        published_ts = _ts_int(_required(d, "published_ts", path), f"{path}.published_ts")
-        return cls(user_id, items, model_version, variant, event_id, event_ts, published_ts, version)
 
 
-_RECOMMENDATION_FIELDS = frozenset(
-    ("schema_version", "user_id", "items", "model_version", "variant", "event_id", "event_ts", "published_ts")
-)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(_Wire):
     """A message the worker could not process, on ``events.dlq``: the original bytes and why.
 
     Build one with :meth:`for_message`; ``value_utf8`` makes small text messages readable in a
     console consumer without decoding base64.
     """
 
-    reason: str
-    error_code: str
-    source_topic: str
-    partition: int
-    offset: int
-    value_b64: str
-    ts: int
-    key_b64: str | None = None
-    value_utf8: str | None = None
-    worker: str | None = None
-    schema_version: int = SCHEMA_VERSION
+    reason: Str(2048, description="Human reason, e.g. '$.ts: out_of_range: 1e+18 is after 2100-01-01'.")
+    error_code: Str(64, description="Machine code: a validation reason (missing_field, wrong_type, ...) or processing_error.")
+    source_topic: Str(249)
+    partition: _int_type("Partition", 0, 2**31 - 1)
+    offset: _int_type("Offset", 0, 2**63 - 1)
+    value_b64: Doc(Base64, "Original value, standard base64 (empty for a tombstone).")
+    ts: Doc(TsInt, "When the message was dead-lettered.")
+    key_b64: Doc(Base64, "Original key, standard base64; absent when the message had no key.") = None
+    value_utf8: Str(
+        MAX_DEAD_LETTER_TEXT_BYTES, 0,
+        f"Original value as text, present when it is valid UTF-8 and at most {MAX_DEAD_LETTER_TEXT_BYTES} bytes.",
+    ) = None
+    worker: Str(MAX_ID_LEN, description="Id of the worker that gave up on it.") = None
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "schema_version": self.schema_version,
-                "reason": self.reason,
-                "error_code": self.error_code,
-                "source_topic": self.source_topic,
-                "partition": self.partition,
-                "offset": self.offset,
-                "key_b64": self.key_b64,
-                "value_b64": self.value_b64,
-                "value_utf8": self.value_utf8,
-                "ts": self.ts,
-                "worker": self.worker,
-            }
-        )
+    __schema__ = {
+        "description": "A message that could not be processed, on `events.dlq`: the original bytes, where they came "
+        "from and a precise reason. Nothing is dropped silently.",
+    }
 
     def value(self) -> bytes:
         """The original message value."""
@@ -737,74 +783,125 @@ class DeadLetter:
             worker=worker,
         )
 
-    @classmethod
-    def from_dict(cls, d: Any, path: str = "$") -> "DeadLetter":
-        d = _as_object(d, path)
-        _reject_unknown(d, _DEAD_LETTER_FIELDS, path)
-        version = _version(d, path)
-        reason = _str(_required(d, "reason", path), f"{path}.reason", 2048)
-        error_code = _str(_required(d, "error_code", path), f"{path}.error_code", 64)
-        source_topic = _str(_required(d, "source_topic", path), f"{path}.source_topic", 249)
-        partition = _int(_required(d, "partition", path), f"{path}.partition", 0, 2**31 - 1)
-        offset = _int(_required(d, "offset", path), f"{path}.offset", 0, 2**63 - 1)
-        key_b64 = _pattern(d["key_b64"], f"{path}.key_b64", _B64, "base64", 2**24) if "key_b64" in d else None
-        value_b64 = _pattern(_required(d, "value_b64", path), f"{path}.value_b64", _B64, "base64", 2**24)
-        value_utf8 = (
-            _str(d["value_utf8"], f"{path}.value_utf8", MAX_DEAD_LETTER_TEXT_BYTES, 0) if "value_utf8" in d else None
-        )
-        ts = _ts_int(_required(d, "ts", path), f"{path}.ts")
-        worker = _str(d["worker"], f"{path}.worker", MAX_ID_LEN) if "worker" in d else None
-        return cls(reason, error_code, source_topic, partition, offset, value_b64, ts, key_b64, value_utf8, worker, version)
 
-
-_DEAD_LETTER_FIELDS = frozenset(
-    ("schema_version", "reason", "error_code", "source_topic", "partition", "offset", "key_b64", "value_b64",
-     "value_utf8", "ts", "worker")
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelUpdate:
+class ModelUpdate(_Wire):
     """A new model version is ready (``model-updates`` topic). ``version`` is a safe folder name."""
 
-    version: str
-    location: str
-    manifest_sha256: str
-    created_at: str
-    metrics: dict[str, Any]
-    note: str | None = None
-    schema_version: int = SCHEMA_VERSION
+    version: Doc(SafeName, "Version name, also the folder name: no path separators.")
+    location: Str(4096, description="Path or URI of the version folder.")
+    manifest_sha256: Doc(Sha256, "sha256 (lowercase hex) of the version's manifest.json bytes.")
+    created_at: Rfc3339
+    metrics: Annotated[
+        dict[str, Any], Meta(description="Offline metrics of this version (and of production/baselines, for comparison).")
+    ]
+    note: Str(1024, 0) = None
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "schema_version": self.schema_version,
-                "version": self.version,
-                "location": self.location,
-                "manifest_sha256": self.manifest_sha256,
-                "created_at": self.created_at,
-                "metrics": self.metrics,
-                "note": self.note,
-            }
-        )
-
-    @classmethod
-    def from_dict(cls, d: Any, path: str = "$") -> "ModelUpdate":
-        d = _as_object(d, path)
-        _reject_unknown(d, _MODEL_UPDATE_FIELDS, path)
-        version_ = _version(d, path)
-        version = _pattern(_required(d, "version", path), f"{path}.version", _SAFE_NAME, "a safe version name", 128)
-        location = _str(_required(d, "location", path), f"{path}.location", 4096)
-        sha = _pattern(_required(d, "manifest_sha256", path), f"{path}.manifest_sha256", _SHA256, "64 lowercase hex digits", 64)
-        created_at = _rfc3339_str(_required(d, "created_at", path), f"{path}.created_at")
-        metrics = _object(_required(d, "metrics", path), f"{path}.metrics")
-        note = _str(d["note"], f"{path}.note", 1024, 0) if "note" in d else None
-        return cls(version, location, sha, created_at, metrics, note, version_)
+    __schema__ = {
+        "description": "A new model version is published (`model-updates` topic). Workers verify the manifest "
+        "checksum and run a smoke inference before switching.",
+    }
 
 
-_MODEL_UPDATE_FIELDS = frozenset(
-    ("schema_version", "version", "location", "manifest_sha256", "created_at", "metrics", "note")
-)
+# --- the model directory's manifest.json (a file, not a message: extra top-level keys are allowed)
+
+_VARIANT = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)
+
+
+class ManifestFile(_Wire):
+    sha256: Sha256
+    bytes: _int_type("FileBytes", 0, 2**53)
+
+
+def _files(value: Any, path: str) -> dict[str, Any]:
+    files = _object(value, path)
+    if not files:
+        raise ValidationError("empty", path, "must list the version's files")
+    for name, entry in files.items():
+        where = _child(path, name)
+        if not _SAFE_NAME.fullmatch(name):
+            raise ValidationError("bad_format", where, f"{_show(name)} is not a safe file name")
+        _convert(entry, ManifestFile, where)
+    return files
+
+
+def _files_schema() -> dict[str, Any]:
+    from schemas.generate import struct_schema  # generation only
+
+    return {
+        "description": "Every file of the version except manifest.json, with its checksum.",
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": {"pattern": _regex_schema(_SAFE_NAME)},
+        "additionalProperties": struct_schema(ManifestFile),
+    }
+
+
+def _type_ids(value: Any, path: str) -> dict[str, Any]:
+    for name, type_id in _object(value, path).items():
+        _int(type_id, _child(path, name), 1, 1024)
+    return value
+
+
+def _variants(value: Any, path: str) -> list[str]:
+    if not isinstance(value, list):
+        raise _wrong(path, "an array", value)
+    if not value:
+        raise ValidationError("empty", path, "must list at least one variant")
+    for i, name in enumerate(value):
+        _pattern(name, f"{path}[{i}]", _VARIANT, "a variant name like fp16", 32)
+        if name in value[:i]:
+            raise ValidationError("duplicate", f"{path}[{i}]", f"{_show(name)} is listed twice")
+    return value
+
+
+def _dataset(value: Any, path: str) -> Any:
+    if not isinstance(value, (str, dict)):
+        raise _wrong(path, "a string or an object", value)
+    return value
+
+
+class TrainingWindow(msgspec.Struct, frozen=True):
+    start: Ts
+    end: Ts
+
+
+class ModelManifest(msgspec.Struct, frozen=True):
+    """The model directory's ``manifest.json``; see :func:`validate_manifest`."""
+
+    format: Doc(wire_type("ManifestFormat", int, _manifest_format, {"const": 1}), "Model directory format (schemas.ranking.MODEL_FORMAT).")
+    version: SafeName
+    created_at: Rfc3339
+    base_model: Str(256, description="Pretrained weights the model starts from.")
+    dim: _int_type("Dim", 1, 65536)
+    max_seq_len: _int_type("MaxSeqLen", 1, 65536)
+    max_text_len: _int_type("MaxTextLen", 1, 65536)
+    features: Annotated[
+        list[Str(64)], Meta(min_length=1, description="Per-candidate feature names in ranker input order (schemas.ranking.FEATURE_NAMES).")
+    ]
+    event_type_ids: Doc(
+        wire_type("EventTypeIds", dict, _type_ids, {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 1024}}),
+        "Event type -> id of the ranker's type embedding (0 is padding).",
+    )
+    files: wire_type("Files", dict, _files, _files_schema)
+    ranker_variants: Doc(
+        wire_type(
+            "RankerVariants",
+            list,
+            _variants,
+            {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "string", "pattern": _regex_schema(_VARIANT)}},
+        ),
+        'Ranker precisions exported, e.g. ["fp32", "fp16", "int8"].',
+    )
+    training_window: Doc(TrainingWindow, "Event-time range of the training data.") = None
+    metrics: dict[str, Any] = None
+    parity: Annotated[dict[str, Any], Meta(description="ONNX vs PyTorch comparison (max abs difference, tolerance, ...).")] = None
+    dataset: wire_type("Dataset", object, _dataset, {"type": ["string", "object"]}) = None
+
+    __schema__: ClassVar[dict[str, Any]] = {
+        "description": "manifest.json of a model version folder (see schemas.ranking.MODEL_DIR_LAYOUT). Extra top-level "
+        "keys are allowed: the job may add information that older workers ignore.",
+    }
 
 
 def validate_manifest(d: Any) -> None:
@@ -813,75 +910,120 @@ def validate_manifest(d: Any) -> None:
     Unlike the wire messages, extra top-level keys are allowed: the manifest is a file that the
     job may enrich without breaking workers that do not read the new keys.
     """
-    path = "$"
+    _convert(d, ModelManifest, "$")
+
+
+# ---------------------------------------------------------------------------------------------
+# msgspec errors -> ValidationError (reason code + JSONPath)
+
+
+class _Fail(ValueError):
+    """Carries a check's ValidationError (with a path relative to the field) through msgspec."""
+
+    def __init__(self, error: ValidationError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def _dec_hook(tp: Any, value: Any) -> Any:
     try:
-        d = _as_object(d, path)
-        fmt = _required(d, "format", path)
-        if isinstance(fmt, bool) or fmt != 1:
-            raise ValidationError("unsupported_version", "$.format", f"{_show(fmt)}, this code reads 1")
-        _pattern(_required(d, "version", path), "$.version", _SAFE_NAME, "a safe version name", 128)
-        _rfc3339_str(_required(d, "created_at", path), "$.created_at")
-        _str(_required(d, "base_model", path), "$.base_model", 256)
-        for key in ("dim", "max_seq_len", "max_text_len"):
-            _int(_required(d, key, path), f"$.{key}", 1, 65536)
-        features = _required(d, "features", path)
-        if not isinstance(features, list):
-            raise _wrong("$.features", "an array", features)
-        if not features:
-            raise ValidationError("empty", "$.features", "must list the ranker's features")
-        for i, name in enumerate(features):
-            _str(name, f"$.features[{i}]", 64)
-        type_ids = _object(_required(d, "event_type_ids", path), "$.event_type_ids")
-        for name, value in type_ids.items():
-            _int(value, _child("$.event_type_ids", name), 1, 1024)
-        files = _object(_required(d, "files", path), "$.files")
-        if not files:
-            raise ValidationError("empty", "$.files", "must list the version's files")
-        for name, entry in files.items():
-            where = _child("$.files", name)
-            if not _SAFE_NAME.fullmatch(name):
-                raise ValidationError("bad_format", where, f"{_show(name)} is not a safe file name")
-            entry = _as_object(entry, where)
-            _reject_unknown(entry, _FILE_FIELDS, where)
-            _pattern(_required(entry, "sha256", where), f"{where}.sha256", _SHA256, "64 lowercase hex digits", 64)
-            _int(_required(entry, "bytes", where), f"{where}.bytes", 0, 2**53)
-        variants = _required(d, "ranker_variants", path)
-        if not isinstance(variants, list):
-            raise _wrong("$.ranker_variants", "an array", variants)
-        if not variants:
-            raise ValidationError("empty", "$.ranker_variants", "must list at least one variant")
-        for i, name in enumerate(variants):
-            _pattern(name, f"$.ranker_variants[{i}]", _VARIANT, "a variant name like fp16", 32)
-            if name in variants[:i]:
-                raise ValidationError("duplicate", f"$.ranker_variants[{i}]", f"{_show(name)} is listed twice")
-        if "training_window" in d:
-            window = _object(d["training_window"], "$.training_window")
-            _ts(_required(window, "start", "$.training_window"), "$.training_window.start")
-            _ts(_required(window, "end", "$.training_window"), "$.training_window.end")
-        for key in ("metrics", "parity"):
-            if key in d:
-                _object(d[key], f"$.{key}")
-        if "dataset" in d and not isinstance(d["dataset"], (str, dict)):
-            raise _wrong("$.dataset", "a string or an object", d["dataset"])
+        check = tp.check
+    except AttributeError:
+        raise NotImplementedError(f"no wire check for {tp!r}") from None
+    try:
+        return check(value, "")
+    except ValidationError as err:
+        raise _Fail(err) from None
+
+
+_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean", "null": "null",
+          "array": "an array", "object": "an object"}
+_AT = " - at `"
+_MSGSPEC_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], ValidationError]]] = [
+    (re.compile(r"Object contains unknown field `(.*)`", re.S),
+     lambda m, p: ValidationError("unknown_field", _child(p, m[1]), "not part of the schema")),
+    (re.compile(r"Object missing required field `(.*)`", re.S),
+     lambda m, p: ValidationError("missing_field", _child(p, m[1]), "required")),
+    (re.compile(r"Expected `(\w+)`, got `(\w+)`"),
+     lambda m, p: ValidationError("not_object" if p == "$" and m[1] == "object" else "wrong_type", p,
+                                  f"expected {_WORDS.get(m[1], m[1])}, got {_WORDS.get(m[2], m[2])}")),
+    (re.compile(r"Expected `(?:str|array)` of length >= 1"), lambda m, p: ValidationError("empty", p, "must not be empty")),
+    (re.compile(r"Expected `str` of length <= (\d+)"),
+     lambda m, p: ValidationError("too_long", p, f"more than {m[1]} characters")),
+    (re.compile(r"Expected `(?:array|object)` of length <= (\d+)"),
+     lambda m, p: ValidationError("too_many", p, f"more than {m[1]} entries")),
+    (re.compile(r"Expected `(?:int|float)` ([<>]=?) (\S+)"),
+     lambda m, p: ValidationError("out_of_range", p, f"must be {m[1]} {m[2]}")),
+    (re.compile(r"Invalid enum value (.*)", re.S),
+     lambda m, p: ValidationError("unknown_type", p, f"{m[1]} is not one of {', '.join(EVENT_TYPES)}")),
+]
+
+
+def _translate(exc: msgspec.ValidationError, prefix: str) -> ValidationError:
+    """The ValidationError of a msgspec error: its reason code and the JSONPath under ``prefix``."""
+    cause = exc.__cause__
+    message = str(exc)
+    path = "$"
+    cut = message.rfind(_AT)
+    if cut >= 0 and message.endswith("`"):
+        message, path = message[:cut], message[cut + len(_AT) : -1]
+    if path.startswith("key` in `"):  # a non-string key of a Python dict (from_dict only)
+        return ValidationError("wrong_type", prefix + path[len("key` in `") + 1 :], "a key is not a string")
+    path = prefix + path[1:]
+    if isinstance(cause, _Fail):
+        err = cause.error
+        return ValidationError(err.reason, path + err.path, err.detail)
+    if cause is not None:  # a check raised ValueError/TypeError itself: a bug, wrapped
+        return ValidationError("internal_error", prefix, f"{type(cause).__name__}: {cause}")
+    for pattern, build in _MSGSPEC_RULES:
+        m = pattern.fullmatch(message)
+        if m:
+            return build(m, path)
+    return ValidationError("wrong_type", path, message)
+
+
+def _internal(exc: BaseException, path: str) -> ValidationError:
+    return ValidationError("internal_error", path, f"{type(exc).__name__}: {exc}")
+
+
+def _convert(d: Any, cls: type[T], path: str) -> T:
+    """Validate a parsed value as ``cls``; raises only ValidationError."""
+    try:
+        obj = msgspec.convert(d, cls, dec_hook=_dec_hook)
+        rules = getattr(obj, "_rules", None)
+        if rules is not None:
+            rules(path)
+        return obj
     except ValidationError:
         raise
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, path) from None
+    except RecursionError:
+        raise ValidationError("too_deep", path, "nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - the caller must only ever see ValidationError
-        raise ValidationError("internal_error", path, f"{type(exc).__name__}: {exc}") from exc
-
-
-_FILE_FIELDS = frozenset(("sha256", "bytes"))
-_VARIANT = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)
+        raise _internal(exc, path) from exc
 
 
 # ---------------------------------------------------------------------------------------------
 # Bytes in, bytes out
 
-T = TypeVar("T")
+_DECODERS: dict[type, msgspec.json.Decoder] = {}
 
 
-def _decode(raw: Any, build: Callable[[Any], T], limit: int) -> T:
+def _syntax_error(raw: Any) -> ValidationError | None:
+    """bad_json/too_deep when ``raw`` is not JSON at all: JSON errors win over contract errors."""
+    try:
+        msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        return ValidationError("bad_json", "$", str(exc))
+    except RecursionError:
+        return ValidationError("too_deep", "$", "nested too deeply")
+    return None
+
+
+def _decode(raw: Any, cls: type[T], limit: int) -> T:
     if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogatepass")  # orjson then reports lone surrogates as bad_json
+        raw = raw.encode("utf-8", "surrogatepass")  # msgspec then reports lone surrogates as bad_json
     elif not isinstance(raw, (bytes, bytearray, memoryview)):
         hint = " (a Kafka tombstone?)" if raw is None else ""
         raise ValidationError("wrong_type", "$", f"expected bytes, got {_kind(raw)}{hint}")
@@ -889,38 +1031,44 @@ def _decode(raw: Any, build: Callable[[Any], T], limit: int) -> T:
     if size > limit:
         raise ValidationError("too_large", "$", f"{size} bytes, at most {limit}")
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        message = str(exc)
-        reason = "too_deep" if "depth limit" in message or "recursion" in message.lower() else "bad_json"
-        raise ValidationError(reason, "$", message) from None
-    try:
-        return build(obj)
+        obj = _DECODERS[cls].decode(raw)
+        obj._rules("$")
+        return obj
     except ValidationError:
         raise
+    except msgspec.ValidationError as exc:
+        raise (_syntax_error(raw) or _translate(exc, "$")) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError("bad_json", "$", str(exc)) from None
+    except RecursionError:
+        raise ValidationError("too_deep", "$", "nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - one bad message must never crash the consumer
-        raise ValidationError("internal_error", "$", f"{type(exc).__name__}: {exc}") from exc
+        raise _internal(exc, "$") from exc
+
+
+for _cls in (Event, Item, Recommendation, DeadLetter, ModelUpdate):
+    _DECODERS[_cls] = msgspec.json.Decoder(_cls, dec_hook=_dec_hook)
 
 
 def decode_event(raw: bytes) -> Event:
     """Parse and validate one ``events`` message; raises only ValidationError."""
-    return _decode(raw, Event.from_dict, MAX_MESSAGE_BYTES)
+    return _decode(raw, Event, MAX_MESSAGE_BYTES)
 
 
 def decode_item(raw: bytes) -> Item:
-    return _decode(raw, Item.from_dict, MAX_MESSAGE_BYTES)
+    return _decode(raw, Item, MAX_MESSAGE_BYTES)
 
 
 def decode_recommendation(raw: bytes) -> Recommendation:
-    return _decode(raw, Recommendation.from_dict, MAX_MESSAGE_BYTES)
+    return _decode(raw, Recommendation, MAX_MESSAGE_BYTES)
 
 
 def decode_dead_letter(raw: bytes) -> DeadLetter:
-    return _decode(raw, DeadLetter.from_dict, MAX_DEAD_LETTER_BYTES)
+    return _decode(raw, DeadLetter, MAX_DEAD_LETTER_BYTES)
 
 
 def decode_model_update(raw: bytes) -> ModelUpdate:
-    return _decode(raw, ModelUpdate.from_dict, MAX_MESSAGE_BYTES)
+    return _decode(raw, ModelUpdate, MAX_MESSAGE_BYTES)
 
 
 Model = Event | Item | RecItem | Recommendation | DeadLetter | ModelUpdate
@@ -931,14 +1079,16 @@ def encode(obj: Model) -> bytes:
     return orjson.dumps(obj.to_dict())
 
 
-JSON_SCHEMA_FILES = {
-    "event": "event.v1.json",
-    "item": "item.v1.json",
-    "recommendation": "recommendation.v1.json",
-    "dead_letter": "dead_letter.v1.json",
-    "model_update": "model_update.v1.json",
-    "model_manifest": "model_manifest.v1.json",
+# The published contracts: the model each file is generated from (``python -m schemas.generate``).
+CONTRACTS: dict[str, type] = {
+    "event": Event,
+    "item": Item,
+    "recommendation": Recommendation,
+    "dead_letter": DeadLetter,
+    "model_update": ModelUpdate,
+    "model_manifest": ModelManifest,
 }
+JSON_SCHEMA_FILES = {name: f"{name}.v{SCHEMA_VERSION}.json" for name in CONTRACTS}
 
 
 def json_schema(name: str) -> dict[str, Any]:

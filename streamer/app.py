@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
@@ -252,7 +251,7 @@ def bounded_dead_letter(dl: DeadLetter, limit: int = DLQ_VALUE_LIMIT) -> DeadLet
     if not cut:
         return dl
     note = " [" + "; ".join(notes) + "]"
-    return dataclasses.replace(dl, **cut, value_utf8=None, reason=dl.reason[: 2048 - len(note)] + note)
+    return dl.replace(**cut, value_utf8=None, reason=dl.reason[: 2048 - len(note)] + note)
 
 
 class Worker:

@@ -11,7 +11,6 @@ partitioning is unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import time
@@ -51,7 +50,7 @@ def parse_event(msg: RawMessage, pseudonymize: Pseudonymizer, worker: str) -> Ev
     except Exception as exc:  # decode_event promises ValidationError; keep the promise anyway
         return dead_letter(exc, msg, worker)
     if pseudonymize._key is not None:
-        ev = dataclasses.replace(ev, user_id=pseudonymize(ev.user_id))
+        ev = ev.replace(user_id=pseudonymize(ev.user_id))
     return ev
 
 
