@@ -30,6 +30,7 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: setup
@@ -61,7 +62,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.run
 
 check-compose: setup
-	$(BIN)/python -m deploy.check_compose
+	$(BIN)/python -m devtools.deploycheck
 
 clean:
 	rm -rf var .pytest_cache

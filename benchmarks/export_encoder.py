@@ -2,12 +2,16 @@
 
 Run: PYTHONPATH=$PWD python -m benchmarks.export_encoder (issue 18; BENCHMARKS.md "Training / export stage").
 """
-import tempfile, time
+import tempfile
+import time
 from pathlib import Path
+
 import numpy as np
+
 from exporters.bootstrap import build_models
 from exporters.export import export_models
 from exporters.job import JobConfig
+
 cfg = JobConfig(model_root=Path(tempfile.gettempdir()))
 tok, enc, rk = build_models(False, cfg.n_layers, cfg.max_text_len, seed=0)
 vecs = np.random.default_rng(0).standard_normal((5000, rk.item_dim)).astype(np.float32)

@@ -1,5 +1,6 @@
-"""Deployment assets of streamrec (images, compose stack, Kubernetes manifests) and their checker.
+"""Deployment assets of streamrec (images, compose stack, Kubernetes manifests, the container
+healthcheck script). Not part of the runtime wheel.
 
-``python -m deploy.check_compose`` (console script ``streamrec-check-compose``) validates
-docker-compose.yml, the Dockerfiles and deploy/k8s without a Docker engine or a cluster.
+Their offline checker is ``devtools.deploycheck`` (``python -m devtools.deploycheck``, or
+``python -m deploy.check_compose`` from its former place).
 """

@@ -1,8 +1,9 @@
 """The Kafka connection and topic settings shared by the worker, the archiver and the retrain job.
 
-One declaration per setting: ``streamer.settings.SETTINGS_DOC`` takes these entries from
-:data:`KAFKA_SETTINGS_DOC` (so the README table, the worker and the job agree), and the job
-(``exporters``, which never imports ``streamer``) reads them with :meth:`KafkaSettings.from_env`.
+One declaration per setting: a field of :class:`KafkaSettings` made with :func:`setting`. The
+worker's ``streamer.settings.Settings`` extends this class (so the README table, the worker and
+the job agree), and the job (``exporters``, which never imports ``streamer``) reads them with
+:meth:`KafkaSettings.from_env`.
 A bad value fails with :class:`SettingsError` naming the variable
 (``KAFKA_SECURITY_PROTOCOL: must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, got 'TLS'``).
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -87,23 +88,30 @@ def parse_choice(*options: str) -> Callable[[str, str], str]:
     return parse
 
 
+
+
 SettingDoc = tuple[str, "str | None", Callable[[str, str], Any], str]
 
-# field name -> (ENV VAR, default, parser, description)
-KAFKA_SETTINGS_DOC: dict[str, SettingDoc] = {
-    "kafka_bootstrap": ("KAFKA_BOOTSTRAP_SERVERS", None, parse_bootstrap, "Kafka bootstrap servers, host:port[,...] (required for the worker; the embedded stack sets it)"),
-    "kafka_security_protocol": ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", parse_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol"),
-    "kafka_sasl_mechanism": ("KAFKA_SASL_MECHANISM", "PLAIN", parse_choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SASL mechanism"),
-    "kafka_sasl_username": ("KAFKA_SASL_USERNAME", "", parse_str, "SASL user name"),
-    "kafka_sasl_password": ("KAFKA_SASL_PASSWORD", "", parse_str, "SASL password; never logged"),
-    "kafka_ssl_cafile": ("KAFKA_SSL_CAFILE", "", parse_str, "CA bundle (PEM) that signs the Kafka brokers' certificates (SSL, SASL_SSL; empty: the system's CAs)"),
-    "kafka_ssl_certfile": ("KAFKA_SSL_CERTFILE", "", parse_str, "client certificate (PEM) for Kafka mutual TLS (SSL, SASL_SSL)"),
-    "kafka_ssl_keyfile": ("KAFKA_SSL_KEYFILE", "", parse_str, "private key (PEM) of KAFKA_SSL_CERTFILE (empty: the key is inside the certificate file)"),
-    "kafka_ssl_key_password": ("KAFKA_SSL_KEY_PASSWORD", "", parse_str, "password of an encrypted KAFKA_SSL_KEYFILE; never logged"),
-    "kafka_ssl_check_hostname": ("KAFKA_SSL_CHECK_HOSTNAME", "true", parse_bool, "verify that the broker's certificate names the host connected to"),
-    "events_topic": ("STREAMREC_EVENTS_TOPIC", "events", parse_nonempty, "input events topic"),
-    "items_topic": ("STREAMREC_ITEMS_TOPIC", "items", parse_nonempty, "item catalog topic"),
-}
+
+def setting(var: str, default: str | None, parse: Callable[[str, str], Any], doc: str, *, secret: bool = False) -> Any:
+    """Declare one setting, as a field of a frozen settings dataclass: its environment variable,
+    its default as the variable's text (None: required), the parser that turns the text into the
+    field's value (raising SettingsError naming the variable) and the sentence that documents it
+    (README table, deploy checks). A secret is kept out of ``repr`` and redacted in logs.
+
+    This is the only place a setting is declared: add a field with ``setting(...)`` to the
+    settings class and the parser, the README table (``python -m streamer.settings
+    --write-readme``), the deploy checker's known variables and the redaction follow."""
+    return field(repr=not secret, metadata={"setting": (var, default, parse, doc), "secret": secret})
+
+
+def settings_doc(cls: type) -> dict[str, SettingDoc]:
+    """field name -> (ENV VAR, default, parser, description) of a settings class, in declaration order."""
+    return {f.name: f.metadata["setting"] for f in fields(cls) if "setting" in f.metadata}
+
+
+def secret_fields(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls) if f.metadata.get("secret"))
 
 
 def read_settings(doc: Mapping[str, SettingDoc], names: Any, env: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,25 +135,30 @@ def read_settings(doc: Mapping[str, SettingDoc], names: Any, env: Mapping[str, s
 class KafkaSettings:
     """What a Kafka client of this deployment needs: where, how securely, which topics."""
 
-    kafka_bootstrap: str
-    kafka_security_protocol: str
-    kafka_sasl_mechanism: str
-    kafka_sasl_username: str
-    kafka_sasl_password: str
-    kafka_ssl_cafile: str
-    kafka_ssl_certfile: str
-    kafka_ssl_keyfile: str
-    kafka_ssl_key_password: str
-    kafka_ssl_check_hostname: bool
-    events_topic: str
-    items_topic: str
+    kafka_bootstrap: str = setting("KAFKA_BOOTSTRAP_SERVERS", None, parse_bootstrap, "Kafka bootstrap servers, host:port[,...] (required for the worker; the embedded stack sets it)")
+    kafka_security_protocol: str = setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", parse_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol")
+    kafka_sasl_mechanism: str = setting("KAFKA_SASL_MECHANISM", "PLAIN", parse_choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SASL mechanism")
+    kafka_sasl_username: str = setting("KAFKA_SASL_USERNAME", "", parse_str, "SASL user name")
+    kafka_sasl_password: str = setting("KAFKA_SASL_PASSWORD", "", parse_str, "SASL password; never logged", secret=True)
+    kafka_ssl_cafile: str = setting("KAFKA_SSL_CAFILE", "", parse_str, "CA bundle (PEM) that signs the Kafka brokers' certificates (SSL, SASL_SSL; empty: the system's CAs)")
+    kafka_ssl_certfile: str = setting("KAFKA_SSL_CERTFILE", "", parse_str, "client certificate (PEM) for Kafka mutual TLS (SSL, SASL_SSL)")
+    kafka_ssl_keyfile: str = setting("KAFKA_SSL_KEYFILE", "", parse_str, "private key (PEM) of KAFKA_SSL_CERTFILE (empty: the key is inside the certificate file)")
+    kafka_ssl_key_password: str = setting("KAFKA_SSL_KEY_PASSWORD", "", parse_str, "password of an encrypted KAFKA_SSL_KEYFILE; never logged", secret=True)
+    kafka_ssl_check_hostname: bool = setting("KAFKA_SSL_CHECK_HOSTNAME", "true", parse_bool, "verify that the broker's certificate names the host connected to")
+    events_topic: str = setting("STREAMREC_EVENTS_TOPIC", "events", parse_nonempty, "input events topic")
+    items_topic: str = setting("STREAMREC_ITEMS_TOPIC", "items", parse_nonempty, "item catalog topic")
+
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "KafkaSettings":
         env = os.environ if env is None else env
-        values = read_settings(KAFKA_SETTINGS_DOC, [f.name for f in fields(cls)], env, overrides)
+        values = read_settings(settings_doc(cls), [f.name for f in fields(cls)], env, overrides)
         check_kafka_security(values, env)
         return cls(**values)
+
+
+#: field name -> (ENV VAR, default, parser, description), derived from KafkaSettings.
+KAFKA_SETTINGS_DOC: dict[str, SettingDoc] = settings_doc(KafkaSettings)
 
 
 def _check_file(var: str, path: str) -> None:

@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None, now_ms: int | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON: the list plus key, age_s, ttl_s")
     p.add_argument("--no-pseudonymize", action="store_true", help="use USER_ID as stored even when STREAMREC_PSEUDONYMIZE_KEY is set")
     args = p.parse_args(argv)
-    from streamer.security import tool_redis_client
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
+
+    from streamer.security import tool_redis_client
 
     user = args.user_id
     if not args.no_pseudonymize:

@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="STREAMREC_REDIS_META_PREFIX of the workers (keys <prefix>stats:<variant>)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from streamer.security import tool_redis_client
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
+
+    from streamer.security import tool_redis_client
 
     r = tool_redis_client(args.redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:

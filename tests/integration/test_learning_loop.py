@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.serving import CandidateQuota, ListParams, assemble, history_order, merge_sources, order_with_search, top_rows
+from schemas.serving import (
+    CandidateQuota,
+    ListParams,
+    assemble,
+    history_order,
+    merge_sources,
+    order_with_search,
+    top_rows,
+)
 
 
 def test_merge_sources_priority_quota_and_cap():

@@ -6,7 +6,6 @@ import pytest
 
 from schemas import Item
 
-
 CATALOG = [
     Item(item_id="71053", title="WHITE METAL LANTERN"),
     Item(item_id="85123A", title="WHITE HANGING HEART T-LIGHT HOLDER"),

@@ -173,9 +173,9 @@ def build_list(
 
 
 # ---- the ranker request path and the per-batch loop, as they were ------------------------------
-from schemas.ranking import NUM_FEATURES  # noqa: E402
 import asyncio  # noqa: E402
 
+from schemas.ranking import NUM_FEATURES  # noqa: E402
 from streamer.ranking import CONTROL_WEIGHTS, RankRequest, _bucket  # noqa: E402
 from streamer.variants import variant_for  # noqa: E402
 

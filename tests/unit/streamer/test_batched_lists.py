@@ -14,8 +14,8 @@ import pytest
 from schemas import Item
 from streamer.model import ModelBundle, latest_version_dir
 from streamer.pipeline import Pipeline
-from tests.unit.streamer.reference_lists import rank_reference
 from streamer.settings import Settings
+from tests.unit.streamer.reference_lists import rank_reference
 from tests.unit.streamer.test_pipeline import T0, DictStore, msg
 
 WORDS = "white metal lantern heart holder glass star frosted union jack hot water bottle cream cupid".split()

@@ -1,0 +1,2 @@
+"""Developer tools of the repository (not part of the runtime wheel): ``devtools.deploycheck``
+validates the deployment files offline."""

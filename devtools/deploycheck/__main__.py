@@ -1,0 +1,5 @@
+import sys
+
+from devtools.deploycheck.cli import main
+
+sys.exit(main())
