@@ -51,3 +51,35 @@ def test_readme_settings_table_is_current():
     start, end = "<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->"
     current = readme[readme.index(start) + len(start): readme.index(end)]
     assert current == settings_table(), "README settings table is stale: run `python -m streamer.settings --write-readme`"
+
+
+def test_every_field_is_one_declared_setting():
+    from streamer.settings import SETTINGS_DOC
+
+    names = [f.name for f in dataclasses.fields(Settings)]
+    assert names == list(SETTINGS_DOC), "every Settings field is declared with setting(...)"
+    variables = [doc[0] for doc in SETTINGS_DOC.values()]
+    assert len(set(variables)) == len(variables), "two settings read the same variable"
+
+
+def test_secrets_stay_out_of_repr():
+    s = Settings.from_env(dict(BASE, REDIS_PASSWORD="hunter2", STREAMREC_PSEUDONYMIZE_KEY="k3y", KAFKA_SASL_PASSWORD="pw"))
+    text = repr(s)
+    assert "hunter2" not in text and "k3y" not in text and "'pw'" not in text
+    assert "max_batch=256" in text
+
+
+def test_a_new_setting_is_one_declaration():
+    # A settings class extended by one field: parsing, the bad-value message and the docs follow.
+    from schemas.kafka_settings import parse_int, settings_doc
+    from streamer.settings import setting
+
+    @dataclasses.dataclass(frozen=True)
+    class More(Settings):
+        widgets: int = setting("STREAMREC_WIDGETS", "3", parse_int(1, 9), "widgets per list")
+
+    assert More.from_env(BASE).widgets == 3
+    assert More.from_env(dict(BASE, STREAMREC_WIDGETS="5")).widgets == 5
+    with pytest.raises(SettingsError, match="STREAMREC_WIDGETS: must be between 1 and 9"):
+        More.from_env(dict(BASE, STREAMREC_WIDGETS="10"))
+    assert settings_doc(More)["widgets"][3] == "widgets per list"
