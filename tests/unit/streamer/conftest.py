@@ -1,6 +1,11 @@
-"""A tiny but complete model version (random small BERTs, real tokenizer) for worker unit tests."""
+"""A tiny but complete model version for worker unit tests: the checked-in ``tests/fixtures/tiny_model``
+(hand-written ONNX graphs, a few KB; regenerate with ``python -m tests.fixtures.make_tiny_model``),
+so these tests need neither torch nor the shared data."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -18,10 +23,13 @@ CATALOG = [
 ]
 
 
+TINY_MODEL = Path(__file__).resolve().parents[2] / "fixtures" / "tiny_model"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_root(tmp_path_factory):
-    from exporters.bootstrap import export_bootstrap
-
+    """A model root whose LATEST is the checked-in tiny version (its catalog is CATALOG)."""
     root = tmp_path_factory.mktemp("models")
-    export_bootstrap(root, dataset=None, tiny=True, items=CATALOG)
+    shutil.copytree(TINY_MODEL, root / TINY_MODEL.name)
+    (root / "LATEST").write_text(TINY_MODEL.name + "\n")
     return root

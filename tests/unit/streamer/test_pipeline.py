@@ -148,7 +148,7 @@ async def test_list_params_from_the_manifest_guarantee_new_items(tiny_model_root
 
 @pytest.fixture(scope="module")
 def wide_version(tmp_path_factory, monkeypatch_module):
-    """A tiny version whose item vectors are 48-d (the conftest's are 32-d): another vector space."""
+    """A tiny version whose item vectors are 48-d (the conftest's fixture version: 8-d): another vector space."""
     import functools
 
     import exporters.bootstrap as bootstrap
