@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup system-deps test test-fast demo loop run bootstrap retrain baselines bench check-compose clean
+.PHONY: setup system-deps test test-fast demo loop run bootstrap retrain baselines bench check-compose generate clean
 
 setup: system-deps $(STAMP)
 
@@ -63,6 +63,13 @@ bench: setup
 
 check-compose: setup
 	$(BIN)/python -m devtools.deploycheck
+
+# Rewrite every derived file from its one declaration (unit tests fail while one is stale):
+# the JSON Schemas from schemas/models.py, the settings tables from streamer/settings.py.
+generate: setup
+	$(BIN)/python -m schemas.generate
+	$(BIN)/python -m streamer.settings --write-readme
+	$(BIN)/python -m devtools.deploycheck --write-readme
 
 clean:
 	rm -rf var .pytest_cache
