@@ -69,7 +69,9 @@ ITEM_SCHEMA = arrow_schema(Item)
 SCHEMAS = {EVENTS: EVENT_SCHEMA, ITEMS: ITEM_SCHEMA}
 _MODELS = {EVENTS: Event, ITEMS: Item}
 # Fields stored as JSON text (a JSON object on the wire: ``context``).
-_JSON_TEXT = {kind: {f.name for f in msgspec.structs.fields(m) if value_type(f.type) is dict} for kind, m in _MODELS.items()}
+_JSON_TEXT = {
+    kind: {f.name for f in msgspec.structs.fields(m) if value_type(f.type) is dict} for kind, m in _MODELS.items()
+}
 
 _FILE = re.compile(r"(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet")
 _DATE_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
@@ -225,7 +227,9 @@ def clean_temp(root: str | os.PathLike) -> list[Path]:
 # Listing and reading
 
 
-def list_files(root: str | os.PathLike, kind: str, since_ms: int | None = None, until_ms: int | None = None) -> list[ArchiveFile]:
+def list_files(
+    root: str | os.PathLike, kind: str, since_ms: int | None = None, until_ms: int | None = None
+) -> list[ArchiveFile]:
     """The committed files of ``kind``, by date then name; with since/until, only dates that can
     hold records of ``[since_ms, until_ms)`` (items are always listed whole). Temporary files and
     anything else not named by this contract are ignored."""
@@ -250,7 +254,9 @@ def list_files(root: str | os.PathLike, kind: str, since_ms: int | None = None, 
     return out
 
 
-def archived_ids(root: str | os.PathLike, kind: str, topic: str, partition: int, from_offset: int = 0) -> dict[int, str]:
+def archived_ids(
+    root: str | os.PathLike, kind: str, topic: str, partition: int, from_offset: int = 0
+) -> dict[int, str]:
     """``{offset: event_id or item_id}`` of the records of ``topic``/``partition`` at offsets
     ``>= from_offset`` that committed files already hold.
 
@@ -278,7 +284,9 @@ def _check_schema(f: ArchiveFile, schema: pa.Schema) -> None:
         index = found.get_field_index(field.name)
         if index < 0 or found.field(index).type != field.type:
             got = "missing" if index < 0 else str(found.field(index).type)
-            raise ArchiveError(f"{f.path}: column {field.name!r} is {got}, the {f.kind} archive contract says {field.type}")
+            raise ArchiveError(
+                f"{f.path}: column {field.name!r} is {got}, the {f.kind} archive contract says {field.type}"
+            )
 
 
 def _read_tables(files: list[ArchiveFile], kind: str) -> pa.Table:

@@ -78,7 +78,12 @@ def contract_schema(name: str) -> dict[str, Any]:
     cls = models.CONTRACTS[name]
     defs: dict[str, Any] = {}
     root = _struct_schema(cls, defs)
-    out = {"$schema": DIALECT, "$id": f"urn:streamrec:schema:{name}:v{models.SCHEMA_VERSION}", "title": cls.__name__, **root}
+    out = {
+        "$schema": DIALECT,
+        "$id": f"urn:streamrec:schema:{name}:v{models.SCHEMA_VERSION}",
+        "title": cls.__name__,
+        **root,
+    }
     if defs:
         out["$defs"] = defs
     return out

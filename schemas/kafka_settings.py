@@ -88,8 +88,6 @@ def parse_choice(*options: str) -> Callable[[str, str], str]:
     return parse
 
 
-
-
 SettingDoc = tuple[str, "str | None", Callable[[str, str], Any], str]
 
 
@@ -114,7 +112,9 @@ def secret_fields(cls: type) -> frozenset[str]:
     return frozenset(f.name for f in fields(cls) if f.metadata.get("secret"))
 
 
-def read_settings(doc: Mapping[str, SettingDoc], names: Any, env: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def read_settings(
+    doc: Mapping[str, SettingDoc], names: Any, env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
     """Parse the settings ``names`` (field names of ``doc``) from ``env``; ``overrides`` win unparsed."""
     values: dict[str, Any] = {}
     for name in names:
@@ -135,19 +135,49 @@ def read_settings(doc: Mapping[str, SettingDoc], names: Any, env: Mapping[str, s
 class KafkaSettings:
     """What a Kafka client of this deployment needs: where, how securely, which topics."""
 
-    kafka_bootstrap: str = setting("KAFKA_BOOTSTRAP_SERVERS", None, parse_bootstrap, "Kafka bootstrap servers, host:port[,...] (required for the worker; the embedded stack sets it)")
-    kafka_security_protocol: str = setting("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", parse_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "Kafka security protocol")
-    kafka_sasl_mechanism: str = setting("KAFKA_SASL_MECHANISM", "PLAIN", parse_choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SASL mechanism")
+    kafka_bootstrap: str = setting(
+        "KAFKA_BOOTSTRAP_SERVERS",
+        None,
+        parse_bootstrap,
+        "Kafka bootstrap servers, host:port[,...] (required for the worker; the embedded stack sets it)",
+    )
+    kafka_security_protocol: str = setting(
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        parse_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        "Kafka security protocol",
+    )
+    kafka_sasl_mechanism: str = setting(
+        "KAFKA_SASL_MECHANISM", "PLAIN", parse_choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "SASL mechanism"
+    )
     kafka_sasl_username: str = setting("KAFKA_SASL_USERNAME", "", parse_str, "SASL user name")
     kafka_sasl_password: str = setting("KAFKA_SASL_PASSWORD", "", parse_str, "SASL password; never logged", secret=True)
-    kafka_ssl_cafile: str = setting("KAFKA_SSL_CAFILE", "", parse_str, "CA bundle (PEM) that signs the Kafka brokers' certificates (SSL, SASL_SSL; empty: the system's CAs)")
-    kafka_ssl_certfile: str = setting("KAFKA_SSL_CERTFILE", "", parse_str, "client certificate (PEM) for Kafka mutual TLS (SSL, SASL_SSL)")
-    kafka_ssl_keyfile: str = setting("KAFKA_SSL_KEYFILE", "", parse_str, "private key (PEM) of KAFKA_SSL_CERTFILE (empty: the key is inside the certificate file)")
-    kafka_ssl_key_password: str = setting("KAFKA_SSL_KEY_PASSWORD", "", parse_str, "password of an encrypted KAFKA_SSL_KEYFILE; never logged", secret=True)
-    kafka_ssl_check_hostname: bool = setting("KAFKA_SSL_CHECK_HOSTNAME", "true", parse_bool, "verify that the broker's certificate names the host connected to")
+    kafka_ssl_cafile: str = setting(
+        "KAFKA_SSL_CAFILE",
+        "",
+        parse_str,
+        "CA bundle (PEM) that signs the Kafka brokers' certificates (SSL, SASL_SSL; empty: the system's CAs)",
+    )
+    kafka_ssl_certfile: str = setting(
+        "KAFKA_SSL_CERTFILE", "", parse_str, "client certificate (PEM) for Kafka mutual TLS (SSL, SASL_SSL)"
+    )
+    kafka_ssl_keyfile: str = setting(
+        "KAFKA_SSL_KEYFILE",
+        "",
+        parse_str,
+        "private key (PEM) of KAFKA_SSL_CERTFILE (empty: the key is inside the certificate file)",
+    )
+    kafka_ssl_key_password: str = setting(
+        "KAFKA_SSL_KEY_PASSWORD", "", parse_str, "password of an encrypted KAFKA_SSL_KEYFILE; never logged", secret=True
+    )
+    kafka_ssl_check_hostname: bool = setting(
+        "KAFKA_SSL_CHECK_HOSTNAME",
+        "true",
+        parse_bool,
+        "verify that the broker's certificate names the host connected to",
+    )
     events_topic: str = setting("STREAMREC_EVENTS_TOPIC", "events", parse_nonempty, "input events topic")
     items_topic: str = setting("STREAMREC_ITEMS_TOPIC", "items", parse_nonempty, "item catalog topic")
-
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "KafkaSettings":
@@ -189,16 +219,25 @@ def check_kafka_security(v: Mapping[str, Any], env: Mapping[str, str]) -> None:
     proto = v["kafka_security_protocol"]
     if proto.startswith("SASL"):
         if not v["kafka_sasl_username"]:
-            raise SettingsError(f"KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL={proto} "
-                                f"(KAFKA_SASL_MECHANISM={v['kafka_sasl_mechanism']})")
+            raise SettingsError(
+                f"KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL={proto} "
+                f"(KAFKA_SASL_MECHANISM={v['kafka_sasl_mechanism']})"
+            )
         if not v["kafka_sasl_password"]:
-            raise SettingsError(f"KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL={proto} "
-                                f"(KAFKA_SASL_MECHANISM={v['kafka_sasl_mechanism']})")
+            raise SettingsError(
+                f"KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL={proto} "
+                f"(KAFKA_SASL_MECHANISM={v['kafka_sasl_mechanism']})"
+            )
     elif env.get("KAFKA_SASL_MECHANISM"):
-        raise SettingsError(f"KAFKA_SASL_MECHANISM: set to {env['KAFKA_SASL_MECHANISM']!r} but KAFKA_SECURITY_PROTOCOL is "
-                            f"{proto}: SASL needs SASL_SSL or SASL_PLAINTEXT")
-    kafka_tls = {"KAFKA_SSL_CAFILE": v["kafka_ssl_cafile"], "KAFKA_SSL_CERTFILE": v["kafka_ssl_certfile"],
-                 "KAFKA_SSL_KEYFILE": v["kafka_ssl_keyfile"]}
+        raise SettingsError(
+            f"KAFKA_SASL_MECHANISM: set to {env['KAFKA_SASL_MECHANISM']!r} but KAFKA_SECURITY_PROTOCOL is "
+            f"{proto}: SASL needs SASL_SSL or SASL_PLAINTEXT"
+        )
+    kafka_tls = {
+        "KAFKA_SSL_CAFILE": v["kafka_ssl_cafile"],
+        "KAFKA_SSL_CERTFILE": v["kafka_ssl_certfile"],
+        "KAFKA_SSL_KEYFILE": v["kafka_ssl_keyfile"],
+    }
     check_tls_files(kafka_tls, proto.endswith("SSL"), f"KAFKA_SECURITY_PROTOCOL is {proto}: TLS needs SSL or SASL_SSL")
     if v["kafka_ssl_key_password"] and not (v["kafka_ssl_keyfile"] or v["kafka_ssl_certfile"]):
         raise SettingsError("KAFKA_SSL_KEY_PASSWORD: set without KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE")
@@ -214,10 +253,18 @@ def kafka_ssl_context(s: Any) -> ssl.SSLContext | None:
     from aiokafka.helpers import create_ssl_context
 
     try:
-        ctx = create_ssl_context(cafile=s.kafka_ssl_cafile or None, certfile=s.kafka_ssl_certfile or None,
-                                 keyfile=s.kafka_ssl_keyfile or None, password=s.kafka_ssl_key_password or None)
+        ctx = create_ssl_context(
+            cafile=s.kafka_ssl_cafile or None,
+            certfile=s.kafka_ssl_certfile or None,
+            keyfile=s.kafka_ssl_keyfile or None,
+            password=s.kafka_ssl_key_password or None,
+        )
     except ssl.SSLError as exc:
-        which = "KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE / KAFKA_SSL_KEY_PASSWORD" if s.kafka_ssl_certfile else "KAFKA_SSL_CAFILE"
+        which = (
+            "KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE / KAFKA_SSL_KEY_PASSWORD"
+            if s.kafka_ssl_certfile
+            else "KAFKA_SSL_CAFILE"
+        )
         raise SettingsError(f"{which}: cannot be loaded: {exc.reason or exc}") from None
     ctx.check_hostname = s.kafka_ssl_check_hostname
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -228,8 +275,11 @@ def kafka_client_kwargs(s: Any) -> dict[str, Any]:
     """aiokafka client arguments (security protocol, SASL, TLS context) for ``s``."""
     kw: dict[str, Any] = {"security_protocol": s.kafka_security_protocol}
     if s.kafka_security_protocol.startswith("SASL"):
-        kw.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-                  sasl_plain_password=s.kafka_sasl_password)
+        kw.update(
+            sasl_mechanism=s.kafka_sasl_mechanism,
+            sasl_plain_username=s.kafka_sasl_username,
+            sasl_plain_password=s.kafka_sasl_password,
+        )
     ctx = kafka_ssl_context(s)
     if ctx is not None:
         kw["ssl_context"] = ctx

@@ -378,12 +378,18 @@ def _pattern(value: Any, path: str, regex: re.Pattern[str], what: str, max_len: 
 
 def _as_object(d: Any, path: str) -> dict[str, Any]:
     if not isinstance(d, dict):
-        raise ValidationError("not_object" if path == "$" else "wrong_type", path, f"expected an object, got {_kind(d)}")
+        raise ValidationError(
+            "not_object" if path == "$" else "wrong_type", path, f"expected an object, got {_kind(d)}"
+        )
     return d
 
 
 def _version(value: Any, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not value.is_integer())
+    ):
         raise _wrong(path, "an integer", value)
     if value != SCHEMA_VERSION:
         raise ValidationError("unsupported_version", path, f"{_show(value)}, this code reads {SCHEMA_VERSION}")
@@ -495,7 +501,9 @@ def _int_type(name: str, lo: int, hi: int) -> Any:
 
 def _text_type(name: str, max_len: int, description: str = "") -> Any:
     schema = {"type": "string", "maxLength": max_len}
-    return wire_type(name, str, lambda v, p: _text(v, p, max_len), {"description": description, **schema} if description else schema)
+    return wire_type(
+        name, str, lambda v, p: _text(v, p, max_len), {"description": description, **schema} if description else schema
+    )
 
 
 def _pattern_type(name: str, regex: re.Pattern[str], what: str, max_len: int) -> Any:
@@ -505,7 +513,10 @@ def _pattern_type(name: str, regex: re.Pattern[str], what: str, max_len: int) ->
 
 
 SchemaVersion = wire_type(
-    "SchemaVersion", int, _version, {"description": "Contract version; readers of v1 accept only 1. Absent means 1.", "const": SCHEMA_VERSION}
+    "SchemaVersion",
+    int,
+    _version,
+    {"description": "Contract version; readers of v1 accept only 1. Absent means 1.", "const": SCHEMA_VERSION},
 )
 Id = wire_type(
     "Id",
@@ -532,7 +543,10 @@ Ts = wire_type(
 )
 TsInt = wire_type("TsInt", int, _ts_int, _TS_INT_SCHEMA)
 Rfc3339 = wire_type(
-    "Rfc3339", str, _rfc3339_str, {"description": "RFC 3339 date-time with offset, 1990-01-01 .. 2100-01-01 UTC.", **_RFC3339_SCHEMA}
+    "Rfc3339",
+    str,
+    _rfc3339_str,
+    {"description": "RFC 3339 date-time with offset, 1990-01-01 .. 2100-01-01 UTC.", **_RFC3339_SCHEMA},
 )
 Context = wire_type("Context", dict, _context, _context_schema)
 Quantity = _int_type("Quantity", -MAX_QUANTITY, MAX_QUANTITY)
@@ -601,8 +615,10 @@ class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def _when_type(types: list[str] | str, required: str, negate: bool = False) -> dict[str, Any]:
     cond: dict[str, Any] = {"enum": types} if isinstance(types, list) else {"const": types}
-    return {"if": {"required": ["type"], "properties": {"type": {"not": cond} if negate else cond}},
-            "then": {"required": [required]}}
+    return {
+        "if": {"required": ["type"], "properties": {"type": {"not": cond} if negate else cond}},
+        "then": {"required": [required]},
+    }
 
 
 class Event(_Wire):
@@ -704,7 +720,9 @@ class Recommendation(_Wire):
             seen: set[str] = set()
             for i, x in enumerate(items):
                 if x.item_id in seen:
-                    raise ValidationError("duplicate", f"{path}.items[{i}].item_id", f"{_show(x.item_id)} is listed twice")
+                    raise ValidationError(
+                        "duplicate", f"{path}.items[{i}].item_id", f"{_show(x.item_id)} is listed twice"
+                    )
                 seen.add(x.item_id)
 
 
@@ -716,7 +734,9 @@ class DeadLetter(_Wire):
     """
 
     reason: Str(2048, description="Human reason, e.g. '$.ts: out_of_range: 1e+18 is after 2100-01-01'.")
-    error_code: Str(64, description="Machine code: a validation reason (missing_field, wrong_type, ...) or processing_error.")
+    error_code: Str(
+        64, description="Machine code: a validation reason (missing_field, wrong_type, ...) or processing_error."
+    )
     source_topic: Str(249)
     partition: _int_type("Partition", 0, 2**31 - 1)
     offset: _int_type("Offset", 0, 2**63 - 1)
@@ -724,7 +744,8 @@ class DeadLetter(_Wire):
     ts: Doc(TsInt, "When the message was dead-lettered.")
     key_b64: Doc(Base64, "Original key, standard base64; absent when the message had no key.") = None
     value_utf8: Str(
-        MAX_DEAD_LETTER_TEXT_BYTES, 0,
+        MAX_DEAD_LETTER_TEXT_BYTES,
+        0,
         f"Original value as text, present when it is valid UTF-8 and at most {MAX_DEAD_LETTER_TEXT_BYTES} bytes.",
     ) = None
     worker: Str(MAX_ID_LEN, description="Id of the worker that gave up on it.") = None
@@ -792,7 +813,8 @@ class ModelUpdate(_Wire):
     manifest_sha256: Doc(Sha256, "sha256 (lowercase hex) of the version's manifest.json bytes.")
     created_at: Rfc3339
     metrics: Annotated[
-        dict[str, Any], Meta(description="Offline metrics of this version (and of production/baselines, for comparison).")
+        dict[str, Any],
+        Meta(description="Offline metrics of this version (and of production/baselines, for comparison)."),
     ]
     note: Str(1024, 0) = None
     schema_version: SchemaVersion = SCHEMA_VERSION
@@ -869,7 +891,10 @@ class TrainingWindow(msgspec.Struct, frozen=True):
 class ModelManifest(msgspec.Struct, frozen=True):
     """The model directory's ``manifest.json``; see :func:`validate_manifest`."""
 
-    format: Doc(wire_type("ManifestFormat", int, _manifest_format, {"const": 1}), "Model directory format (schemas.ranking.MODEL_FORMAT).")
+    format: Doc(
+        wire_type("ManifestFormat", int, _manifest_format, {"const": 1}),
+        "Model directory format (schemas.ranking.MODEL_FORMAT).",
+    )
     version: SafeName
     created_at: Rfc3339
     base_model: Str(256, description="Pretrained weights the model starts from.")
@@ -877,10 +902,19 @@ class ModelManifest(msgspec.Struct, frozen=True):
     max_seq_len: _int_type("MaxSeqLen", 1, 65536)
     max_text_len: _int_type("MaxTextLen", 1, 65536)
     features: Annotated[
-        list[Str(64)], Meta(min_length=1, description="Per-candidate feature names in ranker input order (schemas.ranking.FEATURE_NAMES).")
+        list[Str(64)],
+        Meta(
+            min_length=1,
+            description="Per-candidate feature names in ranker input order (schemas.ranking.FEATURE_NAMES).",
+        ),
     ]
     event_type_ids: Doc(
-        wire_type("EventTypeIds", dict, _type_ids, {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 1024}}),
+        wire_type(
+            "EventTypeIds",
+            dict,
+            _type_ids,
+            {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 1024}},
+        ),
         "Event type -> id of the ranker's type embedding (0 is padding).",
     )
     files: wire_type("Files", dict, _files, _files_schema)
@@ -889,13 +923,20 @@ class ModelManifest(msgspec.Struct, frozen=True):
             "RankerVariants",
             list,
             _variants,
-            {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"type": "string", "pattern": _regex_schema(_VARIANT)}},
+            {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"type": "string", "pattern": _regex_schema(_VARIANT)},
+            },
         ),
         'Ranker precisions exported, e.g. ["fp32", "fp16", "int8"].',
     )
     training_window: Doc(TrainingWindow, "Event-time range of the training data.") = None
     metrics: dict[str, Any] = None
-    parity: Annotated[dict[str, Any], Meta(description="ONNX vs PyTorch comparison (max abs difference, tolerance, ...).")] = None
+    parity: Annotated[
+        dict[str, Any], Meta(description="ONNX vs PyTorch comparison (max abs difference, tolerance, ...).")
+    ] = None
     dataset: wire_type("Dataset", object, _dataset, {"type": ["string", "object"]}) = None
 
     __schema__: ClassVar[dict[str, Any]] = {
@@ -936,26 +977,53 @@ def _dec_hook(tp: Any, value: Any) -> Any:
         raise _Fail(err) from None
 
 
-_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean", "null": "null",
-          "array": "an array", "object": "an object"}
+_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "null": "null",
+    "array": "an array",
+    "object": "an object",
+}
 _AT = " - at `"
 _MSGSPEC_RULES: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], ValidationError]]] = [
-    (re.compile(r"Object contains unknown field `(.*)`", re.S),
-     lambda m, p: ValidationError("unknown_field", _child(p, m[1]), "not part of the schema")),
-    (re.compile(r"Object missing required field `(.*)`", re.S),
-     lambda m, p: ValidationError("missing_field", _child(p, m[1]), "required")),
-    (re.compile(r"Expected `(\w+)`, got `(\w+)`"),
-     lambda m, p: ValidationError("not_object" if p == "$" and m[1] == "object" else "wrong_type", p,
-                                  f"expected {_WORDS.get(m[1], m[1])}, got {_WORDS.get(m[2], m[2])}")),
-    (re.compile(r"Expected `(?:str|array)` of length >= 1"), lambda m, p: ValidationError("empty", p, "must not be empty")),
-    (re.compile(r"Expected `str` of length <= (\d+)"),
-     lambda m, p: ValidationError("too_long", p, f"more than {m[1]} characters")),
-    (re.compile(r"Expected `(?:array|object)` of length <= (\d+)"),
-     lambda m, p: ValidationError("too_many", p, f"more than {m[1]} entries")),
-    (re.compile(r"Expected `(?:int|float)` ([<>]=?) (\S+)"),
-     lambda m, p: ValidationError("out_of_range", p, f"must be {m[1]} {m[2]}")),
-    (re.compile(r"Invalid enum value (.*)", re.S),
-     lambda m, p: ValidationError("unknown_type", p, f"{m[1]} is not one of {', '.join(EVENT_TYPES)}")),
+    (
+        re.compile(r"Object contains unknown field `(.*)`", re.S),
+        lambda m, p: ValidationError("unknown_field", _child(p, m[1]), "not part of the schema"),
+    ),
+    (
+        re.compile(r"Object missing required field `(.*)`", re.S),
+        lambda m, p: ValidationError("missing_field", _child(p, m[1]), "required"),
+    ),
+    (
+        re.compile(r"Expected `(\w+)`, got `(\w+)`"),
+        lambda m, p: ValidationError(
+            "not_object" if p == "$" and m[1] == "object" else "wrong_type",
+            p,
+            f"expected {_WORDS.get(m[1], m[1])}, got {_WORDS.get(m[2], m[2])}",
+        ),
+    ),
+    (
+        re.compile(r"Expected `(?:str|array)` of length >= 1"),
+        lambda m, p: ValidationError("empty", p, "must not be empty"),
+    ),
+    (
+        re.compile(r"Expected `str` of length <= (\d+)"),
+        lambda m, p: ValidationError("too_long", p, f"more than {m[1]} characters"),
+    ),
+    (
+        re.compile(r"Expected `(?:array|object)` of length <= (\d+)"),
+        lambda m, p: ValidationError("too_many", p, f"more than {m[1]} entries"),
+    ),
+    (
+        re.compile(r"Expected `(?:int|float)` ([<>]=?) (\S+)"),
+        lambda m, p: ValidationError("out_of_range", p, f"must be {m[1]} {m[2]}"),
+    ),
+    (
+        re.compile(r"Invalid enum value (.*)", re.S),
+        lambda m, p: ValidationError("unknown_type", p, f"{m[1]} is not one of {', '.join(EVENT_TYPES)}"),
+    ),
 ]
 
 

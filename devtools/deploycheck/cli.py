@@ -24,8 +24,15 @@ def default_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def run_checks(compose: Path, k8s_dir: Path | None, readme: Path | None, *, hadolint: bool = True,
-               require_all: bool = False, kustomize_mode: str = "auto") -> Report:
+def run_checks(
+    compose: Path,
+    k8s_dir: Path | None,
+    readme: Path | None,
+    *,
+    hadolint: bool = True,
+    require_all: bool = False,
+    kustomize_mode: str = "auto",
+) -> Report:
     report = Report()
     root = compose.parent
     check_compose(compose, root, report)
@@ -59,18 +66,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--compose", type=Path, help="compose file (default: ./docker-compose.yml)")
     ap.add_argument("--k8s", type=Path, help="Kubernetes manifests folder (default: <compose dir>/deploy/k8s)")
-    ap.add_argument("--readme", type=Path, help="README with the settings tables (default: <compose dir>/deploy/README.md)")
+    ap.add_argument(
+        "--readme", type=Path, help="README with the settings tables (default: <compose dir>/deploy/README.md)"
+    )
     ap.add_argument("--skip-k8s", action="store_true", help="do not check the Kubernetes manifests")
     ap.add_argument("--skip-hadolint", action="store_true", help="do not lint the Dockerfiles")
-    ap.add_argument("--require-all", action="store_true",
-                    help="fail when an optional validator (hadolint, kubernetes-validate) is missing")
-    ap.add_argument("--kustomize", choices=("auto", "kubectl", "builtin"), default="auto",
-                    help="how to render kustomizations (default: kubectl/kustomize if found, else built-in)")
+    ap.add_argument(
+        "--require-all",
+        action="store_true",
+        help="fail when an optional validator (hadolint, kubernetes-validate) is missing",
+    )
+    ap.add_argument(
+        "--kustomize",
+        choices=("auto", "kubectl", "builtin"),
+        default="auto",
+        help="how to render kustomizations (default: kubectl/kustomize if found, else built-in)",
+    )
     ap.add_argument("-q", "--quiet", action="store_true", help="print problems only")
-    ap.add_argument("--settings-table", action="store_true",
-                    help="print the settings table for deploy/README.md and exit")
-    ap.add_argument("--write-readme", action="store_true",
-                    help="regenerate the settings table of deploy/README.md from streamer.settings and exit")
+    ap.add_argument(
+        "--settings-table", action="store_true", help="print the settings table for deploy/README.md and exit"
+    )
+    ap.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="regenerate the settings table of deploy/README.md from streamer.settings and exit",
+    )
     args = ap.parse_args(argv)
     if args.settings_table:
         print(settings_table())
@@ -83,8 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = compose.parent
     k8s_dir = None if args.skip_k8s else (args.k8s or root / "deploy" / "k8s").resolve()
     readme = (args.readme or root / "deploy" / "README.md").resolve()
-    report = run_checks(compose, k8s_dir, readme, hadolint=not args.skip_hadolint,
-                        require_all=args.require_all, kustomize_mode=args.kustomize)
+    report = run_checks(
+        compose,
+        k8s_dir,
+        readme,
+        hadolint=not args.skip_hadolint,
+        require_all=args.require_all,
+        kustomize_mode=args.kustomize,
+    )
     if not args.quiet:
         for line in report.notes:
             print(line)

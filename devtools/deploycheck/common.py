@@ -16,7 +16,6 @@ from streamer.settings import SETTINGS_DOC  # the one declaration of the product
 # What the product reads. Mirrors the tables in deploy/README.md (checked by check_readme_tables).
 
 
-
 #: Product variables read outside streamer.settings (replay/retrain data, logging): name -> (default, meaning).
 PRODUCT_ENV_VARS_OUTSIDE_SETTINGS_DOC: dict[str, tuple[str, str]] = {
     "STREAMREC_DATA_DIR": ("../shared/data", "where the data sets are (mounted read-only)"),
@@ -133,8 +132,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
             continue
         if key in seen:
             raise DuplicateKeyError(
-                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                f"(first at line {seen[key].line + 1})"
+                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line {seen[key].line + 1})"
             )
         seen[key] = key_node.start_mark
     loader.flatten_mapping(node)
@@ -249,8 +247,9 @@ def interpolate(text: str, env: Mapping[str, str], uses: list[VarUse], where: st
     return "".join(out)
 
 
-def interpolate_tree(node: Any, env: Mapping[str, str], uses: list[VarUse], path: tuple, report: Report,
-                     fname: str) -> Any:
+def interpolate_tree(
+    node: Any, env: Mapping[str, str], uses: list[VarUse], path: tuple, report: Report, fname: str
+) -> Any:
     if isinstance(node, dict):
         return {k: interpolate_tree(v, env, uses, path + (k,), report, fname) for k, v in node.items()}
     if isinstance(node, list):

@@ -357,7 +357,7 @@ def check_references(doc: dict, services: dict[str, dict], fname: str, report: R
             if dep not in services:
                 continue
             if state.get(dep) == 1:
-                cyc = stack[stack.index(dep):] + [dep] if dep in stack else [node, dep]
+                cyc = stack[stack.index(dep) :] + [dep] if dep in stack else [node, dep]
                 report.error(f"{fname}: services.{node}.depends_on", f"dependency cycle: {' -> '.join(cyc)}")
             elif dep not in state:
                 visit(dep, stack + [dep])
@@ -389,13 +389,13 @@ def check_product_env(services: dict[str, dict], base: Path, fname: str, report:
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 report.error(
                     w,
-                    f"{var} is not a setting the product reads{hint}; known: "
-                    f"{', '.join(sorted(PRODUCT_ENV_VARS))}",
+                    f"{var} is not a setting the product reads{hint}; known: {', '.join(sorted(PRODUCT_ENV_VARS))}",
                 )
 
 
-def check_builds(services: dict[str, dict], base: Path, root: Path, fname: str,
-                 report: Report) -> dict[str, tuple[Dockerfile, str | None]]:
+def check_builds(
+    services: dict[str, dict], base: Path, root: Path, fname: str, report: Report
+) -> dict[str, tuple[Dockerfile, str | None]]:
     """Check build sections; return service -> (parsed Dockerfile, target)."""
     parsed: dict[Path, Dockerfile] = {}
     out: dict[str, tuple[Dockerfile, str | None]] = {}
@@ -494,8 +494,9 @@ def check_copy_sources(dfile: Dockerfile, target: str | None, ctx: Path, root: P
                     )
 
 
-def check_health_and_shape(services: dict[str, dict], dockerfiles: dict[str, tuple[Dockerfile, str | None]],
-                           fname: str, report: Report) -> None:
+def check_health_and_shape(
+    services: dict[str, dict], dockerfiles: dict[str, tuple[Dockerfile, str | None]], fname: str, report: Report
+) -> None:
     for name in REQUIRED_HEALTHCHECKS:
         if name not in services:
             report.error(fname, f"service {name!r} is missing")
@@ -512,13 +513,19 @@ def check_health_and_shape(services: dict[str, dict], dockerfiles: dict[str, tup
             if _has_healthcheck(tgt) or not is_own_service(tgt):
                 continue
             hc = dockerfiles[dep][0].healthcheck_of(dockerfiles[dep][1]) if dep in dockerfiles else None
-            if hc is None or hc == "NONE" or (isinstance(tgt.get("healthcheck"), dict) and tgt["healthcheck"].get("disable")):
+            if (
+                hc is None
+                or hc == "NONE"
+                or (isinstance(tgt.get("healthcheck"), dict) and tgt["healthcheck"].get("disable"))
+            ):
                 report.error(f"{where}.depends_on.{dep}", f"condition service_healthy, but {dep!r} has no healthcheck")
 
         replicas = _int((svc.get("deploy") or {}).get("replicas", svc.get("scale", 1)))
         if replicas and replicas > 1:
             if "container_name" in svc:
-                report.error(f"{where}.container_name", f"a service with {replicas} replicas cannot have a container_name")
+                report.error(
+                    f"{where}.container_name", f"a service with {replicas} replicas cannot have a container_name"
+                )
             for host, _cport, raw in _published_ports(svc):
                 if host and "-" not in host:
                     report.error(f"{where}.ports", f"{raw!r}: {replicas} replicas cannot share one fixed host port")

@@ -59,8 +59,11 @@ def instructions(text: str) -> list[tuple[int, str, str]]:
     """(line, INSTRUCTION, arguments) of a Dockerfile's instructions, comments dropped and
     continuation lines joined (dockerfile-parse: escape directive, comments inside continuations)."""
     parser = DockerfileParser(fileobj=io.BytesIO(text.encode("utf-8")), env_replace=False)
-    return [(s["startline"] + 1, s["instruction"].upper(), s["value"].strip())
-            for s in parser.structure if s["instruction"].upper() != "COMMENT"]
+    return [
+        (s["startline"] + 1, s["instruction"].upper(), s["value"].strip())
+        for s in parser.structure
+        if s["instruction"].upper() != "COMMENT"
+    ]
 
 
 def parse_dockerfile(path: Path) -> Dockerfile:

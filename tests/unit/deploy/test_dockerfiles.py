@@ -36,10 +36,12 @@ def test_hadolint_flags_bad_dockerfile(tmp_path):
     assert "DL3007" in text  # :latest
 
 
-
 def test_dockerignore_semantics():
-    rules = [(False, cc._dockerignore_regex("**")), (True, cc._dockerignore_regex("schemas")),
-             (False, cc._dockerignore_regex("**/__pycache__"))]
+    rules = [
+        (False, cc._dockerignore_regex("**")),
+        (True, cc._dockerignore_regex("schemas")),
+        (False, cc._dockerignore_regex("**/__pycache__")),
+    ]
     assert cc.dockerignored("deploy/k8s", rules)
     assert not cc.dockerignored("schemas", rules)
     assert not cc.dockerignored("schemas/json/a.json", rules)

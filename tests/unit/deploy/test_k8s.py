@@ -15,7 +15,11 @@ from tests.unit.deploy.helpers import HAS_K8S_SCHEMAS, HAS_KUBECTL, REPO, cc, ed
 def test_k8s_broken_hpa_and_refs(tree, capsys):
     k8s = tree / "deploy" / "k8s" / "base"
     edit(k8s / "worker-hpa.yaml", "  maxReplicas: 8", "  maxReplicas: 16")
-    edit(k8s / "worker-statefulset.yaml", "            claimName: streamrec-models", "            claimName: streamrec-model")
+    edit(
+        k8s / "worker-statefulset.yaml",
+        "            claimName: streamrec-models",
+        "            claimName: streamrec-model",
+    )
     edit(k8s / "worker-pdb.yaml", "app.kubernetes.io/name: streamrec-worker", "app.kubernetes.io/name: worker")
     edit(k8s / "configmap.yaml", '  STREAMREC_LOG_LEVEL: "INFO"', '  STREAMREC_LOGLEVEL: "INFO"')
     rc, out = run(tree / "docker-compose.yml", "--skip-hadolint", "--kustomize", "builtin", capsys=capsys)

@@ -57,7 +57,10 @@ def test_files_are_partitioned_by_event_date_and_named_by_offsets(tmp_path):
     ]
     files = list_files(tmp_path, EVENTS)
     assert [(f.topic, f.partition, f.first_offset, f.last_offset) for f in files] == [
-        ("shop.events", 3, 100, 106), ("shop.events", 3, 101, 107), ("shop.events", 3, 102, 108)]
+        ("shop.events", 3, 100, 106),
+        ("shop.events", 3, 101, 107),
+        ("shop.events", 3, 102, 108),
+    ]
     # an item without its own time is filed under its Kafka timestamp's date
     write_batch(tmp_path, ITEMS, "items", [loc(Item("a"), 0, kafka_ts=T0 + 40 * DAY)])
     assert [f.date for f in list_files(tmp_path, ITEMS)] == ["2012-01-10"]
@@ -84,7 +87,12 @@ def test_since_until_window_on_event_time(tmp_path):
 
 
 def test_latest_catalog_record_wins(tmp_path):
-    write_batch(tmp_path, ITEMS, "items", [loc(Item("a", title="old"), 0, kafka_ts=T0), loc(Item("a", title="new"), 1, kafka_ts=T0 + 1)])
+    write_batch(
+        tmp_path,
+        ITEMS,
+        "items",
+        [loc(Item("a", title="old"), 0, kafka_ts=T0), loc(Item("a", title="new"), 1, kafka_ts=T0 + 1)],
+    )
     ds = read_archive(tmp_path)
     assert ds.items["a"].title == "new" and ds.stats.notes["item_records_superseded"] == 1
 

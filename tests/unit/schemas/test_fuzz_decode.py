@@ -45,8 +45,9 @@ def check(raw) -> Event | None:
         assert exc.reason in REASONS, exc.reason
         assert str(exc)
         if isinstance(raw, (bytes, bytearray)) and len(raw) * 4 // 3 + 4096 < MAX_DEAD_LETTER_BYTES:
-            dl = DeadLetter.for_message(exc, topic="events", partition=0, offset=1, key=b"k", value=bytes(raw),
-                                        ts=1_320_000_000_000)
+            dl = DeadLetter.for_message(
+                exc, topic="events", partition=0, offset=1, key=b"k", value=bytes(raw), ts=1_320_000_000_000
+            )
             back = decode_dead_letter(encode(dl))
             assert back.value() == bytes(raw) and back.error_code == exc.reason
         ev = None
@@ -70,9 +71,9 @@ def test_byte_mutations_of_real_events(seeds, data):
         elif op == 2:
             raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
         elif op == 3:
-            del raw[at: at + data.draw(st.integers(1, 20))]
+            del raw[at : at + data.draw(st.integers(1, 20))]
         else:
-            raw[at:at] = raw[max(0, at - 10): at]
+            raw[at:at] = raw[max(0, at - 10) : at]
     check(bytes(raw))
 
 
@@ -97,7 +98,9 @@ def test_field_replacements_in_real_events(seeds, data):
     try:
         raw = orjson.dumps(d)
     except TypeError:  # an integer over 64 bits, or NaN: write the JSON text by hand
-        raw = repr(d).replace("'", '"').replace("None", "null").replace("True", "true").replace("False", "false").encode()
+        raw = (
+            repr(d).replace("'", '"').replace("None", "null").replace("True", "true").replace("False", "false").encode()
+        )
     check(raw)
 
 
@@ -111,7 +114,11 @@ def test_deep_nesting_is_refused_quickly(depth, opener):
 
 
 @FAST
-@given(st.one_of(st.binary(max_size=400), st.text(max_size=200), st.none(), st.integers(), st.lists(st.integers(), max_size=3)))
+@given(
+    st.one_of(
+        st.binary(max_size=400), st.text(max_size=200), st.none(), st.integers(), st.lists(st.integers(), max_size=3)
+    )
+)
 def test_anything_at_all(value):
     check(value)
 

@@ -131,15 +131,44 @@ def test_schema_files_are_valid_draft_2020_12():
 
 EV = {"event_id": "e1", "user_id": "17850", "type": "purchase", "item_id": "85123A", "ts": 1291191960000}
 IT = {"item_id": "85123A", "title": "WHITE HANGING HEART T-LIGHT HOLDER"}
-REC = {"user_id": "u", "items": [{"item_id": "a", "score": 1.0, "reason": "r"}], "model_version": "v1",
-       "variant": "fp32", "event_id": "e1", "event_ts": 1291191960000, "published_ts": 1291191960100}
-DL = {"reason": "$: bad_json: x", "error_code": "bad_json", "source_topic": "events", "partition": 0, "offset": 5,
-      "value_b64": "e30=", "ts": 1291191960000}
-MU = {"version": "v1", "location": "/m/v1", "manifest_sha256": "0" * 64, "created_at": "2024-01-01T00:00:00Z",
-      "metrics": {}}
-MF = {"format": 1, "version": "v1", "created_at": "2024-01-01T00:00:00Z", "base_model": "m", "dim": 8,
-      "max_seq_len": 4, "max_text_len": 4, "features": ["f"], "event_type_ids": {"view": 1},
-      "files": {"ranker.onnx": {"sha256": "0" * 64, "bytes": 1}}, "ranker_variants": ["fp32"]}
+REC = {
+    "user_id": "u",
+    "items": [{"item_id": "a", "score": 1.0, "reason": "r"}],
+    "model_version": "v1",
+    "variant": "fp32",
+    "event_id": "e1",
+    "event_ts": 1291191960000,
+    "published_ts": 1291191960100,
+}
+DL = {
+    "reason": "$: bad_json: x",
+    "error_code": "bad_json",
+    "source_topic": "events",
+    "partition": 0,
+    "offset": 5,
+    "value_b64": "e30=",
+    "ts": 1291191960000,
+}
+MU = {
+    "version": "v1",
+    "location": "/m/v1",
+    "manifest_sha256": "0" * 64,
+    "created_at": "2024-01-01T00:00:00Z",
+    "metrics": {},
+}
+MF = {
+    "format": 1,
+    "version": "v1",
+    "created_at": "2024-01-01T00:00:00Z",
+    "base_model": "m",
+    "dim": 8,
+    "max_seq_len": 4,
+    "max_text_len": 4,
+    "features": ["f"],
+    "event_type_ids": {"view": 1},
+    "files": {"ranker.onnx": {"sha256": "0" * 64, "bytes": 1}},
+    "ranker_variants": ["fp32"],
+}
 
 
 def w(base: dict, **changes) -> dict:
@@ -155,7 +184,11 @@ CORPUS = [
     ("event", w(EV, type="search", item_id=..., query="lantern"), True),
     ("event", w(EV, type="erase_user", item_id=...), True),
     ("event", w(EV, type="rating", rating=4.5), True),
-    ("event", w(EV, ts="2010-12-01T08:26:00+00:00", session_id="", quantity=-3, price=0, context={"a": [1, {"b": [None]}]}), True),
+    (
+        "event",
+        w(EV, ts="2010-12-01T08:26:00+00:00", session_id="", quantity=-3, price=0, context={"a": [1, {"b": [None]}]}),
+        True,
+    ),
     ("event", w(EV, ts=1291191960000.5, schema_version=1), True),
     ("event", w(EV, user_id=17850.5), False),
     ("event", w(EV, user_id=True), False),
@@ -183,7 +216,11 @@ CORPUS = [
     ("event", w(EV, context={f"k{i}": 0 for i in range(33)}), False),
     ("event", w(EV, context={"blob": "x" * 5000}), None),
     ("item", IT, True),
-    ("item", w(IT, title="  ", available=False, price=1, ts="2017-11-25T00:00:00+08:00", brand="b", category="c"), True),
+    (
+        "item",
+        w(IT, title="  ", available=False, price=1, ts="2017-11-25T00:00:00+08:00", brand="b", category="c"),
+        True,
+    ),
     ("item", w(IT, title="t" * 513), False),
     ("item", w(IT, available=0), False),
     ("item", w(IT, item_id=...), False),
@@ -201,7 +238,11 @@ CORPUS = [
     ("model_update", w(MU, version=".hidden"), False),
     ("model_update", w(MU, created_at="2024-01-01"), False),
     ("model_manifest", MF, True),
-    ("model_manifest", w(MF, extra={"anything": 1}, training_window={"start": 1291191960000, "end": "2011-10-01T00:00:00Z"}), True),
+    (
+        "model_manifest",
+        w(MF, extra={"anything": 1}, training_window={"start": 1291191960000, "end": "2011-10-01T00:00:00Z"}),
+        True,
+    ),
     ("model_manifest", w(MF, files={"a/b": {"sha256": "0" * 64, "bytes": 1}}), False),
     ("model_manifest", w(MF, ranker_variants=["fp32", "fp32"]), False),
     ("model_manifest", w(MF, event_type_ids={"view": 0}), False),
@@ -225,7 +266,12 @@ def test_python_only_rules_are_all_exercised():
             with pytest.raises(ValidationError) as info:
                 DECODERS[name](orjson.dumps(message))
             err = info.value
-            what = {"too_large": "context", "bad_timestamp": "calendar", "out_of_range": "instant", "duplicate": "items"}
+            what = {
+                "too_large": "context",
+                "bad_timestamp": "calendar",
+                "out_of_range": "instant",
+                "duplicate": "items",
+            }
             hits.add((err.reason, what[err.reason]))
     assert hits == PYTHON_ONLY
 
@@ -233,7 +279,10 @@ def test_python_only_rules_are_all_exercised():
 # --- hypothesis: invented messages ----------------------------------------------------------------
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**60), 2**60), st.floats(allow_nan=False, allow_infinity=False),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**60), 2**60),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
 )
 json_values = st.recursive(
@@ -241,6 +290,8 @@ json_values = st.recursive(
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
     max_leaves=12,
 )
+
+
 def good_or_bad(good, bad):
     """Mostly ``good`` (so that valid messages are common), sometimes ``bad`` or any JSON value."""
     return st.integers(0, 9).flatmap(lambda roll: good if roll else st.one_of(bad, json_values))
@@ -248,13 +299,23 @@ def good_or_bad(good, bad):
 
 ids = good_or_bad(
     st.one_of(st.text(min_size=1, max_size=128), st.integers(-(2**53), 2**53), st.integers(-(10**9), 10**9).map(float)),
-    st.one_of(st.just(""), st.text(min_size=129, max_size=130), st.integers(2**53 + 1, 2**60),
-              st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())),
+    st.one_of(
+        st.just(""),
+        st.text(min_size=129, max_size=130),
+        st.integers(2**53 + 1, 2**60),
+        st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer()),
+    ),
 )
 rfc3339 = st.builds(
-    lambda moment, sep, offset_min, frac: (moment + timedelta(minutes=offset_min)).strftime(f"%Y-%m-%d{sep}%H:%M:%S")
-    + frac
-    + ("Z" if offset_min == 0 else f"{'+' if offset_min > 0 else '-'}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"),
+    lambda moment, sep, offset_min, frac: (
+        (moment + timedelta(minutes=offset_min)).strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+        + frac
+        + (
+            "Z"
+            if offset_min == 0
+            else f"{'+' if offset_min > 0 else '-'}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+        )
+    ),
     st.datetimes(min_value=datetime(1985, 1, 1), max_value=datetime(2105, 1, 1)),
     st.sampled_from(["T", " ", "t"]),
     st.integers(-23 * 60, 23 * 60),
@@ -272,11 +333,15 @@ timestamps = good_or_bad(
 number = st.floats(allow_nan=False, allow_infinity=False)
 FIELD_VALUES = {
     "schema_version": good_or_bad(st.just(1), json_scalars),
-    "event_id": good_or_bad(st.text(min_size=1, max_size=128), st.one_of(st.just(""), st.text(min_size=129, max_size=130))),
+    "event_id": good_or_bad(
+        st.text(min_size=1, max_size=128), st.one_of(st.just(""), st.text(min_size=129, max_size=130))
+    ),
     "user_id": ids,
     "type": good_or_bad(st.sampled_from(EVENT_TYPES), st.text(max_size=10)),
     "item_id": ids,
-    "query": good_or_bad(st.text(min_size=1, max_size=512), st.one_of(st.just(""), st.text(min_size=513, max_size=520))),
+    "query": good_or_bad(
+        st.text(min_size=1, max_size=512), st.one_of(st.just(""), st.text(min_size=513, max_size=520))
+    ),
     "ts": timestamps,
     "session_id": good_or_bad(st.text(max_size=128), st.text(min_size=129, max_size=130)),
     "quantity": good_or_bad(st.integers(-(10**6), 10**6), st.one_of(st.integers(-(2 * 10**6), 2 * 10**6), number)),
@@ -287,7 +352,11 @@ FIELD_VALUES = {
         st.one_of(
             st.dictionaries(st.text(max_size=8), json_values, min_size=30, max_size=34),
             st.dictionaries(st.text(max_size=3), st.text(min_size=1500, max_size=1500), min_size=2, max_size=4),
-            st.recursive(st.just({}), lambda inner: st.dictionaries(st.text(max_size=2), inner, min_size=1, max_size=1), max_leaves=6),
+            st.recursive(
+                st.just({}),
+                lambda inner: st.dictionaries(st.text(max_size=2), inner, min_size=1, max_size=1),
+                max_leaves=6,
+            ),
         ),
     ),
 }
@@ -329,7 +398,10 @@ item_fields = {
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.fixed_dictionaries({}, optional=item_fields), st.one_of(st.none(), st.tuples(st.text(min_size=1, max_size=6), json_values)))
+@given(
+    st.fixed_dictionaries({}, optional=item_fields),
+    st.one_of(st.none(), st.tuples(st.text(min_size=1, max_size=6), json_values)),
+)
 def test_hypothesis_items_agree_and_round_trip(message, extra):
     if extra is not None:
         message[extra[0]] = extra[1]

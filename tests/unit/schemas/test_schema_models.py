@@ -57,7 +57,9 @@ def refused(decode, data) -> ValidationError:
 
 def test_first_online_retail_line_as_event():
     ev = decode_event(raw(quantity=6, price=2.55, session_id="536365"))
-    assert ev == Event("or-9202340e85de11ad", "17850", "purchase", TS, "85123A", session_id="536365", quantity=6, price=2.55)
+    assert ev == Event(
+        "or-9202340e85de11ad", "17850", "purchase", TS, "85123A", session_id="536365", quantity=6, price=2.55
+    )
     assert ev.schema_version == 1
 
 
@@ -179,7 +181,12 @@ INVALID_EVENTS = [
     ("boolean user id", raw(user_id=True), "wrong_type", "$.user_id"),
     ("huge numeric user id", raw(user_id=2**53 + 2), "out_of_range", "$.user_id"),
     ("user id too long", raw(user_id="u" * 129), "too_long", "$.user_id"),
-    ("null user id", b'{"event_id":"e","user_id":null,"type":"view","item_id":"i","ts":1291191960000}', "wrong_type", "$.user_id"),
+    (
+        "null user id",
+        b'{"event_id":"e","user_id":null,"type":"view","item_id":"i","ts":1291191960000}',
+        "wrong_type",
+        "$.user_id",
+    ),
     ("no type", raw(type=None), "missing_field", "$.type"),
     ("unknown type", raw(type="pv"), "unknown_type", "$.type"),
     ("type not a string", raw(type=["view"]), "wrong_type", "$.type"),
@@ -301,8 +308,13 @@ def test_item_with_text_and_defaults():
     assert it == Item("85123", title="WHITE HANGING HEART T-LIGHT HOLDER", price=2.55)
     assert it.available is True
     assert decode_item(encode(it)) == it
-    assert orjson.loads(encode(it)) == {"schema_version": 1, "item_id": "85123", "title": it.title, "price": 2.55,
-                                        "available": True}
+    assert orjson.loads(encode(it)) == {
+        "schema_version": 1,
+        "item_id": "85123",
+        "title": it.title,
+        "price": 2.55,
+        "available": True,
+    }
 
 
 @pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
@@ -312,7 +324,9 @@ def test_item_blank_text_means_no_text(blank):
 
 
 def test_item_without_any_text_and_rfc3339_ts():
-    it = decode_item(b'{"item_id": "2268318", "category": "2520377", "available": false, "ts": "2017-11-25T00:00:00+08:00"}')
+    it = decode_item(
+        b'{"item_id": "2268318", "category": "2520377", "available": false, "ts": "2017-11-25T00:00:00+08:00"}'
+    )
     assert (it.title, it.category, it.available, it.ts) == (None, "2520377", False, 1511539200000)
 
 
@@ -344,8 +358,19 @@ def _rec(**changes) -> dict:
     rec = {
         "user_id": "17850",
         "items": [
-            {"item_id": "71053", "score": 2.5, "reason": "bought with WHITE HANGING HEART T-LIGHT HOLDER", "source": "covis"},
-            {"item_id": "22423", "score": 1.0, "reason": "popular now", "title": "REGENCY CAKESTAND 3 TIER", "source": "trending"},
+            {
+                "item_id": "71053",
+                "score": 2.5,
+                "reason": "bought with WHITE HANGING HEART T-LIGHT HOLDER",
+                "source": "covis",
+            },
+            {
+                "item_id": "22423",
+                "score": 1.0,
+                "reason": "popular now",
+                "title": "REGENCY CAKESTAND 3 TIER",
+                "source": "trending",
+            },
         ],
         "model_version": "2024-01-01T00-00-00",
         "variant": "fp32",
@@ -367,15 +392,33 @@ def test_recommendation_round_trip():
 
 
 INVALID_RECS = [
-    ("duplicate item", _rec(items=[{"item_id": "1", "score": 1, "reason": ""}, {"item_id": 1, "score": 0, "reason": ""}]),
-     "duplicate", "$.items[1].item_id"),
+    (
+        "duplicate item",
+        _rec(items=[{"item_id": "1", "score": 1, "reason": ""}, {"item_id": 1, "score": 0, "reason": ""}]),
+        "duplicate",
+        "$.items[1].item_id",
+    ),
     ("item without score", _rec(items=[{"item_id": "1", "reason": "r"}]), "missing_field", "$.items[0].score"),
     ("item not object", _rec(items=["71053"]), "wrong_type", "$.items[0]"),
-    ("reason too long", _rec(items=[{"item_id": "1", "score": 1, "reason": "r" * 201}]), "too_long", "$.items[0].reason"),
-    ("unknown item field", _rec(items=[{"item_id": "1", "score": 1, "reason": "", "rank": 1}]), "unknown_field",
-     "$.items[0].rank"),
+    (
+        "reason too long",
+        _rec(items=[{"item_id": "1", "score": 1, "reason": "r" * 201}]),
+        "too_long",
+        "$.items[0].reason",
+    ),
+    (
+        "unknown item field",
+        _rec(items=[{"item_id": "1", "score": 1, "reason": "", "rank": 1}]),
+        "unknown_field",
+        "$.items[0].rank",
+    ),
     ("items not a list", _rec(items={"1": 1}), "wrong_type", "$.items"),
-    ("too many items", _rec(items=[{"item_id": str(i), "score": 0, "reason": ""} for i in range(1001)]), "too_many", "$.items"),
+    (
+        "too many items",
+        _rec(items=[{"item_id": str(i), "score": 0, "reason": ""} for i in range(1001)]),
+        "too_many",
+        "$.items",
+    ),
     ("event_ts as string", _rec(event_ts="2010-12-01T08:26:00Z"), "wrong_type", "$.event_ts"),
     ("published_ts in seconds", _rec(published_ts=1291191960), "out_of_range", "$.published_ts"),
     ("no variant", {k: v for k, v in _rec().items() if k != "variant"}, "missing_field", "$.variant"),
@@ -400,7 +443,9 @@ def test_rec_item_score_must_be_finite():
 def test_dead_letter_keeps_the_original_bytes_and_the_precise_reason():
     bad = raw(ts=1e18)
     err = refused(decode_event, bad)
-    dl = DeadLetter.for_message(err, topic="events", partition=3, offset=41, key=b"17850", value=bad, ts=TS, worker="w-1")
+    dl = DeadLetter.for_message(
+        err, topic="events", partition=3, offset=41, key=b"17850", value=bad, ts=TS, worker="w-1"
+    )
     assert (dl.error_code, dl.reason) == ("out_of_range", "$.ts: out_of_range: 1e+18 is after 2100-01-01")
     assert dl.value() == bad and dl.key() == b"17850"
     assert dl.value_utf8 == bad.decode()
@@ -410,13 +455,19 @@ def test_dead_letter_keeps_the_original_bytes_and_the_precise_reason():
 
 def test_dead_letter_of_binary_oversized_and_tombstone_messages():
     big = b"x" * (MAX_MESSAGE_BYTES + 1)
-    dl = DeadLetter.for_message(refused(decode_event, big), topic="events", partition=0, offset=0, key=None, value=big, ts=TS)
+    dl = DeadLetter.for_message(
+        refused(decode_event, big), topic="events", partition=0, offset=0, key=None, value=big, ts=TS
+    )
     assert (dl.error_code, dl.value_utf8, dl.key_b64) == ("too_large", None, None)
     assert decode_dead_letter(encode(dl)).value() == big
     binary = b"\xff\xfe"
-    dl = DeadLetter.for_message(refused(decode_event, binary), topic="events", partition=0, offset=1, key=None, value=binary, ts=TS)
+    dl = DeadLetter.for_message(
+        refused(decode_event, binary), topic="events", partition=0, offset=1, key=None, value=binary, ts=TS
+    )
     assert (dl.error_code, dl.value_utf8) == ("bad_json", None)
-    dl = DeadLetter.for_message(RuntimeError("ranker down"), topic="events", partition=0, offset=2, key=b"u", value=None, ts=TS)
+    dl = DeadLetter.for_message(
+        RuntimeError("ranker down"), topic="events", partition=0, offset=2, key=b"u", value=None, ts=TS
+    )
     assert (dl.error_code, dl.reason, dl.value_b64) == ("processing_error", "RuntimeError: ranker down", "")
 
 
@@ -431,8 +482,16 @@ def test_dead_letter_of_binary_oversized_and_tombstone_messages():
     ],
 )
 def test_invalid_dead_letter(changes, reason, path):
-    msg = {"reason": "r", "error_code": "bad_json", "source_topic": "events", "partition": 0, "offset": 7,
-           "value_b64": base64.b64encode(b"{").decode(), "ts": TS, **changes}
+    msg = {
+        "reason": "r",
+        "error_code": "bad_json",
+        "source_topic": "events",
+        "partition": 0,
+        "offset": 7,
+        "value_b64": base64.b64encode(b"{").decode(),
+        "ts": TS,
+        **changes,
+    }
     err = refused(decode_dead_letter, orjson.dumps(msg))
     assert (err.reason, err.path) == (reason, path)
 
@@ -440,8 +499,13 @@ def test_invalid_dead_letter(changes, reason, path):
 # --- model updates and manifests ----------------------------------------------------------------
 
 
-UPDATE = {"version": "20240101-000000-ab12", "location": "/models/20240101-000000-ab12", "manifest_sha256": "a" * 64,
-          "created_at": "2024-01-01T00:00:00Z", "metrics": {"hr@10": 0.16, "baseline": {"hr@10": 0.15}}}
+UPDATE = {
+    "version": "20240101-000000-ab12",
+    "location": "/models/20240101-000000-ab12",
+    "manifest_sha256": "a" * 64,
+    "created_at": "2024-01-01T00:00:00Z",
+    "metrics": {"hr@10": 0.16, "baseline": {"hr@10": 0.15}},
+}
 
 
 def test_model_update_round_trip():
@@ -478,7 +542,10 @@ def manifest(**changes) -> dict:
         "max_text_len": 32,
         "features": list(FEATURE_NAMES),
         "event_type_ids": dict(EVENT_TYPE_IDS),
-        "files": {"ranker.onnx": {"sha256": "b" * 64, "bytes": 1234}, "item_vecs.npy": {"sha256": "c" * 64, "bytes": 0}},
+        "files": {
+            "ranker.onnx": {"sha256": "b" * 64, "bytes": 1234},
+            "item_vecs.npy": {"sha256": "c" * 64, "bytes": 0},
+        },
         "ranker_variants": ["fp32", "fp16", "int8"],
         "training_window": {"start": "2010-12-01T00:00:00Z", "end": 1317427200000},
         "metrics": {"hr@10": 0.16},
@@ -526,8 +593,18 @@ def test_manifest_never_raises_anything_else():
 
 def test_reason_codes_are_documented_in_the_dead_letter_schema():
     assert "error_code" in json.dumps(schemas.json_schema("dead_letter"))
-    assert {"missing_field", "wrong_type", "out_of_range", "too_long", "bad_json", "not_object", "too_deep",
-            "too_large", "unknown_type", "unknown_field"} <= REASONS
+    assert {
+        "missing_field",
+        "wrong_type",
+        "out_of_range",
+        "too_long",
+        "bad_json",
+        "not_object",
+        "too_deep",
+        "too_large",
+        "unknown_type",
+        "unknown_field",
+    } <= REASONS
 
 
 def test_parse_rfc3339_matches_datetime():
