@@ -402,6 +402,18 @@ def _manifest_format(value: Any, path: str) -> int:
     return 1
 
 
+def _json_numbers(value: Any) -> Any:
+    """A parsed JSON value with integers beyond 64 bits as floats, as JSON parsers built on
+    doubles (and orjson, which this contract was first written with) read them."""
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(v) for v in value]
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        return float(value)
+    return value
+
+
 def _fast_id(value: Any, path: str) -> str:
     # Hot path: the common valid form inline, the full check (which also builds the error) otherwise.
     if type(value) is str and 0 < len(value) <= MAX_ID_LEN:
@@ -548,7 +560,18 @@ Rfc3339 = wire_type(
     _rfc3339_str,
     {"description": "RFC 3339 date-time with offset, 1990-01-01 .. 2100-01-01 UTC.", **_RFC3339_SCHEMA},
 )
-Context = wire_type("Context", dict, _context, _context_schema)
+
+
+def _json_context(value: Any, path: str) -> dict[str, Any]:
+    try:
+        return _context(value, path)
+    except ValidationError as err:
+        if err.reason != "out_of_range" or err.path != path or "64 bits" not in err.detail:
+            raise
+    return _context(_json_numbers(value), path)  # rare: read huge integers as JSON does
+
+
+Context = wire_type("Context", dict, _json_context, _context_schema)
 Quantity = _int_type("Quantity", -MAX_QUANTITY, MAX_QUANTITY)
 Finite = wire_type("Finite", float, _finite, {"type": "number"})
 Base64 = _pattern_type("Base64", _B64, "base64", 2**24)
@@ -612,6 +635,15 @@ class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def _rules(self, path: str) -> None:
         """Cross-field rules msgspec cannot express (run by decode_* and from_dict)."""
 
+    # Which fault a message with several reports (the error path only, see _first_error): unknown
+    # fields first, then the fields in this order (default: schema_version, then the declaration
+    # order), each followed by its cross-field rule.
+    __check_order__: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def _field_rule(cls, name: str, checked: dict[str, Any], path: str) -> None:
+        """The cross-field rule checked right after field ``name``, given the fields checked so far."""
+
 
 def _when_type(types: list[str] | str, required: str, negate: bool = False) -> dict[str, Any]:
     cond: dict[str, Any] = {"enum": types} if isinstance(types, list) else {"const": types}
@@ -653,13 +685,30 @@ class Event(_Wire):
         ],
     }
 
+    __check_order__ = (
+        "schema_version", "event_id", "user_id", "type", "item_id", "query", "ts",
+        "session_id", "quantity", "price", "rating", "context",
+    )  # fmt: skip
+
     def _rules(self, path: str) -> None:
         etype = self.type
-        if self.item_id is None and etype not in ITEMLESS_EVENT_TYPES:
+        if (
+            (self.item_id is None and etype not in ITEMLESS_EVENT_TYPES)
+            or (self.query is None and etype == "search")
+            or (self.rating is None and etype == "rating")
+        ):
+            checked = {"type": etype, "item_id": self.item_id, "query": self.query, "rating": self.rating}
+            for name in ("item_id", "query", "context"):
+                Event._field_rule(name, checked, path)
+
+    @classmethod
+    def _field_rule(cls, name: str, checked: dict[str, Any], path: str) -> None:
+        etype = checked.get("type")
+        if name == "item_id" and checked.get("item_id") is None and etype not in ITEMLESS_EVENT_TYPES:
             raise ValidationError("missing_field", f"{path}.item_id", f"required for type {etype}")
-        if self.query is None and etype == "search":
+        if name == "query" and checked.get("query") is None and etype == "search":
             raise ValidationError("missing_field", f"{path}.query", "required for type search")
-        if self.rating is None and etype == "rating":
+        if name == "context" and checked.get("rating") is None and etype == "rating":  # the last rule
             raise ValidationError("missing_field", f"{path}.rating", "required for type rating")
 
 
@@ -715,15 +764,18 @@ class Recommendation(_Wire):
         return out
 
     def _rules(self, path: str) -> None:
-        items = self.items
-        if len({x.item_id for x in items}) != len(items):
-            seen: set[str] = set()
-            for i, x in enumerate(items):
-                if x.item_id in seen:
-                    raise ValidationError(
-                        "duplicate", f"{path}.items[{i}].item_id", f"{_show(x.item_id)} is listed twice"
-                    )
-                seen.add(x.item_id)
+        if len({x.item_id for x in self.items}) != len(self.items):
+            Recommendation._field_rule("items", {"items": self.items}, path)
+
+    @classmethod
+    def _field_rule(cls, name: str, checked: dict[str, Any], path: str) -> None:
+        if name != "items":
+            return
+        seen: set[str] = set()
+        for i, x in enumerate(checked["items"]):
+            if x.item_id in seen:
+                raise ValidationError("duplicate", f"{path}.items[{i}].item_id", f"{_show(x.item_id)} is listed twice")
+            seen.add(x.item_id)
 
 
 class DeadLetter(_Wire):
@@ -751,6 +803,10 @@ class DeadLetter(_Wire):
     worker: Str(MAX_ID_LEN, description="Id of the worker that gave up on it.") = None
     schema_version: SchemaVersion = SCHEMA_VERSION
 
+    __check_order__ = (
+        "schema_version", "reason", "error_code", "source_topic", "partition", "offset",
+        "key_b64", "value_b64", "value_utf8", "ts", "worker",
+    )  # fmt: skip
     __schema__ = {
         "description": "A message that could not be processed, on `events.dlq`: the original bytes, where they came "
         "from and a precise reason. Nothing is dropped silently.",
@@ -966,6 +1022,17 @@ class _Fail(ValueError):
         self.error = error
 
 
+def _python_dec_hook(tp: Any, value: Any) -> Any:
+    """``from_dict``: Python values, not JSON text, so an integer beyond 64 bits in ``context`` is
+    refused (it would not survive a JSON round trip) instead of read as JSON would read it."""
+    if tp is Context:
+        try:
+            return _context(value, "")
+        except ValidationError as err:
+            raise _Fail(err) from None
+    return _dec_hook(tp, value)
+
+
 def _dec_hook(tp: Any, value: Any) -> Any:
     try:
         check = tp.check
@@ -1050,6 +1117,66 @@ def _translate(exc: msgspec.ValidationError, prefix: str) -> ValidationError:
     return ValidationError("wrong_type", path, message)
 
 
+def _check_value(tp: Any, value: Any, where: str) -> Any:
+    """``value`` checked as a field of type ``tp``; structs (and arrays of them) field by field."""
+    base, metas = tp, ()
+    if get_origin(tp) is Annotated:
+        base, *metas = get_args(tp)
+    if get_origin(base) is tuple and isinstance(get_args(base)[0], type) and issubclass(get_args(base)[0], _Wire):
+        if not isinstance(value, list):
+            raise _wrong(where, "an array", value)
+        limit = min((m.max_length for m in metas if isinstance(m, Meta) and m.max_length is not None), default=None)
+        if limit is not None and len(value) > limit:
+            raise ValidationError("too_many", where, f"{len(value)} items, at most {limit}")
+        return tuple(_check_value(get_args(base)[0], x, f"{where}[{i}]") for i, x in enumerate(value))
+    if isinstance(base, type) and issubclass(base, _Wire):
+        err = _first_error(base, value, where)
+        if err is not None:
+            raise err
+    try:
+        return msgspec.convert(value, tp, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, where) from None
+
+
+def _first_error(cls: Any, d: Any, path: str) -> ValidationError | None:
+    """The fault a message with several reports, in a stable order that does not depend on the
+    order of its keys: not an object, unknown fields (the first in sorted order), then field by
+    field in ``cls.__check_order__`` (a missing required field where it would be), each with its
+    cross-field rule. None when no field is at fault (a rule on the whole message failed).
+    Runs only for a refused message."""
+    if not isinstance(d, dict):
+        return ValidationError(
+            "not_object" if path == "$" else "wrong_type", path, f"expected an object, got {_kind(d)}"
+        )
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    extra = sorted(str(k) for k in d if k not in fields)
+    if extra and cls.__struct_config__.forbid_unknown_fields:
+        return ValidationError("unknown_field", _child(path, extra[0]), "not part of the schema")
+    order = cls.__check_order__ or ("schema_version", *fields)
+    checked: dict[str, Any] = {}
+    try:
+        for name in dict.fromkeys(n for n in order if n in fields):
+            where = _child(path, name)
+            if name in d:
+                checked[name] = _check_value(fields[name].type, d[name], where)
+            elif fields[name].required:
+                raise ValidationError("missing_field", where, "required")
+            cls._field_rule(name, checked, path)
+    except ValidationError as err:
+        return err
+    return None
+
+
+def _refusal(cls: Any, d: Any, exc: msgspec.ValidationError, path: str) -> ValidationError:
+    """The ValidationError of a message msgspec refused: its first fault in the stable order."""
+    try:
+        err = _first_error(cls, d, path)
+    except Exception:  # noqa: BLE001 - fall back to msgspec's own report
+        err = None
+    return err or _translate(exc, path)
+
+
 def _internal(exc: BaseException, path: str) -> ValidationError:
     return ValidationError("internal_error", path, f"{type(exc).__name__}: {exc}")
 
@@ -1057,7 +1184,7 @@ def _internal(exc: BaseException, path: str) -> ValidationError:
 def _convert(d: Any, cls: type[T], path: str) -> T:
     """Validate a parsed value as ``cls``; raises only ValidationError."""
     try:
-        obj = msgspec.convert(d, cls, dec_hook=_dec_hook)
+        obj = msgspec.convert(d, cls, dec_hook=_python_dec_hook)
         rules = getattr(obj, "_rules", None)
         if rules is not None:
             rules(path)
@@ -1065,7 +1192,7 @@ def _convert(d: Any, cls: type[T], path: str) -> T:
     except ValidationError:
         raise
     except msgspec.ValidationError as exc:
-        raise _translate(exc, path) from None
+        raise _refusal(cls, d, exc, path) from None
     except RecursionError:
         raise ValidationError("too_deep", path, "nested too deeply") from None
     except Exception as exc:  # noqa: BLE001 - the caller must only ever see ValidationError
@@ -1078,15 +1205,16 @@ def _convert(d: Any, cls: type[T], path: str) -> T:
 _DECODERS: dict[type, msgspec.json.Decoder] = {}
 
 
-def _syntax_error(raw: Any) -> ValidationError | None:
-    """bad_json/too_deep when ``raw`` is not JSON at all: JSON errors win over contract errors."""
+def _refused_bytes(raw: Any, cls: Any, exc: msgspec.ValidationError) -> ValidationError:
+    """Why msgspec refused ``raw``: bad_json/too_deep when it is not JSON at all (JSON errors win
+    over contract errors, wherever they are), else the first fault of the parsed message."""
     try:
-        msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        return ValidationError("bad_json", "$", str(exc))
+        parsed = msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        return ValidationError("bad_json", "$", str(err))
     except RecursionError:
         return ValidationError("too_deep", "$", "nested too deeply")
-    return None
+    return _refusal(cls, parsed, exc, "$")
 
 
 def _decode(raw: Any, cls: type[T], limit: int) -> T:
@@ -1105,7 +1233,7 @@ def _decode(raw: Any, cls: type[T], limit: int) -> T:
     except ValidationError:
         raise
     except msgspec.ValidationError as exc:
-        raise (_syntax_error(raw) or _translate(exc, "$")) from None
+        raise _refused_bytes(raw, cls, exc) from None
     except msgspec.DecodeError as exc:
         raise ValidationError("bad_json", "$", str(exc)) from None
     except RecursionError:

@@ -611,3 +611,36 @@ def test_parse_rfc3339_matches_datetime():
     for text in ("2011-12-09T12:50:00Z", "2017-11-25T00:00:00+08:00", "1999-12-31T23:59:59.999-05:30"):
         expected = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
         assert schemas.parse_rfc3339_ms(text) == int(expected.timestamp() * 1000 + 1e-3)
+
+
+# --- a message with several faults reports one, in a stable order ---------------------------------
+
+SEVERAL_FAULTS = [
+    # label, changes, reason, path: unknown fields first, then the fields in the contract's check order
+    ("unknown field before a bad ts", {"customer": "x", "ts": 1e18}, "unknown_field", "$.customer"),
+    ("first unknown field in sorted order", {"zz": 1, "aa": 2}, "unknown_field", "$.aa"),
+    (
+        "schema version before a missing event id",
+        {"schema_version": 2, "event_id": None},
+        "unsupported_version",
+        "$.schema_version",
+    ),
+    ("missing user before a bad type", {"user_id": None, "type": 5}, "missing_field", "$.user_id"),
+    ("view without item before a bad ts", {"item_id": None, "ts": "yesterday"}, "missing_field", "$.item_id"),
+    ("bad ts before a bad price", {"ts": 0, "price": -1}, "out_of_range", "$.ts"),
+    ("rating rule last", {"type": "rating", "context": [1]}, "wrong_type", "$.context"),
+]
+
+
+@pytest.mark.parametrize(("label", "changes", "reason", "path"), SEVERAL_FAULTS, ids=[c[0] for c in SEVERAL_FAULTS])
+def test_several_faults_report_the_first_in_a_stable_order(label, changes, reason, path):
+    msg = {k: v for k, v in {**BASE, **changes}.items() if v is not None}
+    for order in (list(msg), list(reversed(msg))):  # the order of the keys does not matter
+        err = refused(decode_event, orjson.dumps({k: msg[k] for k in order}))
+        assert (err.reason, err.path) == (reason, path)
+
+
+def test_several_faults_inside_recommendation_items():
+    items = [{"item_id": "1", "score": 1, "reason": ""}, {"rank": 1, "score": "x", "item_id": "2", "reason": ""}]
+    err = refused(decode_recommendation, orjson.dumps(_rec(items=items, event_ts="x")))
+    assert (err.reason, err.path) == ("unknown_field", "$.items[1].rank")
