@@ -1,7 +1,8 @@
 """Wire contracts of the recommender: one source of truth for the worker, the job and the tools.
 
-``schemas.models`` holds the typed messages and their fast validators; ``schemas/json/*.v1.json``
-the same contracts as JSON Schema (draft 2020-12) for other languages and documentation;
+``schemas.models`` declares each typed message once (msgspec Structs, which decode and validate
+it); ``schemas/json/*.v1.json`` are the same contracts as JSON Schema (draft 2020-12), generated
+from those declarations (``python -m schemas.generate``) for other languages and documentation;
 ``schemas.ranking`` the ranker contract (numpy; import it explicitly); ``schemas.sources`` maps the
 shared real data sets onto these messages. This package imports nothing else of the project.
 """

@@ -27,6 +27,7 @@ Rules that hold for every model:
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import re
 from datetime import datetime, timezone
@@ -1117,51 +1118,53 @@ def _translate(exc: msgspec.ValidationError, prefix: str) -> ValidationError:
     return ValidationError("wrong_type", path, message)
 
 
-def _check_value(tp: Any, value: Any, where: str) -> Any:
-    """``value`` checked as a field of type ``tp``; structs (and arrays of them) field by field."""
-    base, metas = tp, ()
-    if get_origin(tp) is Annotated:
-        base, *metas = get_args(tp)
-    if get_origin(base) is tuple and isinstance(get_args(base)[0], type) and issubclass(get_args(base)[0], _Wire):
-        if not isinstance(value, list):
-            raise _wrong(where, "an array", value)
+@functools.cache
+def _check_plan(cls: Any) -> tuple[frozenset[str], tuple[tuple[str, bool, Any, Any, int | None], ...]]:
+    """(field names, per field in check order: name, required, element struct of an array of
+    structs or the struct itself or None, a one-field struct that checks the value, max items)."""
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    plan = []
+    for name in dict.fromkeys(n for n in (cls.__check_order__ or ("schema_version", *fields)) if n in fields):
+        tp = fields[name].type
+        base, metas = (get_args(tp)[0], get_args(tp)[1:]) if get_origin(tp) is Annotated else (tp, ())
+        elem = get_args(base)[0] if get_origin(base) is tuple else base
+        struct = elem if isinstance(elem, type) and issubclass(elem, _Wire) else None
         limit = min((m.max_length for m in metas if isinstance(m, Meta) and m.max_length is not None), default=None)
-        if limit is not None and len(value) > limit:
-            raise ValidationError("too_many", where, f"{len(value)} items, at most {limit}")
-        return tuple(_check_value(get_args(base)[0], x, f"{where}[{i}]") for i, x in enumerate(value))
-    if isinstance(base, type) and issubclass(base, _Wire):
-        err = _first_error(base, value, where)
-        if err is not None:
-            raise err
-    try:
-        return msgspec.convert(value, tp, dec_hook=_dec_hook)
-    except msgspec.ValidationError as exc:
-        raise _translate(exc, where) from None
+        checker = msgspec.defstruct(f"{cls.__name__}_{name}", [(name, tp)])
+        plan.append((name, fields[name].required, struct if struct is not base else None, checker, limit))
+    return frozenset(fields), tuple(plan)
 
 
 def _first_error(cls: Any, d: Any, path: str) -> ValidationError | None:
     """The fault a message with several reports, in a stable order that does not depend on the
     order of its keys: not an object, unknown fields (the first in sorted order), then field by
     field in ``cls.__check_order__`` (a missing required field where it would be), each with its
-    cross-field rule. None when no field is at fault (a rule on the whole message failed).
-    Runs only for a refused message."""
+    cross-field rule; nested structs likewise. None when no field is at fault (a rule on the
+    whole message failed). Runs only for a refused message."""
     if not isinstance(d, dict):
-        return ValidationError(
-            "not_object" if path == "$" else "wrong_type", path, f"expected an object, got {_kind(d)}"
-        )
-    fields = {f.name: f for f in msgspec.structs.fields(cls)}
-    extra = sorted(str(k) for k in d if k not in fields)
+        kind = "not_object" if path == "$" else "wrong_type"
+        return ValidationError(kind, path, f"expected an object, got {_kind(d)}")
+    names, plan = _check_plan(cls)
+    extra = sorted(str(k) for k in d if k not in names)
     if extra and cls.__struct_config__.forbid_unknown_fields:
         return ValidationError("unknown_field", _child(path, extra[0]), "not part of the schema")
-    order = cls.__check_order__ or ("schema_version", *fields)
     checked: dict[str, Any] = {}
     try:
-        for name in dict.fromkeys(n for n in order if n in fields):
-            where = _child(path, name)
-            if name in d:
-                checked[name] = _check_value(fields[name].type, d[name], where)
-            elif fields[name].required:
-                raise ValidationError("missing_field", where, "required")
+        for name, required, elem, checker, limit in plan:
+            if name not in d:
+                if required:
+                    raise ValidationError("missing_field", _child(path, name), "required")
+            else:
+                value = d[name]
+                if elem is not None and isinstance(value, list) and (limit is None or len(value) <= limit):
+                    for i, x in enumerate(value):  # an array of structs: each item in the same order
+                        err = _first_error(elem, x, f"{_child(path, name)}[{i}]")
+                        if err is not None:
+                            raise err
+                try:
+                    checked[name] = getattr(msgspec.convert({name: value}, checker, dec_hook=_dec_hook), name)
+                except msgspec.ValidationError as exc:
+                    raise _translate(exc, path) from None
             cls._field_rule(name, checked, path)
     except ValidationError as err:
         return err
