@@ -126,7 +126,7 @@ def _baselines(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from exporters.item_training import ItemTrainConfig
-    from exporters.job import JobConfig
+    from exporters.job import JobConfig, run
     from exporters.train import RankerTrainConfig
 
     cfg = JobConfig(

@@ -30,7 +30,6 @@ from scipy import sparse
 from exporters.dataset import Interactions
 from schemas.ranking import COVIS_WINDOW, DAY_MS, EVENT_TYPE_IDS, EVENT_WEIGHTS, NUM_FEATURES, RECENCY_DAYS
 from schemas.ranking import DEFAULT_HALF_LIFE_DAYS as HALF_LIFE_DAYS
-
 HOUR_MS = 3_600_000
 
 _WEIGHT_OF_TYPE = np.zeros(max(EVENT_TYPE_IDS.values()) + 1)

@@ -32,14 +32,7 @@ from exporters.baselines import KnnSimilarity
 from exporters.dataset import Interactions, Split, cut_targets, last_event_before, load_interactions, make_split
 from exporters.features import build_points
 from exporters.served import (
-    MIN_NEW_GRID,
-    CandidateSets,
-    candidate_sets,
-    grade,
-    list_index,
-    own_items,
-    served_lists,
-    served_points,
+    MIN_NEW_GRID, CandidateSets, candidate_sets, grade, list_index, own_items, served_lists, served_points,
 )
 from exporters.trainset import baskets_of
 from schemas.ranking import DAY_MS, FEATURE_NAMES

@@ -43,26 +43,12 @@ from exporters.features import covis_pairs
 from exporters.item_index import ItemIndex, item_fields
 from exporters.item_training import ItemTrainConfig, train_item_vectors
 from exporters.logs import Heartbeat
-from exporters.modeling import (
-    BASE_MODEL_NAME,
-    TRAINING_INIT_FEATURE_WEIGHTS,
-    TRAINING_INIT_TASTE,
-    base_model_info,
-    pick_device,
-)
+from exporters.modeling import BASE_MODEL_NAME, TRAINING_INIT_FEATURE_WEIGHTS, TRAINING_INIT_TASTE, base_model_info, pick_device
 from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
 from exporters.served import dense_candidate_scorer, served_evaluation
-from exporters.train import (
-    RankerTrainConfig,
-    TrainStep,
-    config_dict,
-    distributed_context,
-    fit_ranker,
-    model_scorer,
-    seed_everything,
-)
+from exporters.train import RankerTrainConfig, TrainStep, config_dict, distributed_context, fit_ranker, model_scorer, seed_everything
 from exporters.trainset import cut_examples, eval_points, event_examples
 from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
 from schemas.serving import LIST_PARAMS_KEY

@@ -298,6 +298,7 @@ class FaustConsumerHandle(_Handle):
         """Re-read the partition: from the beginning of the log (a lost log), or from the group's
         committed offset (``to_committed``: a stalled partition; the beginning if none)."""
         from aiokafka import TopicPartition
+
         from faust.types import TP
 
         tp = TopicPartition(topic, partition)

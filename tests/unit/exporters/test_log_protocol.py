@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from exporters.dataset import BUNDLED, SplitSpec, build_interactions, make_split, parse_time

@@ -11,8 +11,8 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from faust.tables.recovery import Recovery
 
+from faust.tables.recovery import Recovery
 from streamer.app import _patch_recovery
 from streamer.settings import Settings
 
