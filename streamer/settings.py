@@ -1,8 +1,15 @@
 """One typed, frozen settings object for the worker, read from environment variables.
 
 Every field names its variable; a bad value fails at start with a message naming it
-(``SettingsError: STREAMREC_MAX_BATCH: must be an integer >= 1, got 'abc'``). The README's
-settings table is generated from ``SETTINGS_DOC`` so the two never drift.
+(``SettingsError: STREAMREC_MAX_BATCH: must be an integer >= 1, got 'abc'``).
+
+One declaration per setting: a field of :class:`Settings` (the Kafka ones of
+``schemas.kafka_settings.KafkaSettings``) made with :func:`setting`: variable, default, parser,
+meaning, and ``secret=True`` for a secret (redacted in logs, kept out of ``repr``). To add a
+setting, add that one field; ``SETTINGS_DOC`` and ``SECRET_FIELDS`` are derived from the fields,
+the README table (``python -m streamer.settings --write-readme``) and the deploy checker's list of
+variables and table (``python -m devtools.deploycheck --write-readme``) from ``SETTINGS_DOC``, and
+unit tests fail while a checked-in table is stale (``make generate`` rewrites both).
 """
 
 from __future__ import annotations
