@@ -35,20 +35,10 @@ def _redis_url(name: str, raw: str) -> str:
 
 
 def _variants(name: str, raw: str) -> tuple[tuple[str, float], ...]:
-    """``ranker:0.9,control:0.1`` -> (("ranker", 0.9), ("control", 0.1)); weights must sum to 1."""
-    out = []
-    for part in raw.split(","):
-        label, _, weight = part.partition(":")
-        try:
-            w = float(weight)
-        except ValueError:
-            raise SettingsError(f"{name}: {part!r} is not variant:weight") from None
-        if label not in ("ranker", "control") or w < 0:
-            raise SettingsError(f"{name}: variant must be ranker or control with weight >= 0, got {part!r}")
-        out.append((label, w))
-    if abs(sum(w for _, w in out) - 1.0) > 1e-6:
-        raise SettingsError(f"{name}: weights must sum to 1, got {raw!r}")
-    return tuple(out)
+    """The A/B split; its grammar lives in ``streamer.variants.parse_variants`` (one place)."""
+    from streamer.variants import parse_variants
+
+    return parse_variants(name, raw)
 
 
 # field name -> (ENV VAR, default, parser, description)
@@ -95,7 +85,7 @@ SETTINGS_DOC: dict[str, tuple[str, str | None, Callable[[str, str], Any], str]] 
     "filter_last_viewed": ("STREAMREC_FILTER_LAST_VIEWED", "false", _bool, "hide the item of the triggering view/click"),
     "redis_ttl_s": ("STREAMREC_REDIS_TTL_S", "604800", _int(1, 10**9), "TTL of rec:<user_id> keys"),
     "redis_prefix": ("STREAMREC_REDIS_PREFIX", "rec:", _str, "Redis key prefix of the lists"),
-    "variants": ("STREAMREC_VARIANTS", "ranker:1.0", _variants, "A/B split by stable user hash, e.g. ranker:0.9,control:0.1"),
+    "variants": ("STREAMREC_VARIANTS", "ranker:1.0", _variants, "A/B split by stable user hash, e.g. ranker:0.9,control:0.1 or ranker@<version>:0.1,ranker@production:0.9 (see streamer/variants.py)"),
     "pseudonymize_key": ("STREAMREC_PSEUDONYMIZE_KEY", "", _str, "when set, user ids are replaced at ingest by HMAC-SHA256(key, id); never logged"),
     "producer_max_batch_bytes": ("STREAMREC_PRODUCER_MAX_BATCH_BYTES", "16384", _int(1, 64 * 1024 * 1024), "producer batch size per partition (1 = one record per batch; the embedded stack used to need it, see LocalStack.client_env)"),
     "fetch_max_wait_ms": ("STREAMREC_FETCH_MAX_WAIT_MS", "500", _int(1, 60000), "longest a fetch waits on the broker; the embedded stack sets 10 because its broker (Tansu) does not answer a waiting fetch when data arrives, so the wait is added to every event's latency"),
