@@ -183,13 +183,13 @@ class Rollout:
         publish_model_update(self.kafka, self.model_root / version, self.topic, location=location, note="streamrec-rollout")
         self.out(f"announced {version} on {self.topic}")
 
-    def _wait(self, what: str, done, wait_s: float, poll_s: float = 0.5) -> dict[str, dict] | None:
-        """Until ``done(report)`` holds for every live worker (and at least one reported); the
-        reports then, or None after ``wait_s``."""
+    def _wait(self, what: str, done, wait_s: float, poll_s: float = 0.5, abort=None) -> dict[str, dict] | None:
+        """Until ``done(report)`` holds for every live worker (and at least one reported), or
+        ``abort(report)`` for any; the reports then, or None after ``wait_s``."""
         deadline = time.monotonic() + wait_s
         while True:
             live = {w: rep for w, rep in self.workers().items() if rep["live"]}
-            if live and all(done(rep) for rep in live.values()):
+            if live and (all(done(rep) for rep in live.values()) or (abort and any(abort(rep) for rep in live.values()))):
                 return live
             if time.monotonic() >= deadline:
                 pending = sorted(w for w, rep in live.items() if not done(rep))
@@ -221,10 +221,12 @@ class Rollout:
         self.out(f"canary {version} on {share:.1%} of users (production {production or '?'})")
         if wait_s <= 0:
             return 0
-        live = self._wait(f"workers serving {version}", lambda rep: version in rep["loaded"] or version in rep["refused"]
-                          or rep["production"] == version, wait_s)
-        refusals = {w: rep["refused"][version] for w, rep in (live or {}).items() if version in rep["refused"]}
-        refusals.update({"(store)": reason for v, reason in self.refused().items() if v == version and not refusals})
+        live = self._wait(f"workers serving {version}", lambda rep: version in rep["loaded"] or rep["production"] == version,
+                          wait_s, abort=lambda rep: version in rep["refused"])
+        reports = live if live is not None else {w: rep for w, rep in self.workers().items() if rep["live"]}
+        refusals = {w: rep["refused"][version] for w, rep in reports.items() if version in rep["refused"]}
+        if not refusals and version in self.refused():  # refused by a worker that is gone since
+            refusals["(a worker)"] = self.refused()[version]
         if refusals:
             self.out(f"{version} REFUSED by {', '.join(refusals)}: {next(iter(refusals.values()))}")
             self.rollback(wait_s=0)

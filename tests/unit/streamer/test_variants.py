@@ -94,24 +94,29 @@ def test_assignment_is_stable_proportional_and_a_canary_moves_only_its_band():
 
 
 # ---- two versions in one pipeline ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def two_versions(tmp_path_factory):
-    import exporters.bootstrap as bootstrap
+def export_versions(root, catalog_size: int | None = None):
+    """v1 (published, 32-d), v2 (unpublished, another vector space: 48-d) and v3-corrupt (v2 with a
+    flipped byte in its ranker: its checksum fails) in the model store ``root``."""
+    from exporters import bootstrap
     from exporters.bootstrap import export_bootstrap
     from exporters.modeling import tiny_bert_config
     from tests.unit.streamer.conftest import CATALOG
 
-    root = tmp_path_factory.mktemp("models2")
     export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v1")
-    with pytest.MonkeyPatch.context() as mp:  # another vector space: 48-d (v1's are 32-d)
+    with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bootstrap, "tiny_bert_config", functools.partial(tiny_bert_config, hidden=48))
-        export_bootstrap(root, dataset=None, tiny=True, items=CATALOG[:5], version="v2", publish=False)
+        export_bootstrap(root, dataset=None, tiny=True, items=CATALOG[:catalog_size], version="v2", publish=False)
     bad = root / "v3-corrupt"
     shutil.copytree(root / "v2", bad)
     data = bytearray((bad / "ranker.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (bad / "ranker.onnx").write_bytes(bytes(data))
     return root
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory):
+    return export_versions(tmp_path_factory.mktemp("models2"), catalog_size=5)  # v2 lacks some of v1's items
 
 
 async def test_each_user_is_ranked_by_their_arms_version(two_versions):
