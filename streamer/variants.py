@@ -235,9 +235,12 @@ class VersionLoader:
 
     def report(self, requested: Split) -> dict:
         p = self.pipeline
+        serving: dict[str, float] = {}
+        for label, w in p.serving_split():  # a refused arm's band adds to production's
+            serving[label] = round(serving.get(label, 0.0) + w, 12)
         return {"worker": self.worker_id, "ts": time.time(), "production": p.bundle.version,
                 "loaded": sorted(p.versions), "refused": dict(self.refused), "split": format_split(requested),
-                "serving": {label: w for label, w in p.serving_split()}}
+                "serving": serving}
 
 
 class VariantPoller:

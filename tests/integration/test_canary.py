@@ -140,3 +140,23 @@ def test_canary_promote_rollback_and_a_corrupted_version(stack, store, tmp_path)
     finally:
         for w in workers:
             w.stop()
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("ranker@nope:0.1,ranker:0.9", "no version nope in the model store"),
+    ("ranker@v2:0.5,ranker:0.6", "weights must sum to 1"),
+    ("ranker@v2:0.5,ranker@v2:0.5", "already in the split"),
+])
+def test_bad_variants_stop_the_worker_at_start(stack, store, tmp_path, spec, words):
+    """A bad STREAMREC_VARIANTS: exit 2 and one line naming it, before the worker joins anything."""
+    import subprocess
+
+    topics = unique_topics(stack, "badvariants")
+    w = WorkerProcess(stack, store, tmp_path / "w", app_id="badvariants", topics=topics, STREAMREC_VARIANTS=spec).start()
+    try:
+        code = w.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        w.kill()
+        raise AssertionError(f"worker kept running with STREAMREC_VARIANTS={spec}:\n{w.tail()}") from None
+    lines = [ln for ln in w.log.read_text().splitlines() if "STREAMREC_VARIANTS" in ln and words in ln]
+    assert code == 2 and lines, w.tail()

@@ -190,6 +190,8 @@ async def test_a_refused_version_never_enters_the_split(two_versions, caplog):
     assert p.versions == {}
     report = loader.report(p.variants)
     assert report["production"] == "v1" and "v3-corrupt" in report["refused"]
+    poller.install(split, "test")
+    assert loader.report(p.variants)["serving"] == {"ranker@v1": 1.0}  # v2 dropped, v3 refused: all production
 
 
 def test_model_refused_is_what_load_raises_for_the_corrupt_version(two_versions):
