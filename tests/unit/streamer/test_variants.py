@@ -205,3 +205,76 @@ def test_missing_version_at_start_names_the_setting(two_versions):
     assert missing_versions(parse_split("ranker@v2:0.1,ranker:0.9"), two_versions) is None
     msg_ = missing_versions(parse_split("ranker@nope:0.1,ranker:0.9"), two_versions)
     assert msg_.startswith("STREAMREC_VARIANTS: no version nope")
+
+
+def reseal(folder) -> None:
+    """Rewrite the manifest's checksums after a file was damaged (a buggy export: the checksums pass)."""
+    import json
+
+    from exporters.registry import sha256_file
+
+    m = json.loads((folder / "manifest.json").read_text())
+    m["version"] = folder.name
+    for name in m["files"]:
+        m["files"][name] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncated-ranker", "cannot load"),
+    ("nan-vectors", "non-finite"),
+    ("renamed", "names version"),
+])
+async def test_versions_failing_load_or_smoke_test_under_valid_checksums_are_refused(two_versions, tmp_path, damage, words):
+    """The worker's own loader (``Worker._load``: checksums, sessions, smoke inference, finite vectors)."""
+    import types
+
+    import numpy as np
+
+    from streamer.app import Worker
+
+    root = tmp_path / "store"
+    root.mkdir()
+    folder = root / f"v-{damage}"
+    shutil.copytree(two_versions / "v2", folder)
+    if damage == "truncated-ranker":
+        for f in folder.glob("ranker*.onnx"):
+            f.write_bytes(f.read_bytes()[:1000])
+    elif damage == "nan-vectors":
+        vecs = np.load(folder / "item_vecs.npy")
+        vecs[0, 0] = np.nan
+        np.save(folder / "item_vecs.npy", vecs)
+    if damage != "renamed":
+        reseal(folder)  # else the manifest still names v2
+    p = Pipeline(settings(), ModelBundle.load(two_versions / "v1"))
+    worker = types.SimpleNamespace(s=settings())
+    loader = VersionLoader(p, functools.partial(Worker._load, worker), model_root=root, worker_id="w1")
+    split = parse_split(f"ranker@{folder.name}:0.5,ranker:0.5")
+    await loader.prepare(split, {})
+    assert p.versions == {} and words in loader.refused[folder.name]
+    p.set_variants(split)
+    res = await p.process([msg(ev(k, f"y{k}", "71053"), k) for k in range(20)], DictStore())
+    assert {r.model_version for r in res.recs} == {"v1"}  # its users are served by production
+
+
+async def test_a_production_swap_realigns_the_versions_held(two_versions):
+    from tests.unit.streamer.conftest import CATALOG
+
+    p = Pipeline(settings(), ModelBundle.load(two_versions / "v1"))
+    p.upsert_items(CATALOG)
+    p.add_version(ModelBundle.load(two_versions / "v2"))
+    p.set_variants(parse_split("ranker@v2:0.5,ranker@production:0.5"))
+    store = DictStore()
+    await p.process([msg(ev(k, f"z{k}", "NEWITEM"), k) for k in range(20)], store)
+    # a new production (here v1 again, freshly loaded): the held v2 follows the new index's rows
+    fresh = ModelBundle.load(two_versions / "v1")
+    p.install(fresh, p.build_index(fresh, p.index))
+    assert p.versions["v2"].index.base is p.index and len(p.versions["v2"].index) == len(p.index)
+    res = await p.process([msg(ev(100 + k, f"z{k}", "22633"), 100 + k) for k in range(20)], store)
+    assert {r.model_version for r in res.recs} == {"v1", "v2"}
+    # the canary becomes production: it is no longer held twice, its arm is production's
+    v2 = ModelBundle.load(two_versions / "v2")
+    p.install(v2, p.build_index(v2, p.index))
+    assert p.versions == {}
+    res = await p.process([msg(ev(200 + k, f"z{k}", "22633"), 200 + k) for k in range(20)], store)
+    assert {(r.model_version, r.variant) for r in res.recs} == {("v2", "ranker@v2")}
