@@ -8,7 +8,8 @@ model store): the same architecture and catalog as a retrained version, and onnx
 nothing between the two sessions, so the cost is the same as for a different version. Both arms
 rank ``--users`` users (one event each, in micro-batches of 64) before each measurement, so
 onnxruntime's arenas are allocated. RSS from /proc/self/status after ``gc.collect`` and
-``malloc_trim``.
+``malloc_trim``; CPU seconds (``process_time``) of ranking ``--users`` new users (one event
+each) with one version and with the two at 50/50.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         users = [f"user{i}" for i in range(args.users)]
         asyncio.run(rank_users(p, DictStore(), users, items, 0))
         out["rss_mb_one_version"] = rss_mb()
+        c0 = time.process_time()
+        asyncio.run(rank_users(p, DictStore(), [f"x{u}" for u in users], items, 20 * args.users))
+        out["cpu_s_rank_one_version"] = round(time.process_time() - c0, 2)
         out["load_s_first"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         p.add_version(ModelBundle.load(copy))
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         p.set_variants(split)
         asyncio.run(rank_users(p, DictStore(), users, items, 10 * args.users))
         out["rss_mb_two_versions"] = rss_mb()
+        c0 = time.process_time()
+        asyncio.run(rank_users(p, DictStore(), [f"y{u}" for u in users], items, 30 * args.users))
+        out["cpu_s_rank_two_versions"] = round(time.process_time() - c0, 2)
         out["second_version_mb"] = round(out["rss_mb_two_versions"] - out["rss_mb_one_version"], 1)
         out["items"] = len(p.index)
         out["version"] = src.name
