@@ -37,7 +37,7 @@ from streamer.pipeline import Pipeline
 from streamer.publish import Publisher
 from streamer.security import faust_credentials, kafka_client_kwargs, kafka_ssl_context, redis_client_kwargs
 from streamer.settings import Settings, SettingsError
-from streamer.variants import missing_versions, start_variant_poller
+from streamer.variants import missing_versions, start_variant_poller, wait_first_poll
 
 log = logging.getLogger("streamrec.worker")
 
@@ -353,6 +353,7 @@ class Worker:
             if task is not None:
                 self._spawn(task)
         self._spawn(self._lag_monitor())
+        await wait_first_poll(self._variant_poller)  # the split's versions loaded before the first batch
         self.probe.ready = True
         self.ready.set()
 

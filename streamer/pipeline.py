@@ -358,8 +358,8 @@ class Pipeline:
         return recs
 
     async def _rank_group(self, touched: dict[str, _Touched], space, trending=None) -> list[Recommendation]:
-        """Lists for ``touched`` users of one version (``space``: the Pipeline or a ServedVersion). Candidates for many users at once
-        (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
+        """Lists for ``touched`` users of one version (``space``: the Pipeline or a ServedVersion).
+        Candidates for many users at once (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
         one feature blend for the ``control`` arm, then one list per user (``publish.build_list``).
 
         A batch of at least ``2 * RANK_CHUNK`` users goes in two chunks so the ranker (onnxruntime,

@@ -202,7 +202,9 @@ class Rollout:
     def canary(self, version: str, share: float, wait_s: float = 60.0, base: str | None = None) -> int:
         if not valid_version(version):
             raise RolloutError(f"{version!r} is not a version name")
-        if self.model_root is not None and not (self.model_root / version / "manifest.json").is_file():
+        if self.model_root is None:
+            raise RolloutError("--model-root (STREAMREC_MODEL_ROOT) is needed: the canary is compared with production (LATEST)")
+        if not (self.model_root / version / "manifest.json").is_file():
             raise RolloutError(f"no version {version} in the model store {self.model_root}")
         state = self.state()
         if state and state["status"] in ("canary", "promoting"):

@@ -258,6 +258,7 @@ class VariantPoller:
         self._last_bad: bytes | None = None
         self._redis_down = False
         self._applied: tuple | None = None
+        self.first_poll = asyncio.Event()  # set once the first read of the split was applied (or failed)
 
     def parse(self, raw: bytes | str | None) -> Split | None:
         """The split a read of the key asks for (None: refused, logged once per distinct value)."""
@@ -340,7 +341,21 @@ class VariantPoller:
                 raise
             except Exception:  # the poller must outlive any one bad read
                 log.exception("A/B split poll failed")
+            self.first_poll.set()
             await asyncio.sleep(self.interval_s)
+
+
+async def wait_first_poll(task: asyncio.Task | None, timeout_s: float = 120.0) -> None:
+    """Hook for the worker's startup, before it reports ready: a worker (re)started during a
+    canary loads the versions of the split in force before its first batch, so its users keep
+    their arm instead of getting production for a poll or two."""
+    event = getattr(task, "first_poll", None)
+    if event is None:
+        return
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except asyncio.TimeoutError:
+        log.warning("the A/B split's versions were not loaded within %.0f s; serving production for them meanwhile", timeout_s)
 
 
 def start_variant_poller(redis, pipeline, settings, load=None) -> asyncio.Task | None:
@@ -358,9 +373,13 @@ def start_variant_poller(redis, pipeline, settings, load=None) -> asyncio.Task |
         async def load_once() -> None:  # no override: load the versions STREAMREC_VARIANTS names, once
             await loader.prepare(settings.variants, {})
             poller.install(settings.variants, "STREAMREC_VARIANTS")
+            poller.first_poll.set()
 
-        return asyncio.ensure_future(load_once())
-    return asyncio.ensure_future(poller.run())
+        task = asyncio.ensure_future(load_once())
+    else:
+        task = asyncio.ensure_future(poller.run())
+    task.first_poll = poller.first_poll
+    return task
 
 
 def missing_versions(split: Split, model_root) -> str | None:

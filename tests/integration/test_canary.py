@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from streamer.rollout import Rollout, render_status
-from streamer.variants import config_key, parse_split, variant_for
+from streamer.variants import config_key, parse_split, variant_for, workers_key
 from tests.integration.helpers import WorkerProcess, event, produce, unique_topics
 from tests.integration.test_crash_recovery import ITEMS
 from tests.integration.test_faults import metric, wait_until
@@ -90,6 +90,24 @@ def test_canary_promote_rollback_and_a_corrupted_version(stack, store, tmp_path)
             assert 'streamrec_variant_version_loaded{version="v2"} 1.0' in page
         status = render_status(ro.status())
         assert "rollout: canary v2" in status and status.count("also loaded v2") == 2, status
+
+        # ---- across workers: w1 stops, w2 takes all users; w1 restarts (it loads v2 before its
+        # first batch) and takes its partitions back: every user keeps their arm throughout
+        assert workers[0].stop() == 0
+        alone = phase.run()
+        r.hdel(workers_key(prefix), "w1")  # the stopped worker's last report
+        workers[0].start().wait_ready()
+        assert "v2" in ro.workers()["w1"]["loaded"]  # reported by the new process before it was ready
+        for u in phase.users:
+            assert alone[u]["model_version"] == arm[u], u
+
+        def phase_served_by_restarted_w1() -> bool:  # a phase or more, until the rebalance gave w1 partitions
+            again = phase.run()
+            for u in phase.users:
+                assert again[u]["model_version"] == arm[u], u
+            return metric(workers[0].metrics(), "streamrec_ab_lists_total") > 0
+
+        wait_until(phase_served_by_restarted_w1, 180, "restarted w1 serving lists", interval=0)
 
         # ---- rollback of the canary: everyone on production at the next poll, no load
         assert ro.rollback() == 0
