@@ -49,6 +49,7 @@ from schemas.kafka_settings import SettingsError
 from streamer.variants import (
     PRODUCTION,
     Split,
+    announce_change,
     arm_version,
     config_key,
     format_split,
@@ -156,12 +157,14 @@ class Rollout:
 
     def _write_split(self, split: Split | None) -> None:
         """SET the override (None: DEL it, back to STREAMREC_VARIANTS)."""
+        key = config_key(self.prefix)
         if split is None:
-            self.r.delete(config_key(self.prefix))
-            self.out(f"split: override removed ({config_key(self.prefix)}), workers use STREAMREC_VARIANTS")
+            self.r.delete(key)
+            self.out(f"split: override removed ({key}), workers use STREAMREC_VARIANTS")
         else:
-            self.r.set(config_key(self.prefix), format_split(split))
+            self.r.set(key, format_split(split))
             self.out(f"split: {format_split(split)}")
+        announce_change(self.r, key)  # workers re-read it now, not at their next poll
 
     def _restore_base(self, state: dict) -> None:
         self._write_split(parse_split(state["base"]) if state["base_from"] == "override" else None)

@@ -21,7 +21,9 @@ the Redis key ``<STREAMREC_REDIS_META_PREFIX>config:variants`` (default ``stream
     python -m streamer.variants show|set SPLIT|clear [--redis-url URL] [--prefix streamrec:]
 
 Each worker reads the key every ``STREAMREC_VARIANTS_POLL_S`` seconds (default 5; 0 disables the
-override) and switches between micro-batches. A value that does not parse is logged once as an
+override), and at once when a tool announces a change on the pub/sub channel
+``<key>:changed`` (``streamrec-rollout`` and ``python -m streamer.variants`` do; a plain
+``redis-cli SET`` waits for the poll), and switches between micro-batches. A value that does not parse is logged once as an
 error, counted in ``streamrec_variant_config_rejected_total`` and ignored: the split in force stays.
 The split in force is exported as ``streamrec_variant_weight{variant}``.
 
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -82,6 +85,17 @@ VERSION_LOADED = Gauge("streamrec_variant_version_loaded", "Model versions held 
 
 def config_key(prefix: str) -> str:
     return f"{prefix}config:variants"
+
+
+def changed_channel(key: str) -> str:
+    """Pub/sub channel on which the operator tools announce a new value of ``key``: workers re-read
+    it at once instead of at their next poll (the poll stays the source of truth)."""
+    return f"{key}:changed"
+
+
+def announce_change(redis, key: str) -> None:
+    """After SET/DEL of the split (sync client): wake every worker's poller now."""
+    redis.publish(changed_channel(key), "1")
 
 
 def workers_key(prefix: str) -> str:
@@ -259,6 +273,7 @@ class VariantPoller:
         self._redis_down = False
         self._applied: tuple | None = None
         self.first_poll = asyncio.Event()  # set once the first read of the split was applied (or failed)
+        self._pubsub = None
 
     def parse(self, raw: bytes | str | None) -> Split | None:
         """The split a read of the key asks for (None: refused, logged once per distinct value)."""
@@ -332,17 +347,43 @@ class VariantPoller:
 
             await self.redis.hset(workers_key(self.loader.prefix), self.loader.worker_id, orjson.dumps(report))
 
+    async def pause(self) -> None:
+        """The poll interval, cut short by an announcement on ``changed_channel(key)``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.interval_s
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.redis.pubsub()
+                await self._pubsub.subscribe(changed_channel(self.key))
+            while (left := deadline - loop.time()) > 0:
+                if await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0)) is not None:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - Redis away: the plain poll, subscribed again next time
+            await self._close_pubsub()
+            await asyncio.sleep(max(deadline - loop.time(), 0))
+
+    async def _close_pubsub(self) -> None:
+        ps, self._pubsub = self._pubsub, None
+        if ps is not None:
+            with contextlib.suppress(Exception):
+                await ps.aclose()
+
     async def run(self) -> None:
         export_split(self.target.variants)
-        while True:
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the poller must outlive any one bad read
-                log.exception("A/B split poll failed")
-            self.first_poll.set()
-            await asyncio.sleep(self.interval_s)
+        try:
+            while True:
+                try:
+                    await self.poll_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the poller must outlive any one bad read
+                    log.exception("A/B split poll failed")
+                self.first_poll.set()
+                await self.pause()
+        finally:
+            await self._close_pubsub()
 
 
 async def wait_first_poll(task: asyncio.Task | None, timeout_s: float = 120.0) -> None:
@@ -354,7 +395,7 @@ async def wait_first_poll(task: asyncio.Task | None, timeout_s: float = 120.0) -
         return
     try:
         await asyncio.wait_for(event.wait(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("the A/B split's versions were not loaded within %.0f s; serving production for them meanwhile", timeout_s)
 
 
@@ -414,8 +455,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refused: {str(exc).split(': ', 1)[-1]}", file=sys.stderr)
             return 2
         r.set(key, format_split(split))
+        announce_change(r, key)
     elif args.action == "clear":
         r.delete(key)
+        announce_change(r, key)
     raw = r.get(key)
     print(f"{key} = {raw.decode() if raw else '(unset: workers use STREAMREC_VARIANTS)'}")
     return 0

@@ -24,6 +24,7 @@ from streamer.variants import (
     variant_for,
 )
 from tests.unit.streamer.test_pipeline import DictStore, ev, msg, settings
+from tests.unit.streamer.test_reader import redis_url  # noqa: F401  (fixture: a private redis-server)
 
 
 # ---- grammar ---------------------------------------------------------------------------------
@@ -278,3 +279,37 @@ async def test_a_production_swap_realigns_the_versions_held(two_versions):
     assert p.versions == {}
     res = await p.process([msg(ev(200 + k, f"z{k}", "22633"), 200 + k) for k in range(20)], store)
     assert {(r.model_version, r.variant) for r in res.recs} == {("v2", "ranker@v2")}
+
+
+async def test_a_change_announced_by_the_tools_is_applied_without_waiting_for_the_poll(two_versions, redis_url):  # noqa: F811
+    """Poll interval one hour: only the pub/sub announcement can apply the new split (real redis-server)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from streamer import variants
+
+    p = Pipeline(settings(), ModelBundle.load(two_versions / "v1"))
+    a = aioredis.from_url(redis_url)
+    loader = VersionLoader(p, ModelBundle.load, model_root=two_versions, redis=a, prefix="t9:", worker_id="w1")
+    poller = VariantPoller(a, p, default=p.variants, key=variants.config_key("t9:"), interval_s=3600, loader=loader)
+    task = asyncio.ensure_future(poller.run())
+    try:
+        await asyncio.wait_for(poller.first_poll.wait(), 60)
+        assert variants.main(["set", "ranker@v2:0.5,ranker:0.5", "--redis-url", redis_url, "--prefix", "t9:"]) == 0
+        for _ in range(600):
+            if p.variants == (("ranker@v2", 0.5), ("ranker", 0.5)) and "v2" in p.versions:
+                break
+            await asyncio.sleep(0.1)
+        assert p.variants == (("ranker@v2", 0.5), ("ranker", 0.5)) and "v2" in p.versions
+        assert variants.main(["clear", "--redis-url", redis_url, "--prefix", "t9:"]) == 0
+        for _ in range(600):
+            if p.variants == (("ranker", 1.0),) and not p.versions:
+                break
+            await asyncio.sleep(0.1)
+        assert p.variants == (("ranker", 1.0),) and not p.versions  # rollback: back, and v2 unloaded
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await a.aclose()
+    assert poller._pubsub is None  # closed with the task
