@@ -124,6 +124,16 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"a share of users between 0 and 1, e.g. 0.1, got {text!r}")
+    return v
+
+
 def _train(args: argparse.Namespace) -> int:
     from exporters.item_training import ItemTrainConfig
     from exporters.job import JobConfig, run
@@ -155,6 +165,9 @@ def _train(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         force=args.force,
         publish=not args.no_publish,
+        canary=args.canary,
+        redis_url=args.redis_url,
+        redis_meta_prefix=args.redis_prefix,
         kafka_bootstrap=args.kafka,
         kafka_topic=args.topic,
         location=args.location,
@@ -299,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--tolerance", type=float, default=0.002, help="allowed NDCG@10 drop vs production")
     t.add_argument("--force", action="store_true", help="publish even if worse than production")
     t.add_argument("--no-publish", action="store_true", help="write the version, leave LATEST alone")
+    t.add_argument("--canary", type=_share, default=None, metavar="SHARE",
+                   help="instead of publishing: serve the new version to this share of users (streamrec-rollout canary); "
+                        "promote or roll back with streamrec-rollout")
+    t.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0", help="(--canary) the workers' Redis")
+    t.add_argument("--redis-prefix", default=os.environ.get("STREAMREC_REDIS_META_PREFIX", "streamrec:"),
+                   help="(--canary) the workers' STREAMREC_REDIS_META_PREFIX")
     t.add_argument("--kafka", default=None, help="bootstrap servers: announce on the model-updates topic")
     t.add_argument("--topic", default=os.environ.get("STREAMREC_MODEL_UPDATES_TOPIC", "model-updates"),
                    help="model-updates topic (default: $STREAMREC_MODEL_UPDATES_TOPIC or model-updates)")

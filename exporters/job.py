@@ -99,6 +99,9 @@ class JobConfig:
     int8_sample: int = 500  # validation cases (seeded random sample) for the paired int8 vs fp32 check
     force: bool = False
     publish: bool = True
+    canary: float | None = None  # share of users: start a canary (streamrec-rollout) instead of publishing outright
+    redis_url: str | None = None  # (canary) the workers' Redis
+    redis_meta_prefix: str = "streamrec:"  # (canary) the workers' STREAMREC_REDIS_META_PREFIX
     kafka_bootstrap: str | None = None
     kafka_topic: str = "model-updates"
     location: str | None = None
@@ -416,16 +419,23 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             "gate": report["gate"],
             LIST_PARAMS_KEY: {"size": served.params.size, "min_new": served.params.min_new},
         }
-        final = staged.commit(manifest, publish=gate_ok and cfg.publish)
-    published = gate_ok and cfg.publish
+        final = staged.commit(manifest, publish=gate_ok and cfg.publish and cfg.canary is None)
+    published = gate_ok and cfg.publish and cfg.canary is None
     if gate_ok and not cfg.publish:
         reason += "; publishing disabled"
+    elif gate_ok and cfg.canary is not None:
+        from exporters.publish import start_canary
+
+        status = start_canary(cfg.redis_url or "redis://127.0.0.1:6379/0", root, final.name, cfg.canary,
+                              prefix=cfg.redis_meta_prefix)
+        reason += f"; canary on {cfg.canary:.1%} of users" + ("" if status == 0 else " REFUSED (see streamrec-rollout status)")
     log.info("version %s written (%s); %s", final, "published" if published else "NOT published", reason)
     if published and cfg.kafka_bootstrap:
         update = publish_model_update(cfg.kafka_bootstrap, final, cfg.kafka_topic, location=cfg.location)
         log.info("announced %s on %s", update.version, cfg.kafka_topic)
     record.update(
-        status="published" if published else "written", version=final.name, reason=reason,
+        status="published" if published else ("canary" if gate_ok and cfg.publish and cfg.canary is not None else "written"),
+        version=final.name, reason=reason,
         metrics={n: {m: x.as_dict() for m, x in per.items()} for n, per in rows.items() if n in (MODEL_NAME, prod_name, best_name)},
         summary=summary, gate=report["gate"], timings_s=report["timings_s"], wall_s=round(time.perf_counter() - t_start, 1),
     )

@@ -3,6 +3,10 @@
 The message is ``schemas.models.ModelUpdate`` (schema_version 1): version, location (the
 version folder as workers reach it), sha256 of its ``manifest.json`` (workers re-check it and
 every file checksum before they switch), created_at and the offline metrics.
+
+Or, instead of publishing outright, ``start_canary``: the version is written but ``LATEST`` stays,
+and ``streamrec-rollout canary`` serves it to a share of users (``streamrec-retrain train
+--canary 0.1``); a platform engineer then promotes or rolls it back (``streamer.rollout``).
 """
 
 from __future__ import annotations
@@ -47,3 +51,17 @@ def publish_model_update(
     update = build_model_update(version_dir, location, note)
     asyncio.run(send_model_update(bootstrap_servers, update, topic))
     return update
+
+
+def start_canary(redis_url: str, model_root: Path, version: str, share: float, *, prefix: str = "streamrec:",
+                 default_split: str = "ranker:1.0", wait_s: float = 0.0) -> int:
+    """Serve the committed, unpublished ``version`` to ``share`` of users (``streamrec-rollout
+    canary``); returns its exit status (0 started, 1 refused or not confirmed by the workers)."""
+    from streamer.rollout import Rollout
+    from streamer.security import tool_redis_client
+
+    r = tool_redis_client(redis_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        return Rollout(r, prefix, model_root, default_split=default_split).canary(version, share, wait_s)
+    finally:
+        r.close()

@@ -36,7 +36,7 @@ from streamer.pipeline import Pipeline
 from streamer.publish import Publisher
 from streamer.security import faust_credentials, kafka_client_kwargs, kafka_ssl_context, redis_client_kwargs
 from streamer.settings import Settings, SettingsError
-from streamer.variants import start_variant_poller
+from streamer.variants import missing_versions, start_variant_poller, wait_first_poll
 
 log = logging.getLogger("streamrec.worker")
 
@@ -336,7 +336,8 @@ class Worker:
             bundle = await asyncio.get_running_loop().run_in_executor(None, self._load_latest)
         self.pipeline = Pipeline(self.s, bundle)
         self.publisher = Publisher(self.redis, self._send_rec, prefix=self.s.redis_prefix, ttl_s=self.s.redis_ttl_s)
-        self._variant_poller = start_variant_poller(self.redis, self.pipeline, self.s)  # runtime A/B split from Redis
+        # runtime A/B split from Redis; the versions it names are loaded with ``_load`` (streamer.variants)
+        self._variant_poller = start_variant_poller(self.redis, self.pipeline, self.s, load=self._load)
         log.info("serving model %s (%s on %s), %d catalog items", bundle.version, bundle.ranker_file,
                  bundle.provider, len(self.pipeline.index))
         self._spawn(self._items_feed())
@@ -351,6 +352,7 @@ class Worker:
             if task is not None:
                 self._spawn(task)
         self._spawn(self._lag_monitor())
+        await wait_first_poll(self._variant_poller)  # the split's versions loaded before the first batch
         self.probe.ready = True
         self.ready.set()
 
@@ -695,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         print(f"streamrec-worker: {exc}", file=sys.stderr)
         return 2
-    problem = check_redis_credentials(settings)
+    problem = missing_versions(settings.variants, settings.model_path) or check_redis_credentials(settings)
     if problem:
         log.error("%s", problem)
         print(f"streamrec-worker: bad configuration: {problem}", file=sys.stderr)

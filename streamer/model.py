@@ -231,3 +231,135 @@ def _pick_ranker_file(files: dict, variant: str, on_cuda: bool) -> str:
     return names["fp32"]
 
 
+
+
+# ---- several versions in one worker (the A/B split's ranker@<version> arms) ---------------------
+def cached_query_vectors(bundle: ModelBundle, cache, queries: list[str], size: int = 4096) -> dict[str, np.ndarray]:
+    """Encoded search queries with ``bundle``'s encoder, one call for the ones not in ``cache``
+    (an ``OrderedDict`` used as LRU, one per version). Empty for a version without an encoder."""
+    if bundle.encoder is None:
+        return {}
+    missing = list(dict.fromkeys(q for q in queries if q not in cache))
+    if missing:
+        for q, v in zip(missing, bundle.encode_texts(missing)):
+            cache[q] = v
+        while len(cache) > size:
+            cache.popitem(last=False)
+    out = {}
+    for q in queries:
+        cache.move_to_end(q)
+        out[q] = cache[q]
+    return out
+
+
+class AlignedIndex:
+    """Another version's vector space over the serving item index's items, row for row.
+
+    Everything but the vectors (ids, rows, titles, availability, popularity, trending) is the
+    base index's, read through, so co-visitation and recent counts (kept by row) and catalog
+    updates hold for every version. The vectors and the HNSW graph are this version's: its own
+    item vectors for its catalog, else its encoder on the item's text (plus its category
+    vector), else its category vector, else the id-hash placeholder. Rows the base index gained
+    since are added by ``sync`` (cheap when nothing is new); ``refresh`` recomputes rows whose
+    catalog record changed.
+    """
+
+    def __init__(self, base, bundle: ModelBundle) -> None:
+        import hnswlib
+
+        self.base = base
+        self.bundle = bundle
+        self.dim = bundle.dim
+        self._own = {iid: k for k, iid in enumerate(bundle.item_ids)}
+        self.capacity = max(1024, base.capacity)
+        self.vecs = np.zeros((self.capacity, self.dim), dtype=np.float32)
+        self.ann = hnswlib.Index(space="ip", dim=self.dim)
+        self.ann.init_index(max_elements=self.capacity, ef_construction=100, M=16, allow_replace_deleted=False)
+        self.ann.set_ef(64)
+        self.synced = 0
+        self.sync()
+
+    def __getattr__(self, name: str):  # only for what this object lacks: the base index's metadata
+        return getattr(self.base, name)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _vectors(self, rows: list[int]) -> np.ndarray:
+        from schemas.ranking import compose_item_vector
+        from streamer.items import hash_vector
+
+        b, base = self.bundle, self.base
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        texts, at = [], []
+        for k, r in enumerate(rows):
+            j = self._own.get(base.ids[r])
+            if j is not None:
+                out[k] = b.item_vecs[j]
+            elif base.texts[r] and b.encoder is not None:
+                texts.append(base.texts[r])
+                at.append(k)
+            else:
+                cat = b.category_vecs.get(base.categories[r]) if base.categories[r] else None
+                v = compose_item_vector(None, cat)
+                out[k] = v if v is not None else hash_vector(base.ids[r], self.dim)
+        for start in range(0, len(texts), 256):
+            vecs = b.encode_texts(texts[start:start + 256])
+            for k, v in zip(at[start:start + 256], vecs):
+                r = rows[k]
+                cat = b.category_vecs.get(base.categories[r]) if base.categories[r] else None
+                out[k] = compose_item_vector(v, cat)
+        return out
+
+    def _set(self, rows: list[int]) -> None:
+        if rows:
+            vecs = self._vectors(rows)
+            self.vecs[rows] = vecs
+            self.ann.add_items(vecs, np.asarray(rows, dtype=np.int64), replace_deleted=False)
+
+    def sync(self) -> None:
+        n = len(self.base)
+        if n <= self.synced:
+            return
+        if n > self.capacity:
+            cap = max(n, 2 * self.capacity)
+            vecs = np.zeros((cap, self.dim), dtype=np.float32)
+            vecs[: self.capacity] = self.vecs
+            self.vecs = vecs
+            self.ann.resize_index(cap)
+            self.capacity = cap
+        self._set(list(range(self.synced, n)))
+        self.synced = n
+
+    def refresh(self, rows) -> None:
+        """Recompute the vectors of ``rows`` (catalog records changed; this version's own catalog excepted)."""
+        self.sync()
+        self._set([r for r in rows if r < self.synced and self.base.ids[r] not in self._own])
+
+    def nearest(self, queries: np.ndarray, k: int):
+        from streamer.items import ItemIndex
+
+        self.sync()
+        return ItemIndex.nearest(self, queries, k)
+
+
+class ServedVersion:
+    """A version served next to production for the A/B split: its sessions (``bundle``), its item
+    index over production's items (``AlignedIndex``), its ranker, list mix and query cache. Has the
+    attributes the pipeline's ranking reads from itself for production (duck-typed)."""
+
+    def __init__(self, bundle: ModelBundle, base_index, list_size: int) -> None:
+        from collections import OrderedDict
+
+        from schemas.serving import ListParams
+        from streamer.ranking import OnnxRanker
+
+        self.bundle = bundle
+        self.index = AlignedIndex(base_index, bundle)
+        self.ranker = OnnxRanker(bundle)
+        self.list_params = ListParams.from_manifest(bundle.manifest, list_size)
+        self.model_items = set(bundle.item_ids)
+        self._query_cache: OrderedDict = OrderedDict()
+
+    def query_vectors(self, queries: list[str]) -> dict[str, np.ndarray]:
+        return cached_query_vectors(self.bundle, self._query_cache, queries)

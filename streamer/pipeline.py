@@ -22,7 +22,12 @@ the best matches take the top ``STREAMREC_SEARCH_SHARE`` of the list, halved wit
 event (20 items: 10, 5, 2, 1 slots), so the intent fades instead of stopping dead.
 
 The A/B split (``self.variants``) starts as ``STREAMREC_VARIANTS`` and may be replaced at run time
-between batches (``set_variants``; ``streamer.variants`` polls the override from Redis).
+between batches (``set_variants``; ``streamer.variants`` polls the override from Redis). Arms
+``ranker@<version>`` are served by versions held next to production (``add_version``:
+``streamer.model.ServedVersion``, an item index in that version's space over the same items):
+each user's arm is looked up once per batch (stable hash), its state lives in that arm's vector
+space, and the batch's users are ranked in one group per version. A list carries the version
+that ranked it; an arm whose version is not loaded (refused) is served by production.
 """
 
 from __future__ import annotations
@@ -45,12 +50,12 @@ from streamer.attribution import Stats, attribute, record_list
 from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, UserRequest, gather_batch
 from streamer.ingest import Pseudonymizer, RawMessage, parse_event
 from streamer.items import ItemIndex, item_text
-from streamer.model import ModelBundle
+from streamer.model import ModelBundle, ServedVersion, cached_query_vectors
 from streamer.publish import build_list
 from streamer.ranking import CandidateScorer, OnnxRanker
 from streamer.settings import Settings
 from streamer.state import UserState
-from streamer.variants import Split, variant_for
+from streamer.variants import Split, arm_version, variant_for
 
 __all__ = ["BatchResult", "Pipeline", "StateStore", "variant_for"]
 
@@ -86,6 +91,8 @@ class _Touched:
     last_msg: RawMessage
     dirty: bool = False
     applied: bool = False  # at least one new (not duplicate) event in this batch
+    variant: str = "ranker"  # the user's arm (label as lists and stats carry it)
+    space: object = None  # what ranks the user: the Pipeline (production) or a ServedVersion
 
 
 class Pipeline:
@@ -98,6 +105,8 @@ class Pipeline:
         self.control = CandidateScorer()
         self.recent = RecentCounts()
         self.variants: Split = settings.variants
+        self.versions: dict[str, ServedVersion] = {}  # versions held next to production for the split
+        self._arms: dict[str, tuple[str, object]] = {}  # split label -> (list label, space)
         self.window_ms = settings.attribution_window_s * 1000
         self.intent_ms = settings.search_intent_s * 1000
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -150,6 +159,10 @@ class Pipeline:
                         "its features will differ from training", bundle.version, trained, self.settings.half_life_days)
         self.bundle, self.index = bundle, index
         self._query_cache.clear()  # query vectors belong to the old encoder's space
+        self.versions.pop(bundle.version, None)  # a promoted canary is production now
+        for version, served in list(self.versions.items()):  # re-aligned to the new index's rows
+            self.versions[version] = ServedVersion(served.bundle, index, self.settings.list_size)
+        self._arms.clear()
         self.model_items = set(bundle.item_ids)
         self.ranker = OnnxRanker(bundle)
         self.list_params = ListParams.from_manifest(bundle.manifest, self.settings.list_size)  # the job's validated mix
@@ -178,11 +191,47 @@ class Pipeline:
             self.index.upsert_items(new, text_vecs, self.bundle.category_vecs)
         if len(new) < len(items):
             self.index.set_metadata([it for it in items if it.item_id in self.model_items])
+        if self.versions:
+            rows = [self.index.pos[it.item_id] for it in items]
+            for served in self.versions.values():
+                served.index.refresh(rows)
         metrics.ITEMS.set(len(self.index))
 
     def set_variants(self, split: Split) -> None:
         """Replace the A/B split (between batches; lists name the variant that built them)."""
         self.variants = split
+        self._arms.clear()
+
+    # ---- versions next to production (ranker@<version> arms) -------------------------------
+    def add_version(self, bundle: ModelBundle) -> None:
+        """Hold a verified, loaded version for the split's ``ranker@<version>`` arms."""
+        self.versions[bundle.version] = ServedVersion(bundle, self.index, self.settings.list_size)
+        self._arms.clear()
+
+    def drop_version(self, version: str) -> bool:
+        self._arms.clear()
+        return self.versions.pop(version, None) is not None
+
+    def _arm(self, label: str) -> tuple[str, object]:
+        """(label the list carries, what ranks it) for a split label: ``ranker@production`` is
+        labelled with production's version; an arm whose version is not held (refused, not yet
+        loaded) falls to production and is labelled so."""
+        arm = self._arms.get(label)
+        if arm is None:
+            version = arm_version(label)
+            served = self.versions.get(version) if version is not None else None
+            if version is None or label == "ranker":
+                arm = (label, self)
+            elif served is not None:
+                arm = (label, served)
+            else:
+                arm = (f"ranker@{self.bundle.version}", self)
+            self._arms[label] = arm
+        return arm
+
+    def serving_split(self) -> Split:
+        """The split as served here: each arm's list label (refused arms under production's)."""
+        return tuple((self._arm(label)[0], w) for label, w in self.variants)
 
     def _meaningful(self, row: int) -> bool:
         """The item's vector means something: the model's own, from text, or from a category
@@ -201,19 +250,7 @@ class Pipeline:
     def query_vectors(self, queries: list[str]) -> dict[str, np.ndarray]:
         """Encoded search queries, one encoder call for the ones not cached (LRU, per model).
         Empty for a version without an item encoder (no text): its searches are like empty ones."""
-        if self.bundle.encoder is None:
-            return {}
-        missing = list(dict.fromkeys(q for q in queries if q not in self._query_cache))
-        if missing:
-            for q, v in zip(missing, self.bundle.encode_texts(missing)):
-                self._query_cache[q] = v
-            while len(self._query_cache) > QUERY_CACHE_SIZE:
-                self._query_cache.popitem(last=False)
-        out = {}
-        for q in queries:
-            self._query_cache.move_to_end(q)
-            out[q] = self._query_cache[q]
-        return out
+        return cached_query_vectors(self.bundle, self._query_cache, queries, QUERY_CACHE_SIZE)
 
     # ---- one micro-batch ----------------------------------------------------------------
     async def process(self, msgs: list[RawMessage], store: StateStore) -> BatchResult:
@@ -236,14 +273,16 @@ class Pipeline:
                 continue
             t = touched.get(ev.user_id)
             if t is None:
+                variant, space = self._arm(variant_for(ev.user_id, self.variants))  # the user's arm: one lookup
+                b = space.bundle
                 raw = store.get(ev.user_id, msg)
-                st = UserState.from_bytes(raw) if raw else UserState(dim=self.bundle.dim, space=self.bundle.version)
-                t = touched[ev.user_id] = _Touched(st, ev, msg)
-                if st.space != self.bundle.version or st.dim != self.bundle.dim:  # built by another model
-                    st.rebuild_embedding(self._vectors_of(st), self.bundle.version, self.bundle.dim, self.half_life_ms)
+                st = UserState.from_bytes(raw) if raw else UserState(dim=b.dim, space=b.version)
+                t = touched[ev.user_id] = _Touched(st, ev, msg, variant=variant, space=space)
+                if st.space != b.version or st.dim != b.dim:  # built by another model
+                    st.rebuild_embedding(self._vectors_of(st, space.index), b.version, b.dim, self.half_life_ms)
                     t.dirty = True
             t.last_event, t.last_msg = ev, msg
-            if self._apply(t.state, ev, out.stats):
+            if self._apply(t.state, ev, out.stats, t.space):
                 t.dirty = t.applied = True
                 out.applied += 1
                 _COUNT["valid"].inc()
@@ -269,18 +308,26 @@ class Pipeline:
         metrics.RANKED.observe(len(touched))
         return out
 
-    def _vectors_of(self, st: UserState) -> dict[str, np.ndarray]:
-        return {i: self.index.vecs[self.index.pos[i]] for i in st.items if i in self.index.pos}
+    def _vectors_of(self, st: UserState, index=None) -> dict[str, np.ndarray]:
+        index = self.index if index is None else index
+        if index is not self.index:
+            index.sync()
+        return {i: index.vecs[index.pos[i]] for i in st.items if i in index.pos}
 
-    def _apply(self, st: UserState, ev: Event, stats: Stats) -> bool:
+    def _apply(self, st: UserState, ev: Event, stats: Stats, space=None) -> bool:
+        """``space``: the user's arm (the Pipeline for production, or a ServedVersion), whose
+        vector space the user's embedding lives in."""
+        space = self if space is None else space
         row = None
         recent_rows: list[int] = []
         if ev.item_id is not None:
             row = self.index.ensure(ev.item_id)
             recent_rows = [self.index.pos[i] for i, _t, _ts in list(st.seq)[-5:] if i in self.index.pos]
-        vec = self.index.vecs[row] if row is not None else None
+        if space is not self and row is not None:
+            space.index.sync()
+        vec = space.index.vecs[row] if row is not None else None
         if ev.type == "search" and ev.query:
-            vec = self.query_vectors([ev.query]).get(ev.query)
+            vec = space.query_vectors([ev.query]).get(ev.query)
         applied = st.apply(
             ev.event_id, ev.type, ev.item_id, ev.ts, vec,
             max_seq_len=self.settings.max_seq_len, dedup_window=self.settings.dedup_window,
@@ -297,8 +344,22 @@ class Pipeline:
         return applied
 
     async def _rank(self, touched: dict[str, _Touched]) -> list[Recommendation]:
-        """Lists for every touched user. Candidates for many users at once
-        (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
+        """Lists for every touched user, one group per version of the split (production and the
+        control arm in one, as before; each ``ranker@<version>`` arm held here in its own)."""
+        groups: dict[int, dict[str, _Touched]] = {}
+        for user, t in touched.items():
+            groups.setdefault(id(t.space), {})[user] = t
+        if len(groups) == 1:
+            return await self._rank_group(touched, next(iter(touched.values())).space)
+        trending = self.index.trending(self.settings.candidates)
+        recs: list[Recommendation] = []
+        for group in groups.values():
+            recs += await self._rank_group(group, next(iter(group.values())).space, trending)
+        return recs
+
+    async def _rank_group(self, touched: dict[str, _Touched], space, trending=None) -> list[Recommendation]:
+        """Lists for ``touched`` users of one version (``space``: the Pipeline or a ServedVersion).
+        Candidates for many users at once (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
         one feature blend for the ``control`` arm, then one list per user (``publish.build_list``).
 
         A batch of at least ``2 * RANK_CHUNK`` users goes in two chunks so the ranker (onnxruntime,
@@ -306,15 +367,19 @@ class Pipeline:
         and scores the second while this thread builds the first's lists. Users are independent,
         so the lists are the same as in one chunk."""
         s = self.settings
-        trending = self.index.trending(s.candidates)
+        index = space.index
+        if index is not self.index:
+            index.sync()
+        if trending is None:
+            trending = self.index.trending(s.candidates)
         trending_evidence = self.recent.counts(trending)
         users = list(touched)
         ts = [touched[u] for u in users]
         intents = [t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms)
-                   if self.bundle.encoder is not None else None for t in ts]
-        qvecs = self.query_vectors([t.state.last_query for t, k in zip(ts, intents) if k is not None])
-        variants = [variant_for(u, self.variants) for u in users]
-        use_ranker = [s.ranking and v == "ranker" for v in variants]
+                   if space.bundle.encoder is not None else None for t in ts]
+        qvecs = space.query_vectors([t.state.last_query for t, k in zip(ts, intents) if k is not None])
+        variants = [t.variant for t in ts]
+        use_ranker = [s.ranking and v != "control" for v in variants]
         n = len(users)
         parts = [range(0, n)] if n < 2 * RANK_CHUNK else [range(0, n // 2), range(n // 2, n)]
         loop = asyncio.get_running_loop()
@@ -323,7 +388,7 @@ class Pipeline:
             reqs = [UserRequest(ts[i].state, max(ts[i].last_event.ts, ts[i].state.emb_ts), ts[i].last_event.item_id,
                                 ts[i].last_event.type, qvecs[ts[i].state.last_query] if intents[i] is not None else None)
                     for i in part]
-            batch = gather_batch(reqs, self.index, self.covis, self.cand_cfg, trending_rows=trending,
+            batch = gather_batch(reqs, index, self.covis, self.cand_cfg, trending_rows=trending,
                                  trending_evidence=trending_evidence, meaningful=self._meaningful)
             off = batch.offsets
             rankable = [k for k, i in enumerate(part) if use_ranker[i] and off[k + 1] > off[k]]
@@ -331,7 +396,7 @@ class Pipeline:
             if rankable:
                 seqs = [self._seq_rows(ts[part[k]].state) for k in rankable]
                 pending = loop.run_in_executor(
-                    self._ranker_thread, self.ranker.score_rows, self.index.vecs, [r for r, _ in seqs], [t for _, t in seqs],
+                    self._ranker_thread, space.ranker.score_rows, index.vecs, [r for r, _ in seqs], [t for _, t in seqs],
                     [batch.vecs[off[k]:off[k + 1]] for k in rankable], [batch.feats[off[k]:off[k + 1]] for k in rankable])
             work.append((part, batch, rankable, pending))
         recs: dict[int, Recommendation] = {}
@@ -348,11 +413,11 @@ class Pipeline:
                     scores[k] = sc
             for k, i in enumerate(part):
                 t = ts[i]
-                version = self.bundle.version if use_ranker[i] else f"{self.bundle.version}+control"
+                version = space.bundle.version if use_ranker[i] else f"{self.bundle.version}+control"
                 recs[i] = build_list(
-                    users[i], t.state, batch.user(k), scores[k], self.index, size=s.list_size,
+                    users[i], t.state, batch.user(k), scores[k], index, size=s.list_size,
                     model_version=version, variant=variants[i], event_id=t.last_event.event_id, event_ts=t.last_event.ts,
-                    search_slots=self.search_slots(intents[i]), min_new=self.list_params.min_new,
+                    search_slots=self.search_slots(intents[i]), min_new=space.list_params.min_new,
                 )
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]

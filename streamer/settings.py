@@ -44,23 +44,10 @@ def _redis_url(name: str, raw: str) -> str:
 
 
 def _variants(name: str, raw: str) -> tuple[tuple[str, float], ...]:
-    """``ranker:0.9,control:0.1`` -> (("ranker", 0.9), ("control", 0.1)); weights must sum to 1."""
-    out = []
-    for part in raw.split(","):
-        label, _, weight = part.partition(":")
-        try:
-            w = float(weight)
-        except ValueError:
-            raise SettingsError(f"{name}: {part!r} is not variant:weight") from None
-        if label not in ("ranker", "control") or w < 0:
-            raise SettingsError(f"{name}: variant must be ranker or control with weight >= 0, got {part!r}")
-        out.append((label, w))
-    if abs(sum(w for _, w in out) - 1.0) > 1e-6:
-        raise SettingsError(f"{name}: weights must sum to 1, got {raw!r}")
-    return tuple(out)
+    """The A/B split; its grammar lives in ``streamer.variants.parse_variants`` (one place)."""
+    from streamer.variants import parse_variants
 
-
-# field name -> (ENV VAR, default, parser, description)
+    return parse_variants(name, raw)
 
 
 @dataclass(frozen=True)
@@ -170,7 +157,10 @@ class Settings(KafkaSettings):
     redis_ttl_s: int = setting("STREAMREC_REDIS_TTL_S", "604800", _int(1, 10**9), "TTL of rec:<user_id> keys")
     redis_prefix: str = setting("STREAMREC_REDIS_PREFIX", "rec:", _str, "Redis key prefix of the lists")
     variants: tuple[tuple[str, float], ...] = setting(
-        "STREAMREC_VARIANTS", "ranker:1.0", _variants, "A/B split by stable user hash, e.g. ranker:0.9,control:0.1"
+        "STREAMREC_VARIANTS",
+        "ranker:1.0",
+        _variants,
+        "A/B split by stable user hash, e.g. ranker:0.9,control:0.1 or ranker@<version>:0.1,ranker@production:0.9 (see streamer/variants.py)",
     )
     pseudonymize_key: str = setting(
         "STREAMREC_PSEUDONYMIZE_KEY",
