@@ -46,7 +46,7 @@ from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, Use
 from streamer.ingest import Pseudonymizer, RawMessage, parse_event
 from streamer.items import ItemIndex, item_text
 from streamer.model import ModelBundle
-from streamer.publish import build_list
+from streamer.lists import build_list
 from streamer.ranking import CandidateScorer, OnnxRanker
 from streamer.settings import Settings
 from streamer.state import UserState
@@ -299,7 +299,7 @@ class Pipeline:
     async def _rank(self, touched: dict[str, _Touched]) -> list[Recommendation]:
         """Lists for every touched user. Candidates for many users at once
         (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
-        one feature blend for the ``control`` arm, then one list per user (``publish.build_list``).
+        one feature blend for the ``control`` arm, then one list per user (``lists.build_list``).
 
         A batch of at least ``2 * RANK_CHUNK`` users goes in two chunks so the ranker (onnxruntime,
         its own thread, no GIL) scores the first while this thread gathers the second's candidates,
