@@ -240,7 +240,8 @@ class BatchSink:
 
     ``put`` is a list append. ``take`` waits for a first record, then up to ``within`` seconds
     (from that record's arrival) for ``max_`` of them, and returns at most ``max_``: faust's
-    ``take_events`` semantics without its per-event machinery. Registered with faust's flow
+    ``take_events`` semantics without its per-event machinery. Records left over from a full
+    batch (a backlog) are taken at once, without another wait. Registered with faust's flow
     control, so records fetched before a rebalance are cleared with its stream queues; ``take``
     also drops records of an older consumer generation, as faust's ``Stream`` does.
     """
@@ -299,9 +300,7 @@ class BatchSink:
                 finally:
                     self._want = 1
             batch, self._records = self._records[:max_], self._records[max_:]
-            if self._records:
-                self._first_at = time.monotonic()
-            else:
+            if not self._records:  # (records left over have waited at least since ``_first_at``: no new wait)
                 self._nonempty.clear()
             if len(self._records) < self.capacity:
                 self._space.set()
@@ -352,6 +351,7 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
     sinks = self.app.__dict__.get("_streamrec_batch_sinks", {})
     flow_control = self.app.flow_control
     track = self.track_message
+    producer_buffer = self.app.producer.buffer
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
@@ -381,6 +381,8 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
                         else:
                             if not flow_control.is_active():
                                 await flow_control.acquire()  # as the conductor does for a stream
+                            if producer_buffer.size > producer_buffer.max_messages:
+                                await producer_buffer.wait_until_ebb()  # changelog writes pending: as the conductor
                             if len(sink) >= sink.capacity:
                                 await self.wait_first(sink.wait_for_space(), self.suspend_flow.wait())
                             message.tracked = True

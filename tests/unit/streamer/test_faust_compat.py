@@ -200,3 +200,20 @@ def test_attribute_to_makes_the_record_faust_s_current_event():
     holder = attribute_to(m)
     assert current_event() is holder
     assert current_event().message.partition == 3
+
+
+def test_records_left_over_from_a_full_batch_are_taken_without_another_wait(monkeypatch):
+    import streamer.faust_compat as fc
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(fc, "time", SimpleNamespace(monotonic=lambda: clock["now"]))
+
+    async def run():
+        sink = fc.BatchSink(sink_app(), capacity=100)
+        for i in range(6):
+            sink.put(msg(i))  # arrived at t = 0
+        clock["now"] = 7200.0  # the worker was busy for two hours
+        await sink.take(4, within=3600.0)  # full: no wait
+        return await asyncio.wait_for(sink.take(4, within=3600.0), 5)  # waited long enough already
+
+    assert [m.offset for m in asyncio.run(run())] == [4, 5]
