@@ -255,8 +255,9 @@ class Worker:
     def _side_feeds(self) -> SideFeeds:
         s = self.s
         return SideFeeds(s, [
-            # At least 100 ms between empty fetches: the embedded stack's 10 ms (its broker does not
-            # answer a waiting fetch early) made the idle catalog feed cost ~6 % of the event loop.
+            # At least 100 ms between empty fetches: with the embedded stack's 10 ms (its broker does
+            # not answer a waiting fetch early) side-feed fetches were 6 % of the event loop's py-spy
+            # samples, 1 % after (BENCHMARKS.md, issue 15 step 2).
             Feed("items", s.items_topic, from_start=True, fetch_max_wait_ms=max(s.fetch_max_wait_ms, 100),
                  handle=self._on_items),
             Feed("model-updates", s.model_updates_topic, from_start=False,
