@@ -6,6 +6,7 @@ Sections (``--only`` picks some):
                 (validation + state + candidates + publish), same broker, same events, same run;
 * ``e2e``     — the worker with the ranker: drain capacity (events/s, lists/s), then paced runs at
                 25/50/90 % of it with event→Redis latency percentiles;
+* ``drain``   — only that drain (short: for interleaved A/B runs of two checkouts);
 * ``onnx``    — the same ranker in ONNX Runtime (fp32, int8) vs PyTorch eager, per batch size;
 * ``scale``   — 1 vs 2 worker processes in one consumer group draining the same events;
 * ``memory``  — worker RSS with 100k users and 100k items in state.
@@ -184,14 +185,7 @@ def bench_ingest(stack, model_root, tmp, ds, results) -> None:
 
 def bench_e2e(stack, model_root, tmp, ds, results, seconds: float) -> None:
     n = len(ds.events)
-    t = topics_for(stack, "e2e")
-    asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
-    asyncio.run(produce(stack.bootstrap, t["events"], event_messages(ds)))
-    w = run_worker(stack, model_root, tmp, "e2e", t)
-    try:
-        cap = drain(w, n)
-    finally:
-        w.stop()
+    cap = drain_backlog(stack, model_root, tmp, ds, "e2e")
     rows = [["drain (backlog)", "max", f"{cap['events_per_s']:,.0f}", f"{cap['lists_per_s']:,.0f}", "", "", "",
              f"{cap['cores']:.2f}", f"{cap['lists_per_cpu_s']:,.0f}"]]
     results["e2e"] = {"capacity": cap, "paced": []}
@@ -218,6 +212,28 @@ def bench_e2e(stack, model_root, tmp, ds, results, seconds: float) -> None:
     print(table("end to end with the ranker (event → Redis latency from Kafka timestamps)",
                 ["run", "offered ev/s", "events/s", "lists/s", "p50 ms", "p95 ms", "p99 ms", "worker cores used",
                  "lists per CPU-s"], rows), flush=True)
+
+
+def drain_backlog(stack, model_root, tmp, ds, name: str) -> dict:
+    """The catalog and every event produced first, then one worker with the ranker drains them."""
+    t = topics_for(stack, name)
+    asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
+    asyncio.run(produce(stack.bootstrap, t["events"], event_messages(ds)))
+    w = run_worker(stack, model_root, tmp, name, t)
+    try:
+        return drain(w, len(ds.events))
+    finally:
+        w.stop()
+
+
+def bench_drain(stack, model_root, tmp, ds, results) -> None:
+    """Only the drain of ``bench_e2e`` (no paced runs): short enough to interleave A/B runs of two
+    checkouts (``--only drain`` in each, alternately)."""
+    n = len(ds.events)
+    cap = results["drain"] = drain_backlog(stack, model_root, tmp, ds, "drain")
+    print(table("drain with the ranker (backlog)", ["events", "events/s", "lists/s", "worker cores used", "lists per CPU-s"],
+                [[n, f"{cap['events_per_s']:,.0f}", f"{cap['lists_per_s']:,.0f}", f"{cap['cores']:.2f}",
+                  f"{cap['lists_per_cpu_s']:,.0f}"]]), flush=True)
 
 
 async def _paced(bootstrap: str, topic: str, msgs, rate: float) -> None:
@@ -455,11 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         from exporters.bootstrap import DEFAULT_MAX_SEQ_LEN
 
         bench_onnx(results, seq_len=args.seq_len or DEFAULT_MAX_SEQ_LEN, cands=200)
-    if only & {"ingest", "e2e", "scale", "memory"}:
+    if only & {"ingest", "e2e", "drain", "scale", "memory"}:
         ds = load_dataset("online_retail", limit_rows=args.rows)
         with LocalStack.from_env(partitions=4) as stack:
             if "ingest" in only:
                 bench_ingest(stack, model_root, tmp, ds, results)
+            if "drain" in only:
+                bench_drain(stack, model_root, tmp, ds, results)
             if "e2e" in only:
                 bench_e2e(stack, model_root, tmp, ds, results, args.paced_seconds)
             if "scale" in only:

@@ -38,7 +38,8 @@ def summarize(path: Path) -> str:
         threads[thread] += int(n)
         if thread == "MainThread":
             for key in ("Pipeline.process", "Pipeline._rank", "gather_batch", "build_list", "Pipeline._apply", "parse_event", "UserState.from_bytes", "UserState.to_bytes",
-                        "Publisher.publish", "Stream.take_events", "Fetcher._proc_fetch_request", "Consumer._drain_messages",
+                        "Publisher.publish", "Stream.take_events", "BatchSink.take", "_drain_messages", "Fetcher._proc_fetch_request",
+                        "Consumer._drain_messages", "Sender._send_produce_req",
                         "RequestHandler._handle_request", "EpollSelector.select"):
                 if key in frames:
                     main[key] += int(n)

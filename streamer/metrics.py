@@ -36,7 +36,7 @@ LOST_LOG_RESETS = Counter(
 
 
 class ProbeServer:
-    """aiohttp server: /metrics, /healthz (process alive), /readyz (model loaded, consuming)."""
+    """aiohttp server: /metrics, /healthz (process alive), /readyz (model loaded, consuming, side feeds positioned)."""
 
     def __init__(self, port: int) -> None:
         self.port = port

@@ -88,7 +88,7 @@ class ModelBundle:
 
     @classmethod
     def load(cls, path: Path, *, device: str = "auto", variant: str = "auto", threads: int = 0,
-             manifest_sha256: str | None = None) -> "ModelBundle":
+             manifest_sha256: str | None = None) -> ModelBundle:
         """Verify and load the version at ``path``; ``manifest_sha256`` (from a ``model-updates``
         message) must then match the manifest file, so a folder rewritten after the announcement
         is refused."""
@@ -363,3 +363,79 @@ class ServedVersion:
 
     def query_vectors(self, queries: list[str]) -> dict[str, np.ndarray]:
         return cached_query_vectors(self.bundle, self._query_cache, queries)
+
+
+# ---- loading for the worker, and the hot swap beside it -------------------------------------
+def load_verified(path: Path, *, device: str = "auto", variant: str = "auto", threads: int = 0,
+                  manifest_sha256: str | None = None) -> ModelBundle:
+    """Verify and load a version; every failure is a ``ModelRefused``.
+
+    ``ModelBundle.load`` raises ``ModelRefused`` for what it checks, but a version whose
+    manifest was sealed over damaged files (a buggy export) fails in numpy or orjson instead
+    (measured: a truncated ``item_vecs.npy`` raised ValueError, a corrupt ``item_ids.json``
+    JSONDecodeError). Unwrapped, that crashed the start without naming the setting, and at a
+    swap it killed the model-updates feed for good. Item vectors must also be finite: flipped
+    bytes under a resealed manifest load fine and would turn every score into NaN.
+    """
+    try:
+        bundle = ModelBundle.load(path, device=device, variant=variant, threads=threads, manifest_sha256=manifest_sha256)
+    except ModelRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to load is a refusal, never a crash
+        raise ModelRefused(f"{path}: cannot load: {type(exc).__name__}: {exc}") from None
+    if not np.isfinite(bundle.item_vecs).all():
+        raise ModelRefused(f"{path}: item_vecs.npy holds non-finite values")
+    return bundle
+
+
+class ModelLoader:
+    """Loads versions with the worker's settings (device, ranker variant, threads) and swaps them
+    into a running pipeline between batches."""
+
+    def __init__(self, settings) -> None:
+        self.s = settings
+
+    def load(self, path: Path, manifest_sha256: str | None = None) -> ModelBundle:
+        return load_verified(path, device=self.s.device, variant=self.s.ranker_variant, threads=self.s.ort_threads,
+                             manifest_sha256=manifest_sha256)
+
+    def load_latest(self) -> ModelBundle:
+        """The newest version under STREAMREC_MODEL_ROOT; ``SystemExit`` naming the setting if
+        there is none or it is refused (the worker then exits 2 before connecting to anything)."""
+        from streamer import metrics
+
+        root = self.s.model_path
+        path = latest_version_dir(root)
+        if path is None:
+            raise SystemExit(f"STREAMREC_MODEL_ROOT: no model version under {root} (LATEST missing): "
+                             f"build one with `streamrec-bootstrap --model-root {root}`")
+        try:
+            return self.load(path)
+        except ModelRefused as exc:
+            metrics.MODEL_REFUSED.inc()
+            raise SystemExit(f"STREAMREC_MODEL_ROOT: newest version refused: {exc}") from None
+
+    async def swap(self, pipeline, lock, path: Path, manifest_sha256: str | None = None) -> bool:
+        """Load ``path`` off the event loop; on success switch ``pipeline`` to it while holding
+        ``lock`` (the lock a batch holds: the switch happens between batches). A refused version
+        is logged and counted and the current one keeps serving. Returns whether it switched."""
+        import asyncio
+
+        from streamer import metrics
+
+        loop = asyncio.get_running_loop()
+        current = pipeline.bundle.version
+        try:
+            bundle = await loop.run_in_executor(None, self.load, path, manifest_sha256)
+        except ModelRefused as exc:
+            metrics.MODEL_REFUSED.inc()
+            log.error("model version refused, still serving %s: %s", current, exc)
+            return False
+        if bundle.version == current:
+            return False
+        async with lock:
+            index = await loop.run_in_executor(None, pipeline.build_index, bundle, pipeline.index)
+            pipeline.install(bundle, index)
+        metrics.MODEL_SWAPS.inc()
+        log.info("switched model %s -> %s (%s)", current, bundle.version, bundle.ranker_file)
+        return True

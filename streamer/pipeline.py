@@ -50,8 +50,8 @@ from streamer.attribution import Stats, attribute, record_list
 from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, UserRequest, gather_batch
 from streamer.ingest import Pseudonymizer, RawMessage, parse_event
 from streamer.items import ItemIndex, item_text
+from streamer.lists import build_list
 from streamer.model import ModelBundle, ServedVersion, cached_query_vectors
-from streamer.publish import build_list
 from streamer.ranking import CandidateScorer, OnnxRanker
 from streamer.settings import Settings
 from streamer.state import UserState
@@ -360,7 +360,7 @@ class Pipeline:
     async def _rank_group(self, touched: dict[str, _Touched], space, trending=None) -> list[Recommendation]:
         """Lists for ``touched`` users of one version (``space``: the Pipeline or a ServedVersion).
         Candidates for many users at once (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
-        one feature blend for the ``control`` arm, then one list per user (``publish.build_list``).
+        one feature blend for the ``control`` arm, then one list per user (``lists.build_list``).
 
         A batch of at least ``2 * RANK_CHUNK`` users goes in two chunks so the ranker (onnxruntime,
         its own thread, no GIL) scores the first while this thread gathers the second's candidates,

@@ -190,7 +190,7 @@ class LocalStack:
         *batch's* base offset + 1, so after multi-record batches the end offset is too low; the
         stack used to force one record per batch (STREAMREC_PRODUCER_MAX_BATCH_BYTES=1) for
         faust's changelog recovery. The worker's recovery now reads each changelog's end from a
-        fetch response (``app._patch_recovery``), and the SIGKILL test passes with batches
+        fetch response (``faust_compat.patch_recovery``), and the SIGKILL test passes with batches
         (tests/integration/test_crash_recovery.py, measured in BENCHMARKS.md), so it no longer does."""
         env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "REDIS_URL": self.redis_url}
         if not self.external_kafka:

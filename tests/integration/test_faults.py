@@ -328,8 +328,7 @@ def test_bad_model_refused_at_swap_running_version_keeps_serving(stack, model_ro
                                   created_at="2026-11-23T10:00:00Z", metrics={}))
 
     try:
-        w.wait_ready()
-        time.sleep(1.0)  # the model feed seeks to the end of model-updates once ready
+        w.wait_ready()  # ready only once the model feed holds its position at the end of model-updates
         assert metric(w.metrics(), "streamrec_model_refused_total") == 0
         bad = [update(f) for f in bad_versions.values()]
         bad += [b"{not json", update(model_root / "no-such-version"), update(v2, sha="ab" * 32)]

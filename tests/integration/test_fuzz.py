@@ -32,7 +32,7 @@ from schemas import (
     encode,
 )
 from schemas.sources import load_dataset
-from streamer.app import DLQ_VALUE_LIMIT
+from streamer.dlq import DLQ_VALUE_LIMIT
 from tests.integration.helpers import WorkerProcess, produce, read_all, unique_topics
 from tests.integration.test_faults import metric, shared_model_root, wait_until
 

@@ -20,7 +20,7 @@ from schemas.ranking import COVIS_WINDOW, candidate_features
 from schemas.serving import CandidateQuota, ListParams, assemble, history_order, merge_sources, order_with_search
 from streamer.candidates import CandidateConfig, CoVisitation
 from streamer.items import ItemIndex
-from streamer.publish import reason_for
+from streamer.lists import reason_for
 from streamer.state import UserState
 
 
