@@ -227,12 +227,10 @@ def reseal(folder) -> None:
     ("renamed", "names version"),
 ])
 async def test_versions_failing_load_or_smoke_test_under_valid_checksums_are_refused(two_versions, tmp_path, damage, words):
-    """The worker's own loader (``Worker._load``: checksums, sessions, smoke inference, finite vectors)."""
-    import types
-
+    """The worker's own loader (``ModelLoader.load``: checksums, sessions, smoke inference, finite vectors)."""
     import numpy as np
 
-    from streamer.app import Worker
+    from streamer.model import ModelLoader
 
     root = tmp_path / "store"
     root.mkdir()
@@ -248,8 +246,7 @@ async def test_versions_failing_load_or_smoke_test_under_valid_checksums_are_ref
     if damage != "renamed":
         reseal(folder)  # else the manifest still names v2
     p = Pipeline(settings(), ModelBundle.load(two_versions / "v1"))
-    worker = types.SimpleNamespace(s=settings())
-    loader = VersionLoader(p, functools.partial(Worker._load, worker), model_root=root, worker_id="w1")
+    loader = VersionLoader(p, ModelLoader(settings()).load, model_root=root, worker_id="w1")
     split = parse_split(f"ranker@{folder.name}:0.5,ranker:0.5")
     await loader.prepare(split, {})
     assert p.versions == {} and words in loader.refused[folder.name]
