@@ -47,11 +47,11 @@ from exporters.modeling import BASE_MODEL_NAME, TRAINING_INIT_FEATURE_WEIGHTS, T
 from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
-from exporters.served import dense_candidate_scorer, served_evaluation
+from exporters.served import dense_candidate_scorer, item_neighbours, served_evaluation
 from exporters.train import RankerTrainConfig, TrainStep, config_dict, distributed_context, fit_ranker, model_scorer, seed_everything
 from exporters.trainset import cut_examples, eval_points, event_examples
 from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
-from schemas.serving import LIST_PARAMS_KEY
+from schemas.serving import KNN_K, LIST_PARAMS_KEY, NEIGHBOUR_FILES, NEIGHBOURS_KEY
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "ranker (this run)"
@@ -303,10 +303,13 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
     step.eval()
     with torch.no_grad():
         served_vecs = step.tower().float().cpu().numpy()
+    # item-kNN neighbour lists per split (its training events); the version ships the test split's
+    # (every event before the test cut), the same lists the test lists are graded with
+    neighbours = (item_neighbours(inter, val.fit), item_neighbours(inter, test.fit))
     served = served_evaluation(inter, val_splits, test_splits, cfg.max_seq_len, served_vecs,
-                               lambda pts: dense_candidate_scorer(model_scorer(step, pts, device)))
+                               lambda pts: dense_candidate_scorer(model_scorer(step, pts, device)), neighbours=neighbours)
     served_ratio = served.test[protocol][mode].ndcg / ours_offline if (ours_offline := rows[MODEL_NAME][mode].ndcg) > 0 else 0.0
-    log.info("served lists (min_new=%d): %s; served/offline NDCG@10 %.3f", served.params.min_new,
+    log.info("served lists (min_new=%d, knn_weight=%g): %s; served/offline NDCG@10 %.3f", served.params.min_new, served.params.knn_weight,
              ", ".join(f"{p} {m} {x.ndcg:.4f}" for p, per in served.test.items() for m, x in per.items()), served_ratio)
     timings["served"] = time.perf_counter() - t0
 
@@ -340,6 +343,9 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             _check_int8(result, staged.path, inter, val, val_points, vecs, cfg.int8_tolerance, cfg.int8_sample, cfg.seed)
         tok.save(str(staged.path / TOKENIZER_FILE))
         index.write(staged.path)
+        shipped = neighbours[1]
+        for name, arr in zip(NEIGHBOUR_FILES, (shipped.rows, shipped.sims)):
+            np.save(staged.path / name, arr)
         epochs = [{"epoch": 0, "loss": None, "val_ndcg": fit.initial_val_ndcg, "seconds": 0.0}]
         epochs += [{"epoch": e.epoch, "loss": e.loss, "val_ndcg": e.val_ndcg, "seconds": e.seconds} for e in fit.history]
         references = {
@@ -383,7 +389,8 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
         report["served"] = served.as_dict() | {"offline_ndcg@10": ours_offline, "served_over_offline": served_ratio}
         report["other_protocols"] = {name: {"cases": len(sp), "test": metrics_json(r)} for name, (sp, r) in other.items()}
         extra_titles = {name: f"{inter.name} {name} ({len(sp)} test cases, same model)" for name, (sp, _) in other.items()}
-        served_tables = [(f"{inter.name} {p}: the served list ({served.params.size} items, at least {served.params.min_new} new; "
+        served_tables = [(f"{inter.name} {p}: the served list ({served.params.size} items, at least {served.params.min_new} new, "
+                          f"knn_weight {served.params.knn_weight:g}; "
                           f"candidate recall {served.recall[p]:.3f})", {"served list (this run)": served.test[p]}, test_splits[p].modes)
                          for p in protocols]
         table = write_report(staged.path, report, title, rows, test.modes,
@@ -414,7 +421,8 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             "item_index": {"items": len(index.item_ids), "with_text": index.with_text},
             "tokenizer": {"file": TOKENIZER_FILE, "truncation": cfg.max_text_len, "padding": "batch_longest"},
             "gate": report["gate"],
-            LIST_PARAMS_KEY: {"size": served.params.size, "min_new": served.params.min_new},
+            LIST_PARAMS_KEY: served.params.as_dict(),
+            NEIGHBOURS_KEY: {"k": KNN_K, "files": list(NEIGHBOUR_FILES), "from": "events before the test cut"},
         }
         final = staged.commit(manifest, publish=gate_ok and cfg.publish)
     published = gate_ok and cfg.publish

@@ -23,7 +23,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from schemas import RecItem, Recommendation, encode
-from schemas.serving import ListParams, assemble, order_with_search
+from schemas.serving import ListParams, assemble, list_scores, order_with_search
 from streamer import metrics
 from streamer.candidates import Candidates
 from streamer.items import ItemIndex
@@ -76,6 +76,8 @@ def reason_for(source: str, evidence, row: int, user: UserState, index: ItemInde
         n = int(round(count))
         tail = f" ({_times(n)})" if n > 0 else ""
         return _clip(f"often chosen with {_title(index, int(anchor))}{tail}", 200)
+    if source == "knn" and evidence is not None:
+        return _clip(f"often chosen by the people who chose {_title(index, int(evidence))}", 200)
     if source == "ann" and evidence is not None:
         return _clip(f"similar to {_title(index, int(evidence))}", 200)
     if source == "ann":
@@ -108,13 +110,17 @@ def build_list(
     event_ts: int,
     search_slots: int = 0,
     min_new: int = 0,
+    knn_weight: float = 0.0,
 ) -> Recommendation:
-    """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by score,
-    at least ``min_new`` of them items the user never touched), then the search pins."""
+    """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by score
+    plus ``knn_weight`` x item-kNN score, ``list_scores``, at least ``min_new`` of them items the
+    user never touched), then the search pins."""
     new = None  # which candidates the user never touched: only needed when slots are reserved for them
     if min_new > 0:
         new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
-    assembled = assemble(scores, new, ListParams(size, min_new))
+    params = ListParams(size, min_new, knn_weight)
+    scores = list_scores(scores, cands.knn, params)
+    assembled = assemble(scores, new, params)
     order, final = order_with_search(scores, cands.query_sim, assembled, size, search_slots)
     items = []
     for j in order:

@@ -93,8 +93,17 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     served = report["served"]
     assert served["list_params"]["min_new"] in (0, 5, 10, 15) and manifest["list_params"] == served["list_params"]
     grid = served["validation_ndcg@10"]
-    chosen = max(grid, key=lambda k: (round(sum(grid[k].values()) / len(grid[k]), 6), -int(k)))
-    assert int(chosen) == served["list_params"]["min_new"]
+    assert len(grid) == 4 * 5  # min_new x knn_weight
+
+    def params(key):  # "min_new=5 knn_weight=0.3" -> (5, 0.3)
+        return tuple(float(part.split("=")[1]) for part in key.split())
+
+    chosen = max(grid, key=lambda k: (round(sum(grid[k].values()) / len(grid[k]), 6), -params(k)[0], -params(k)[1]))
+    assert params(chosen) == (served["list_params"]["min_new"], served["list_params"]["knn_weight"])
+    # the version ships the knn source's neighbour lists, one row per item of its catalog's trained part
+    assert manifest["item_neighbours"]["files"] == ["knn_rows.npy", "knn_sims.npy"]
+    knn_rows = np.load(result.version_dir / "knn_rows.npy")
+    assert knn_rows.shape[1] == manifest["item_neighbours"]["k"] and (knn_rows >= 0).any()
     assert set(served["test"]) == {"next-item", "next-new"} and set(served["test"]["next-new"]) == {"ex", "in"}
     assert 0 < served["candidate_recall"]["next-item"] <= 1
     # the ratio the issue sets a floor on (>= 0.95 for the shipped version): served over full ranking
