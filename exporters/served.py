@@ -166,10 +166,12 @@ def read_served_lists(path: Path, inter: Interactions, size: int = LIST_SIZE) ->
 
 
 def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_matrix, params: ListParams,
-                 scores: list[np.ndarray] | None = None) -> np.ndarray:
+                 scores: list[np.ndarray] | None = None, stack_x: list[np.ndarray] | None = None) -> np.ndarray:
     """The published lists [cases, size] of item rows (-1 = empty slot). ``own`` [cases, items] is
     non-zero on the items the user touched (what the worker's profile holds). ``scores`` (per case,
-    per candidate) skips the scorer when they are known (tuning ``min_new`` over one scoring)."""
+    per candidate) skips the scorer when they are known (tuning ``min_new`` over one scoring).
+    With ``params.stack``: ``stack_x`` (``exporters.stacking.stack_inputs`` of these candidates and
+    scores) gives the stacked score (``schemas.stacking``, the same product the worker computes)."""
     n = len(cands.rows)
     if scores is None:
         scores = scorer(np.arange(n), cands.rows)
@@ -180,7 +182,13 @@ def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_
             continue
         cols, _ = _row(own, i)
         new = ~np.isin(rows, cols)
-        picked = rows[assemble(list_scores(scores[i], cands.knn[i] if cands.knn is not None else None, params), new, params)]
+        knn = cands.knn[i] if cands.knn is not None else None
+        if params.stack:
+            base = stack_x[i] @ np.asarray(params.stack, dtype=np.float64)
+            final = list_scores(base, knn, ListParams(params.size, params.min_new, params.knn_weight))
+        else:
+            final = list_scores(scores[i], knn, params)
+        picked = rows[assemble(final, new, params)]
         lists[i, : len(picked)] = picked
     return lists
 
@@ -227,13 +235,13 @@ def own_items(inter: Interactions, split: Split) -> sparse.csr_matrix:
 
 @dataclass
 class ServedReport:
-    """Served-list metrics of one model: the list parameters (``min_new``, ``knn_weight``) chosen
-    on validation (the mean over the data set's protocols of NDCG@10 in each protocol's first
-    mode; ties to the smaller values), the validation grid, and the test metrics per protocol and
+    """Served-list metrics of one model: the list parameters (``min_new``, ``knn_weight``, stacked
+    score or not) chosen on validation (the mean over the data set's protocols of NDCG@10 in each
+    protocol's first mode; ties to the plain score, then the smaller values), the validation grid, and the test metrics per protocol and
     mode of the lists with those parameters."""
 
     params: ListParams
-    validation: dict[tuple[int, float], dict[str, float]]
+    validation: dict[tuple[int, float, bool], dict[str, float]]  # (min_new, knn_weight, stacked) -> protocol -> NDCG@10
     test: dict[str, dict[str, Metrics]]
     recall: dict[str, float]  # test: share of each protocol's targets among the candidates
     val_recall: dict[str, float] | None = None
@@ -241,7 +249,7 @@ class ServedReport:
     def as_dict(self) -> dict:
         return {
             "list_params": self.params.as_dict(),
-            "validation_ndcg@10": {f"min_new={k} knn_weight={w:g}": v for (k, w), v in self.validation.items()},
+            "validation_ndcg@10": {f"min_new={k} knn_weight={w:g} stacked={int(st)}": v for (k, w, st), v in self.validation.items()},
             "test": {p: {m: x.as_dict() for m, x in per.items()} for p, per in self.test.items()},
             "candidate_recall": self.recall,
             "validation_candidate_recall": self.val_recall,
@@ -256,14 +264,17 @@ def list_grid(min_new: tuple[int, ...] = MIN_NEW_GRID, knn_weight: tuple[float, 
 def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item_vecs: np.ndarray | None,
            scorer: CandidateScorer, grid: list[ListParams], neighbours: ItemNeighbours | None = None,
            ) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
+    from exporters.stacking import stack_inputs
+
     main = next(iter(splits.values()))
     cands = candidate_sets(points, item_vecs, neighbours=neighbours)
     scores = scorer(np.arange(len(cands.rows)), cands.rows)
+    stack_x = stack_inputs(points, cands, scores, item_vecs) if any(q.stack for q in grid) else None
     own = own_items(inter, main)
     index = {p: list_index(main.case_users, main.case_time, sp) for p, sp in splits.items()}
     out = {}
     for params in grid:
-        lists = served_lists(cands, scorer, own, params, scores=scores)
+        lists = served_lists(cands, scorer, own, params, scores=scores, stack_x=stack_x)
         out[params] = {p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()}
     recall = {}
     for p, sp in splits.items():
@@ -275,20 +286,24 @@ def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item
 def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str, Split], max_seq_len: int,
                       item_vecs: np.ndarray | None, make_scorer: Callable[[PointSet], CandidateScorer],
                       grid: list[ListParams] | None = None, neighbours: tuple[ItemNeighbours, ItemNeighbours] | None = None,
-                      ) -> ServedReport:
+                      stack: tuple[float, ...] = ()) -> ServedReport:
     """Tune the list parameters (``grid``, default ``list_grid()``; the ``knn_weight`` part only
     with ``neighbours``) on the validation lists, grade the test lists with them. ``val`` /
     ``test``: the data set's protocols (the lists are made for the first one's cases,
     ``served_points``); protocols sharing a cut are graded on the same lists. ``neighbours``: the
     item neighbours of the validation and of the test lists, each built from that split's training
-    events (``item_neighbours``; the test ones are what the version ships)."""
+    events (``item_neighbours``; the test ones are what the version ships). ``stack``: the
+    stacked score's weights (``exporters.stacking``); the grid is then tried with and without it."""
     grid = grid or list_grid(knn_weight=KNN_WEIGHT_GRID if neighbours is not None else (0.0,))
+    if stack:
+        grid = grid + [replace(q, stack=tuple(stack)) for q in grid if not q.stack]
     val_points = served_points(inter, next(iter(val.values())), max_seq_len)
     test_points = served_points(inter, next(iter(test.values())), max_seq_len)
     nb_val, nb_test = neighbours or (None, None)
     by_params, val_recall = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), grid, nb_val)
-    objective = {(q.min_new, q.knn_weight): {p: per[p][val[p].modes[0]].ndcg for p in per} for q, per in by_params.items()}
-    best = max(grid, key=lambda q: (round(float(np.mean(list(objective[(q.min_new, q.knn_weight)].values()))), 6), -q.min_new, -q.knn_weight))
+    objective = {(q.min_new, q.knn_weight, bool(q.stack)): {p: per[p][val[p].modes[0]].ndcg for p in per} for q, per in by_params.items()}
+    best = max(grid, key=lambda q: (round(float(np.mean(list(objective[(q.min_new, q.knn_weight, bool(q.stack))].values()))), 6),
+                                    -bool(q.stack), -q.min_new, -q.knn_weight))
     tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), [best], nb_test)
     return ServedReport(best, objective, tested[best], recall, val_recall)
 
@@ -376,7 +391,14 @@ def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], vers
     points = served_points(sub, main, model.max_seq_len)
     vecs = model.catalog_vectors(sub)
     cands = candidate_sets(points, vecs, neighbours=load_neighbours(version_dir, model.manifest))
-    offline_lists = served_lists(cands, dense_candidate_scorer(model.scorer(sub, points)), own_items(sub, main), params)
+    scorer = dense_candidate_scorer(model.scorer(sub, points))
+    scores = scorer(np.arange(len(cands.rows)), cands.rows)
+    stack_x = None
+    if params.stack:
+        from exporters.stacking import stack_inputs
+
+        stack_x = stack_inputs(points, cands, scores, vecs)
+    offline_lists = served_lists(cands, scorer, own_items(sub, main), params, scores=scores, stack_x=stack_x)
 
     def by_user(list_idx: np.ndarray, split: Split) -> np.ndarray:
         row_of_user = {int(u): int(list_idx[c]) for c, u in enumerate(main.case_users)}

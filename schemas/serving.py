@@ -56,20 +56,41 @@ class ListParams:
     size: int = 20
     min_new: int = 0
     knn_weight: float = 0.0  # list score = ranker score + knn_weight x item-kNN score
+    stack: tuple[float, ...] = ()  # weights of schemas.stacking.STACK_FEATURES; () = the ranker's score as is
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, object], size: int) -> "ListParams":
+        """The manifest's list parameters; raises ValueError when its stacked score expects other
+        features than ``schemas.stacking`` computes."""
+        from schemas.stacking import STACK_FEATURES
+
         params = manifest.get(LIST_PARAMS_KEY) or {}
+        stack = params.get("stack") or {}  # type: ignore[union-attr]
+        if stack and tuple(stack.get("features", ())) != STACK_FEATURES:
+            raise ValueError(f"list_params.stack expects features {stack.get('features')}, this code computes {list(STACK_FEATURES)}")
         return cls(size=size, min_new=min(int(params.get("min_new", 0)), size),  # type: ignore[union-attr]
-                   knn_weight=float(params.get("knn_weight", 0.0)))  # type: ignore[union-attr]
+                   knn_weight=float(params.get("knn_weight", 0.0)),  # type: ignore[union-attr]
+                   stack=tuple(float(w) for w in stack.get("weights", ())))
 
-    def as_dict(self) -> dict[str, float]:
-        return {"size": self.size, "min_new": self.min_new, "knn_weight": self.knn_weight}
+    def as_dict(self) -> dict[str, object]:
+        from schemas.stacking import STACK_FEATURES
+
+        out: dict[str, object] = {"size": self.size, "min_new": self.min_new, "knn_weight": self.knn_weight}
+        if self.stack:
+            out["stack"] = {"features": list(STACK_FEATURES), "weights": list(self.stack)}
+        return out
 
 
-def list_scores(scores: np.ndarray, knn: np.ndarray | None, params: ListParams) -> np.ndarray:
-    """The scores the list is assembled by: the ranker's plus ``knn_weight`` x item-kNN score."""
+def list_scores(scores: np.ndarray, knn: np.ndarray | None, params: ListParams, feats: np.ndarray | None = None,
+                src: np.ndarray | None = None, profile_items: int = 0) -> np.ndarray:
+    """The scores the list is assembled by: the ranker's (or, with ``params.stack``, the stacked
+    score of ``schemas.stacking`` over the ranker's score, the candidates' features ``feats``,
+    sources ``src`` and the user's profile size) plus ``knn_weight`` x item-kNN score."""
     scores = np.asarray(scores, dtype=np.float64)
+    if params.stack:
+        from schemas.stacking import stacked_scores
+
+        scores = stacked_scores(params.stack, scores, feats, knn, src, profile_items)
     if knn is None or params.knn_weight == 0.0:
         return scores
     return scores + params.knn_weight * np.asarray(knn, dtype=np.float64)

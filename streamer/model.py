@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from schemas.serving import NEIGHBOUR_FILES, NEIGHBOURS_KEY, ItemNeighbours
+from schemas.serving import NEIGHBOUR_FILES, NEIGHBOURS_KEY, ItemNeighbours, ListParams
 from schemas.ranking import (
     ITEM_ENCODER_OUTPUT,
     NUM_FEATURES,
@@ -155,6 +155,10 @@ class ModelBundle:
         cats = {}
         if (path / "category_vecs.json").exists():
             cats = {k: np.asarray(v, dtype=np.float32) for k, v in orjson.loads((path / "category_vecs.json").read_bytes()).items()}
+        try:
+            ListParams.from_manifest(manifest, 1)  # a stacked list score over features this code computes
+        except ValueError as exc:
+            raise ModelRefused(f"{path}: {exc}") from None
         neighbours = None
         if manifest.get(NEIGHBOURS_KEY):
             names = manifest[NEIGHBOURS_KEY].get("files", list(NEIGHBOUR_FILES))

@@ -354,7 +354,7 @@ class Pipeline:
                     users[i], t.state, batch.user(k), scores[k], self.index, size=s.list_size,
                     model_version=version, variant=variants[i], event_id=t.last_event.event_id, event_ts=t.last_event.ts,
                     search_slots=self.search_slots(intents[i]), min_new=self.list_params.min_new,
-                    knn_weight=self.list_params.knn_weight,
+                    knn_weight=self.list_params.knn_weight, stack=self.list_params.stack,
                 )
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]

@@ -111,15 +111,17 @@ def build_list(
     search_slots: int = 0,
     min_new: int = 0,
     knn_weight: float = 0.0,
+    stack: tuple[float, ...] = (),
 ) -> Recommendation:
     """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by score
     plus ``knn_weight`` x item-kNN score, ``list_scores``, at least ``min_new`` of them items the
-    user never touched), then the search pins."""
+    user never touched; with ``stack`` the job's stacked score of ``schemas.stacking`` replaces
+    the ranker's), then the search pins."""
     new = None  # which candidates the user never touched: only needed when slots are reserved for them
     if min_new > 0:
         new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
-    params = ListParams(size, min_new, knn_weight)
-    scores = list_scores(scores, cands.knn, params)
+    params = ListParams(size, min_new, knn_weight, stack)
+    scores = list_scores(scores, cands.knn, params, cands.feats, cands.src, len(user.items))
     assembled = assemble(scores, new, params)
     order, final = order_with_search(scores, cands.query_sim, assembled, size, search_slots)
     items = []

@@ -93,13 +93,14 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     served = report["served"]
     assert served["list_params"]["min_new"] in (0, 5, 10, 15) and manifest["list_params"] == served["list_params"]
     grid = served["validation_ndcg@10"]
-    assert len(grid) == 4 * 5  # min_new x knn_weight
+    assert len(grid) in (4 * 5, 2 * 4 * 5)  # min_new x knn_weight (x stacked or not, when a stacked score was fitted)
 
-    def params(key):  # "min_new=5 knn_weight=0.3" -> (5, 0.3)
+    def params(key):  # "min_new=5 knn_weight=0.3 stacked=0" -> (5, 0.3, 0)
         return tuple(float(part.split("=")[1]) for part in key.split())
 
-    chosen = max(grid, key=lambda k: (round(sum(grid[k].values()) / len(grid[k]), 6), -params(k)[0], -params(k)[1]))
-    assert params(chosen) == (served["list_params"]["min_new"], served["list_params"]["knn_weight"])
+    chosen = max(grid, key=lambda k: (round(sum(grid[k].values()) / len(grid[k]), 6), -params(k)[2], -params(k)[0], -params(k)[1]))
+    lp = served["list_params"]
+    assert params(chosen) == (lp["min_new"], lp["knn_weight"], float("stack" in lp))
     # the version ships the knn source's neighbour lists, one row per item of its catalog's trained part
     assert manifest["item_neighbours"]["files"] == ["knn_rows.npy", "knn_sims.npy"]
     knn_rows = np.load(result.version_dir / "knn_rows.npy")

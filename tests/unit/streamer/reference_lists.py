@@ -17,7 +17,7 @@ import numpy as np
 
 from schemas import RecItem, Recommendation
 from schemas.ranking import COVIS_WINDOW, candidate_features
-from schemas.serving import CandidateQuota, ListParams, assemble, history_order, list_scores, merge_sources, order_with_search
+from schemas.serving import SOURCES, CandidateQuota, ListParams, assemble, history_order, list_scores, merge_sources, order_with_search
 from streamer.candidates import CandidateConfig, CoVisitation
 from streamer.items import ItemIndex
 from streamer.publish import reason_for
@@ -169,10 +169,12 @@ def build_list(
     search_slots: int = 0,
     min_new: int = 0,
     knn_weight: float = 0.0,
+    stack: tuple[float, ...] = (),
 ) -> Recommendation:
     new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
-    params = ListParams(size, min_new, knn_weight)
-    scores = list_scores(scores, cands.knn, params)
+    params = ListParams(size, min_new, knn_weight, stack)
+    src = np.asarray([SOURCES.index(s) for s in cands.sources], dtype=np.int64)
+    scores = list_scores(scores, cands.knn, params, cands.feats, src, len(user.items))
     order, final = order_with_search(scores, cands.query_sim, assemble(scores, new, params), size, search_slots)
     items = []
     for j in order:
@@ -273,7 +275,7 @@ async def rank_reference(self, touched) -> list[Recommendation]:
                 user_id, t.state, cands, scores, self.index, size=s.list_size,
                 model_version=version, variant=variant, event_id=t.last_event.event_id, event_ts=t.last_event.ts,
                 search_slots=self.search_slots(intents[user_id]), min_new=self.list_params.min_new,
-                knn_weight=self.list_params.knn_weight,
+                knn_weight=self.list_params.knn_weight, stack=self.list_params.stack,
             )
         )
     return recs

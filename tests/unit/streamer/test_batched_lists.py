@@ -15,6 +15,7 @@ import pytest
 
 from schemas import Item
 from schemas.serving import ItemNeighbours
+from schemas.stacking import STACK_FEATURES
 from streamer.model import ModelBundle, latest_version_dir
 from streamer.pipeline import Pipeline
 from tests.unit.streamer.reference_lists import rank_reference
@@ -63,8 +64,9 @@ def random_batches(rng: random.Random, users: int, items: int, batches: int, siz
     {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20"},
     {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "8"},
     {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "5", "knn": "0.3"},
+    {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "5", "knn": "0.3", "stack": "1"},
     {"STREAMREC_CANDIDATES": "12", "STREAMREC_LIST_SIZE": "12", "STREAMREC_RANKING": "false"},
-], ids=["small-filters-ab", "default", "min-new-slots", "knn-source", "ranking-off"])
+], ids=["small-filters-ab", "default", "min-new-slots", "knn-source", "stacked-score", "ranking-off"])
 async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
     rng = random.Random(len(env) * 1000 + int(env["STREAMREC_CANDIDATES"]))
     env = dict(env)
@@ -76,7 +78,8 @@ async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
     # depend on which users share a ranker call; the batched path groups users differently
     pipe = Pipeline(s, ModelBundle.load(latest_version_dir(tiny_model_root), variant="fp32"))
     pipe.upsert_items(random_catalog(rng, 260))
-    pipe.list_params = dataclasses.replace(pipe.list_params, min_new=min_new, knn_weight=knn_weight)
+    stack = tuple(rng.uniform(-1, 1) for _ in STACK_FEATURES) if env.pop("stack", None) else ()  # a stacked list score
+    pipe.list_params = dataclasses.replace(pipe.list_params, min_new=min_new, knn_weight=knn_weight, stack=stack)
     if knn_weight:
         n, k = len(pipe.index), 8
         nb_rows = np.asarray([rng.sample(range(n), k) for _ in range(n)], dtype=np.int32)
