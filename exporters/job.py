@@ -315,7 +315,7 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
                             cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max())), make_scorer)
     timings["stacking_fit"] = time.perf_counter() - t1
     served = served_evaluation(inter, val_splits, test_splits, cfg.max_seq_len, served_vecs, make_scorer, neighbours=neighbours,
-                               stack=stack_fit.weights if stack_fit else ())
+                               stack=stack_fit.weights if stack_fit else (), offline_val_ndcg=fit.best_val_ndcg)
     served_ratio = served.test[protocol][mode].ndcg / ours_offline if (ours_offline := rows[MODEL_NAME][mode].ndcg) > 0 else 0.0
     log.info("served lists (min_new=%d, knn_weight=%g, stacked %s): %s; served/offline NDCG@10 %.3f", served.params.min_new,
              served.params.knn_weight, bool(served.params.stack),

@@ -44,6 +44,10 @@ CandidateScorer = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
 SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
 MIN_NEW_GRID = (0, 5, 10, 15)  # new items guaranteed in a list of LIST_SIZE, tuned on validation
 KNN_WEIGHT_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)  # weight of the item-kNN score in the list score, tuned with it
+# The list may trade some of the first protocol's NDCG@10 for discovery, but its served validation
+# NDCG@10 must stay at or above this share of the ranker's full-ranking validation NDCG@10 (the
+# issue's served/offline floor, held on validation).
+SERVED_FLOOR = 0.95
 LIST_SIZE = 20  # the worker's default STREAMREC_LIST_SIZE
 
 
@@ -263,11 +267,11 @@ def list_grid(min_new: tuple[int, ...] = MIN_NEW_GRID, knn_weight: tuple[float, 
 
 def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item_vecs: np.ndarray | None,
            scorer: CandidateScorer, grid: list[ListParams], neighbours: ItemNeighbours | None = None,
-           ) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
+           sources: tuple[str, ...] = SOURCES) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
     from exporters.stacking import stack_inputs
 
     main = next(iter(splits.values()))
-    cands = candidate_sets(points, item_vecs, neighbours=neighbours)
+    cands = candidate_sets(points, item_vecs, neighbours=neighbours, sources=sources)
     scores = scorer(np.arange(len(cands.rows)), cands.rows)
     stack_x = stack_inputs(points, cands, scores, item_vecs) if any(q.stack for q in grid) else None
     own = own_items(inter, main)
@@ -283,17 +287,28 @@ def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item
     return out, recall
 
 
+def pick_params(grid: list[ListParams], ndcg: dict[ListParams, dict[str, float]], first: str, floor: float) -> ListParams:
+    """The best list parameters by the mean over protocols of validation NDCG@10 (ties: the plain
+    score, then the smaller ``min_new`` and ``knn_weight``), among those whose ``first`` protocol
+    keeps ``floor`` (all of them when none does)."""
+    allowed = [q for q in grid if ndcg[q][first] >= floor] or grid
+    return max(allowed, key=lambda q: (round(float(np.mean(list(ndcg[q].values()))), 6), -bool(q.stack), -q.min_new, -q.knn_weight))
+
+
 def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str, Split], max_seq_len: int,
                       item_vecs: np.ndarray | None, make_scorer: Callable[[PointSet], CandidateScorer],
                       grid: list[ListParams] | None = None, neighbours: tuple[ItemNeighbours, ItemNeighbours] | None = None,
-                      stack: tuple[float, ...] = ()) -> ServedReport:
+                      stack: tuple[float, ...] = (), offline_val_ndcg: float | None = None) -> ServedReport:
     """Tune the list parameters (``grid``, default ``list_grid()``; the ``knn_weight`` part only
     with ``neighbours``) on the validation lists, grade the test lists with them. ``val`` /
     ``test``: the data set's protocols (the lists are made for the first one's cases,
     ``served_points``); protocols sharing a cut are graded on the same lists. ``neighbours``: the
     item neighbours of the validation and of the test lists, each built from that split's training
     events (``item_neighbours``; the test ones are what the version ships). ``stack``: the
-    stacked score's weights (``exporters.stacking``); the grid is then tried with and without it."""
+    stacked score's weights (``exporters.stacking``); the grid is then tried with and without it.
+    ``offline_val_ndcg``: the ranker's full-ranking validation NDCG@10 (first protocol, first
+    mode); only parameters whose served lists keep ``SERVED_FLOOR`` of it compete (all of them
+    when none does)."""
     grid = grid or list_grid(knn_weight=KNN_WEIGHT_GRID if neighbours is not None else (0.0,))
     if stack:
         grid = grid + [replace(q, stack=tuple(stack)) for q in grid if not q.stack]
@@ -302,8 +317,8 @@ def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str
     nb_val, nb_test = neighbours or (None, None)
     by_params, val_recall = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), grid, nb_val)
     objective = {(q.min_new, q.knn_weight, bool(q.stack)): {p: per[p][val[p].modes[0]].ndcg for p in per} for q, per in by_params.items()}
-    best = max(grid, key=lambda q: (round(float(np.mean(list(objective[(q.min_new, q.knn_weight, bool(q.stack))].values()))), 6),
-                                    -bool(q.stack), -q.min_new, -q.knn_weight))
+    best = pick_params(grid, {q: objective[(q.min_new, q.knn_weight, bool(q.stack))] for q in grid}, next(iter(val)),
+                       SERVED_FLOOR * offline_val_ndcg if offline_val_ndcg else 0.0)
     tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), [best], nb_test)
     return ServedReport(best, objective, tested[best], recall, val_recall)
 

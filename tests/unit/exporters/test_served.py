@@ -87,3 +87,13 @@ def test_knn_source_offers_new_items_scored_like_the_item_knn_baseline():
     zero = [np.zeros(len(r)) for r in cands.rows]
     lists = served_lists(cands, None, own_items(inter, line), ListParams(4, 2, knn_weight=1.0), scores=zero)
     assert inter.item_ids[lists[u1][0]] in ("A", "B", "C") and "C" in [inter.item_ids[r] for r in lists[u1] if r >= 0]
+
+
+def test_list_parameters_keep_the_served_floor_of_the_first_protocol():
+    from exporters.served import pick_params
+
+    a, b, c = ListParams(20, 0), ListParams(20, 10), ListParams(20, 10, 0.3)
+    ndcg = {a: {"line": 0.10, "new": 0.00}, b: {"line": 0.09, "new": 0.04}, c: {"line": 0.099, "new": 0.02}}
+    assert pick_params([a, b, c], ndcg, "line", 0.0) == b  # best mean
+    assert pick_params([a, b, c], ndcg, "line", 0.095) == c  # b gives up too much of next-line
+    assert pick_params([a, b, c], ndcg, "line", 0.2) == b  # none keeps the floor: all compete
