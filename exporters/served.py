@@ -187,11 +187,9 @@ def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_
         cols, _ = _row(own, i)
         new = ~np.isin(rows, cols)
         knn = cands.knn[i] if cands.knn is not None else None
-        if params.stack:
-            base = stack_x[i] @ np.asarray(params.stack, dtype=np.float64)
-            final = list_scores(base, knn, ListParams(params.size, params.min_new, params.knn_weight))
-        else:
-            final = list_scores(scores[i], knn, params)
+        # with a stacked score: the same product as schemas.stacking, from the precomputed features
+        stacked = stack_x[i] @ np.asarray(params.stack, dtype=np.float64) if params.stack else None
+        final = list_scores(scores[i], knn, params, new, stacked=stacked)
         picked = rows[assemble(final, new, params)]
         lists[i, : len(picked)] = picked
     return lists

@@ -1,11 +1,12 @@
-"""Fit the stacked list score (``schemas.stacking``) on the candidates the worker generates.
+"""Fit the stacked discovery score (``schemas.stacking``) on the candidates the worker generates.
 
-At the last ``STACK_CUTS`` training cuts before the validation cut (the job's cut spacing), every
-user with history gets the worker's candidates (``exporters.served.candidate_sets``, with item
-neighbours built from the events before that cut) and the trained ranker's scores of them. Two
-query groups per user: all candidates, the positive being the user's next target after the cut
-(the protocol's), and the candidates new to the user, the positive being the user's first new
-item after the cut (the list's new slots need an order too). A linear score is fitted by a
+The stacked score orders the items new to the user (``schemas.serving.list_scores``: the user's
+own items keep the ranker's order). At the last ``STACK_CUTS`` training cuts before the validation
+cut (the job's cut spacing), every user with history and a new item after the cut gets the
+worker's candidates (``exporters.served.candidate_sets``, with item neighbours built from the
+events before that cut) and the trained ranker's scores of them; the query group is the
+candidates new to the user, the positive the user's first new item after the cut (when it is
+among them). A linear score is fitted by a
 listwise softmax (cross-entropy of the positive's softmax probability within its group, L2) on
 standardised features, and returned in raw feature units (the worker's one dot product).
 
@@ -98,7 +99,7 @@ def training_groups(inter: Interactions, val: Split, item_vecs: np.ndarray | Non
         before = inter.ts < c
         if not before.any():
             continue
-        tgt = cut_targets(inter, val.protocol, int(c), val_cut)
+        tgt = cut_targets(inter, "next-new", int(c), val_cut)
         if not len(tgt):
             continue
         users = inter.users[tgt]
@@ -106,12 +107,8 @@ def training_groups(inter: Interactions, val: Split, item_vecs: np.ndarray | Non
         cands = candidate_sets(pts, item_vecs, neighbours=item_neighbours(inter, before))
         ranker = make_scorer(pts)(np.arange(len(pts)), cands.rows)
         xs = stack_inputs(pts, cands, ranker, item_vecs)
-        new_tgt = cut_targets(inter, "next-new", int(c), val_cut)
-        first_new = dict(zip(inter.users[new_tgt].tolist(), inter.items[new_tgt].tolist()))
+        first_new = dict(zip(users.tolist(), inter.items[tgt].tolist()))
         for k, rows in enumerate(cands.rows):
-            hit = np.flatnonzero(rows == inter.items[tgt[k]])
-            if len(hit):
-                groups.append((xs[k], int(hit[0])))
             target = first_new.get(int(users[k]))
             new = xs[k][:, STACK_FEATURES.index("new")] > 0
             hit = np.flatnonzero(new & (rows == target)) if target is not None else []

@@ -81,19 +81,37 @@ class ListParams:
         return out
 
 
-def list_scores(scores: np.ndarray, knn: np.ndarray | None, params: ListParams, feats: np.ndarray | None = None,
-                src: np.ndarray | None = None, profile_items: int = 0) -> np.ndarray:
-    """The scores the list is assembled by: the ranker's (or, with ``params.stack``, the stacked
-    score of ``schemas.stacking`` over the ranker's score, the candidates' features ``feats``,
-    sources ``src`` and the user's profile size) plus ``knn_weight`` x item-kNN score."""
+def discovery(params: ListParams) -> bool:
+    """Whether new items get their own order (``list_scores``)."""
+    return bool(params.stack) or params.knn_weight != 0.0
+
+
+def list_scores(scores: np.ndarray, knn: np.ndarray | None, params: ListParams, new: np.ndarray | None = None,
+                feats: np.ndarray | None = None, src: np.ndarray | None = None, profile_items: int = 0,
+                stacked: np.ndarray | None = None) -> np.ndarray:
+    """The scores the list is assembled by. Plain (no ``stack``, ``knn_weight`` 0): the ranker's.
+    Otherwise rebuys and discovery are ordered apart: the user's own items keep the ranker's
+    score; the items ``new`` to the user are ordered by their discovery score — the ranker's (or,
+    with ``params.stack``, the stacked score of ``schemas.stacking`` over the ranker's score, the
+    candidates' features ``feats``, sources ``src`` and the user's profile size) plus
+    ``knn_weight`` x item-kNN score — and placed below every own item, so they enter the list
+    through its ``min_new`` slots or where the user has too few own items. ``stacked``: the
+    stacked score when it is already computed (the offline evaluator's precomputed features)."""
     scores = np.asarray(scores, dtype=np.float64)
+    if not discovery(params):
+        return scores
+    new = np.asarray(new, dtype=bool)
+    disc = scores
     if params.stack:
         from schemas.stacking import stacked_scores
 
-        scores = stacked_scores(params.stack, scores, feats, knn, src, profile_items)
-    if knn is None or params.knn_weight == 0.0:
+        disc = stacked if stacked is not None else stacked_scores(params.stack, scores, feats, knn, src, profile_items)
+    if knn is not None and params.knn_weight != 0.0:
+        disc = disc + params.knn_weight * np.asarray(knn, dtype=np.float64)
+    if not new.any():
         return scores
-    return scores + params.knn_weight * np.asarray(knn, dtype=np.float64)
+    floor = float(scores[~new].min()) - 1.0 if (~new).any() else 0.0
+    return np.where(new, disc - float(disc[new].max()) + floor, scores)
 
 
 @dataclass(frozen=True)

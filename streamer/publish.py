@@ -23,7 +23,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from schemas import RecItem, Recommendation, encode
-from schemas.serving import ListParams, assemble, list_scores, order_with_search
+from schemas.serving import ListParams, assemble, discovery, list_scores, order_with_search
 from streamer import metrics
 from streamer.candidates import Candidates
 from streamer.items import ItemIndex
@@ -118,10 +118,10 @@ def build_list(
     user never touched; with ``stack`` the job's stacked score of ``schemas.stacking`` replaces
     the ranker's), then the search pins."""
     new = None  # which candidates the user never touched: only needed when slots are reserved for them
-    if min_new > 0:
-        new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
     params = ListParams(size, min_new, knn_weight, stack)
-    scores = list_scores(scores, cands.knn, params, cands.feats, cands.src, len(user.items))
+    if min_new > 0 or discovery(params):
+        new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
+    scores = list_scores(scores, cands.knn, params, new, cands.feats, cands.src, len(user.items))
     assembled = assemble(scores, new, params)
     order, final = order_with_search(scores, cands.query_sim, assembled, size, search_slots)
     items = []

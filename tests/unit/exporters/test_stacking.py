@@ -27,8 +27,13 @@ def test_stack_features_flag_new_items_and_sources():
     # weights on the ranker alone give the ranker's order; the list score is that product
     w = tuple(1.0 if n == "ranker" else 0.0 for n in STACK_FEATURES)
     assert stacked_scores(w, np.array([3.0, 1.0, 0.5]), feats, None, np.array([0, 2, 5]), 9).tolist() == [3.0, 1.0, 0.5]
-    got = list_scores(np.array([3.0, 1.0, 0.5]), None, ListParams(3, 0, 0.0, w), feats, np.array([0, 2, 5]), 9)
-    assert got.tolist() == [3.0, 1.0, 0.5]
+    new = x[:, col["new"]] > 0
+    got = list_scores(np.array([3.0, 1.0, 0.5]), None, ListParams(3, 0, 0.0, w), new, feats, np.array([0, 2, 5]), 9)
+    assert list(np.argsort(-got)) == [0, 1, 2] and got[0] == 3.0  # the own item keeps its score; new ones below it
+    # weights preferring popularity for new items reorder the new ones only
+    w_pop = tuple(1.0 if n == "new_x_log_popularity" else 0.0 for n in STACK_FEATURES)
+    got = list_scores(np.array([3.0, 1.0, 0.5]), None, ListParams(3, 0, 0.0, w_pop), new, feats, np.array([0, 2, 5]), 9)
+    assert list(np.argsort(-got)) == [0, 2, 1]
 
 
 def test_listwise_fit_learns_which_feature_finds_the_positive():

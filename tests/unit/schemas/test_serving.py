@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from schemas.serving import CandidateQuota, ListParams, assemble, history_order, merge_sources, order_with_search, top_rows
 
@@ -83,8 +84,15 @@ def test_item_neighbours_aggregate_offer_and_scores():
 def test_list_scores_add_the_weighted_knn_score():
     from schemas.serving import list_scores
 
-    s, knn = np.array([1.0, 0.0]), np.array([0.0, 2.0])
-    assert list_scores(s, knn, ListParams(2, 0)).tolist() == [1.0, 0.0]
-    assert list_scores(s, knn, ListParams(2, 0, knn_weight=1.0)).tolist() == [1.0, 2.0]
-    assert list_scores(s, None, ListParams(2, 0, knn_weight=1.0)).tolist() == [1.0, 0.0]
+    s, knn = np.array([1.0, 3.0, 0.5, 0.2, 0.1]), np.array([5.0, 0.0, 0.0, 1.0, 3.0])
+    new = np.array([False, False, True, True, True])
+    assert list_scores(s, knn, ListParams(2, 0), new).tolist() == s.tolist()  # plain: the ranker's score
+    got = list_scores(s, knn, ListParams(2, 0, knn_weight=1.0), new)
+    # own items keep the ranker's score (item 0's large kNN score does not move it); new items follow
+    # below every own item, ordered by ranker + kNN: 4 (3.1), 3 (1.2), 2 (0.5)
+    assert got[:2].tolist() == [1.0, 3.0] and list(np.argsort(-got)) == [1, 0, 4, 3, 2]
+    assert got[new].max() < got[~new].min()
+    assert list_scores(s, None, ListParams(2, 0, knn_weight=1.0), new)[2:].tolist() == pytest.approx([0.0, -0.3, -0.4])  # just below the weakest own item (1.0 - 1)
+    # a user with only new candidates: their discovery order, nothing else
+    assert list(np.argsort(-list_scores(s, knn, ListParams(2, 0, knn_weight=1.0), np.ones(5, bool)))) == [0, 4, 1, 3, 2]
     assert ListParams.from_manifest({"list_params": {"min_new": 3, "knn_weight": 0.3}}, 20) == ListParams(20, 3, 0.3)

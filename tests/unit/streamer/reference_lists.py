@@ -174,7 +174,7 @@ def build_list(
     new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
     params = ListParams(size, min_new, knn_weight, stack)
     src = np.asarray([SOURCES.index(s) for s in cands.sources], dtype=np.int64)
-    scores = list_scores(scores, cands.knn, params, cands.feats, src, len(user.items))
+    scores = list_scores(scores, cands.knn, params, new, cands.feats, src, len(user.items))
     order, final = order_with_search(scores, cands.query_sim, assemble(scores, new, params), size, search_slots)
     items = []
     for j in order:
