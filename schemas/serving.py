@@ -18,8 +18,11 @@ Two steps, numpy only, no state of their own:
   cosine on the job's binary user x item matrix (the item-kNN baseline), shipped in the version
   (``NEIGHBOUR_FILES``); a user's item-kNN score of an item is the sum of its similarities to the
   user's distinct items (``aggregate``); the source offers the best-scored items the user never
-  touched (``offer``). ``list_scores`` adds ``knn_weight`` x that score to the ranker's score
-  (the job's validated blend, ``ListParams.knn_weight``).
+  touched (``offer``).
+* ``list_scores`` — the score the list is assembled by: the ranker's; or, when the version's
+  ``list_params`` say so (``knn_weight``, ``stack``: validated by the job), the user's own items
+  in the ranker's order and, below them, the new items in the order of their discovery score
+  (ranker or stacked score ``schemas.stacking``, plus ``knn_weight`` x item-kNN score).
 """
 
 from __future__ import annotations
