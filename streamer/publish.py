@@ -113,10 +113,10 @@ def build_list(
     knn_weight: float = 0.0,
     stack: tuple[float, ...] = (),
 ) -> Recommendation:
-    """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by score
-    plus ``knn_weight`` x item-kNN score, ``list_scores``, at least ``min_new`` of them items the
-    user never touched; with ``stack`` the job's stacked score of ``schemas.stacking`` replaces
-    the ranker's), then the search pins."""
+    """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by the
+    list score of ``schemas.serving.list_scores``, at least ``min_new`` of them items the user
+    never touched; with ``knn_weight`` or ``stack`` the own items keep the ranker's order and the
+    new ones follow in the order of their discovery score), then the search pins."""
     new = None  # which candidates the user never touched: only needed when slots are reserved for them
     params = ListParams(size, min_new, knn_weight, stack)
     if min_new > 0 or discovery(params):
