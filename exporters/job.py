@@ -47,11 +47,12 @@ from exporters.modeling import BASE_MODEL_NAME, TRAINING_INIT_FEATURE_WEIGHTS, T
 from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
-from exporters.served import dense_candidate_scorer, served_evaluation
+from exporters.served import dense_candidate_scorer, item_neighbours, served_evaluation
+from exporters.stacking import fit_stacker
 from exporters.train import RankerTrainConfig, TrainStep, config_dict, distributed_context, fit_ranker, model_scorer, seed_everything
 from exporters.trainset import cut_examples, eval_points, event_examples
 from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
-from schemas.serving import LIST_PARAMS_KEY
+from schemas.serving import KNN_K, LIST_PARAMS_KEY, NEIGHBOUR_FILES, NEIGHBOURS_KEY
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "ranker (this run)"
@@ -306,10 +307,21 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
     step.eval()
     with torch.no_grad():
         served_vecs = step.tower().float().cpu().numpy()
-    served = served_evaluation(inter, val_splits, test_splits, cfg.max_seq_len, served_vecs,
-                               lambda pts: dense_candidate_scorer(model_scorer(step, pts, device)))
+    # item-kNN neighbour lists per split (its training events); the version ships the test split's
+    # (every event before the test cut), the same lists the test lists are graded with
+    neighbours = (item_neighbours(inter, val.fit), item_neighbours(inter, test.fit))
+    make_scorer = lambda pts: dense_candidate_scorer(model_scorer(step, pts, device))  # noqa: E731
+    # the stacked list score (ranker score + repeat/discovery features), fitted on the worker's
+    # candidates at the last training cuts; served only where it wins on validation
+    t1 = time.perf_counter()
+    stack_fit = fit_stacker(inter, val, served_vecs, cfg.max_seq_len,
+                            cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max())), make_scorer)
+    timings["stacking_fit"] = time.perf_counter() - t1
+    served = served_evaluation(inter, val_splits, test_splits, cfg.max_seq_len, served_vecs, make_scorer, neighbours=neighbours,
+                               stack=stack_fit.weights if stack_fit else (), offline_val_ndcg=fit.best_val_ndcg)
     served_ratio = served.test[protocol][mode].ndcg / ours_offline if (ours_offline := rows[MODEL_NAME][mode].ndcg) > 0 else 0.0
-    log.info("served lists (min_new=%d): %s; served/offline NDCG@10 %.3f", served.params.min_new,
+    log.info("served lists (min_new=%d, knn_weight=%g, stacked %s): %s; served/offline NDCG@10 %.3f", served.params.min_new,
+             served.params.knn_weight, bool(served.params.stack),
              ", ".join(f"{p} {m} {x.ndcg:.4f}" for p, per in served.test.items() for m, x in per.items()), served_ratio)
     timings["served"] = time.perf_counter() - t0
 
@@ -343,6 +355,9 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             _check_int8(result, staged.path, inter, val, val_points, vecs, cfg.int8_tolerance, cfg.int8_sample, cfg.seed)
         tok.save(str(staged.path / TOKENIZER_FILE))
         index.write(staged.path)
+        shipped = neighbours[1]
+        for name, arr in zip(NEIGHBOUR_FILES, (shipped.rows, shipped.sims)):
+            np.save(staged.path / name, arr)
         epochs = [{"epoch": 0, "loss": None, "val_ndcg": fit.initial_val_ndcg, "seconds": 0.0}]
         epochs += [{"epoch": e.epoch, "loss": e.loss, "val_ndcg": e.val_ndcg, "seconds": e.seconds} for e in fit.history]
         references = {
@@ -383,10 +398,12 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             "device": str(device),
             "world_size": world,
         }
-        report["served"] = served.as_dict() | {"offline_ndcg@10": ours_offline, "served_over_offline": served_ratio}
+        report["served"] = served.as_dict() | {"offline_ndcg@10": ours_offline, "served_over_offline": served_ratio,
+                                               "stack_fit": None if stack_fit is None else {"groups": stack_fit.groups, "rows": stack_fit.rows, "loss": stack_fit.loss}}
         report["other_protocols"] = {name: {"cases": len(sp), "test": metrics_json(r)} for name, (sp, r) in other.items()}
         extra_titles = {name: f"{inter.name} {name} ({len(sp)} test cases, same model)" for name, (sp, _) in other.items()}
-        served_tables = [(f"{inter.name} {p}: the served list ({served.params.size} items, at least {served.params.min_new} new; "
+        served_tables = [(f"{inter.name} {p}: the served list ({served.params.size} items, at least {served.params.min_new} new, "
+                          f"knn_weight {served.params.knn_weight:g}, {'stacked' if served.params.stack else 'ranker'} score; "
                           f"candidate recall {served.recall[p]:.3f})", {"served list (this run)": served.test[p]}, test_splits[p].modes)
                          for p in protocols]
         table = write_report(staged.path, report, title, rows, test.modes,
@@ -417,7 +434,8 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             "item_index": {"items": len(index.item_ids), "with_text": index.with_text},
             "tokenizer": {"file": TOKENIZER_FILE, "truncation": cfg.max_text_len, "padding": "batch_longest"},
             "gate": report["gate"],
-            LIST_PARAMS_KEY: {"size": served.params.size, "min_new": served.params.min_new},
+            LIST_PARAMS_KEY: served.params.as_dict(),
+            NEIGHBOURS_KEY: {"k": KNN_K, "files": list(NEIGHBOUR_FILES), "from": "events before the test cut"},
         }
         final = staged.commit(manifest, publish=gate_ok and cfg.publish and cfg.canary is None)
     published = gate_ok and cfg.publish and cfg.canary is None

@@ -35,21 +35,41 @@ from exporters.evaluate import K, Metrics, history_matrix
 from exporters.features import PointSet, build_points
 from schemas import Event, Item, decode_recommendation, encode
 from schemas.ranking import EVENT_TYPE_IDS
-from schemas.serving import SOURCES, CandidateQuota, ListParams, assemble, history_order, merge_sources, top_rows
+from schemas.serving import (
+    KNN_K,
+    NEIGHBOUR_FILES,
+    NEIGHBOURS_KEY,
+    SOURCES,
+    CandidateQuota,
+    ItemNeighbours,
+    ListParams,
+    assemble,
+    history_order,
+    list_scores,
+    merge_sources,
+    top_rows,
+)
 
 # (cases [B], candidate rows per case) -> candidate scores per case
 CandidateScorer = Callable[[np.ndarray, list[np.ndarray]], list[np.ndarray]]
 SOURCE_CODE = {s: i for i, s in enumerate(SOURCES)}
 MIN_NEW_GRID = (0, 5, 10, 15)  # new items guaranteed in a list of LIST_SIZE, tuned on validation
+KNN_WEIGHT_GRID = (0.0, 0.1, 0.3, 1.0, 3.0)  # weight of the item-kNN score in the list score, tuned with it
+# The list may trade some of the first protocol's NDCG@10 for discovery, but its served validation
+# NDCG@10 must stay at or above this share of the ranker's full-ranking validation NDCG@10 (the
+# issue's served/offline floor, held on validation).
+SERVED_FLOOR = 0.95
 LIST_SIZE = 20  # the worker's default STREAMREC_LIST_SIZE
 
 
 @dataclass
 class CandidateSets:
-    """Per case: candidate rows (the worker's order), source code per row (``SOURCES`` index)."""
+    """Per case: candidate rows (the worker's order), source code per row (``SOURCES`` index), and
+    each candidate's item-kNN score (``schemas.serving.ItemNeighbours``; zeros without neighbours)."""
 
     rows: list[np.ndarray]
     sources: list[np.ndarray]
+    knn: list[np.ndarray] | None = None
 
     def recall(self, targets: np.ndarray) -> float:
         return float(np.mean([t in set(r.tolist()) for r, t in zip(self.rows, targets)])) if len(targets) else 0.0
@@ -60,33 +80,40 @@ def _row(m: sparse.csr_matrix, p: int) -> tuple[np.ndarray, np.ndarray]:
     return m.indices[lo:hi], m.data[lo:hi]
 
 
-def candidate_sets(points: PointSet, item_vecs: np.ndarray | None, quota: CandidateQuota = CandidateQuota(), chunk: int = 256) -> CandidateSets:
-    """The worker's candidates for every point (see the module docstring)."""
-    rows_out, src_out = [], []
+def candidate_sets(points: PointSet, item_vecs: np.ndarray | None, quota: CandidateQuota = CandidateQuota(), chunk: int = 256,
+                   neighbours: ItemNeighbours | None = None, sources: tuple[str, ...] = SOURCES) -> CandidateSets:
+    """The worker's candidates for every point (see the module docstring). ``sources``: the
+    priority order (default ``SOURCES``; another order or a subset only for experiments)."""
+    rows_out, src_out, knn_out = [], [], []
     n_items = points.pop_table.shape[1]
     for start in tqdm(range(0, len(points), chunk), desc="candidates", leave=False, disable=len(points) < 4 * chunk):
         idx = np.arange(start, min(start + chunk, len(points)))
         sims = points.user_embedding_sim(idx, item_vecs) if item_vecs is not None else None
         for j, p in enumerate(idx):
-            offers = []
+            offers = {}
             cols, w = _row(points.personal, p)
             if len(cols):
                 rcols, rec = _row(points.recency, p)
                 last = np.zeros(len(cols))
                 last[np.searchsorted(cols, rcols)] = rec  # same sparsity pattern, kept apart for safety
-                offers.append(("history", cols[history_order(w, last, quota.history)], quota.n))
+                offers["history"] = (cols[history_order(w, last, quota.history)], quota.n)
+            agg = neighbours.aggregate(cols) if neighbours is not None else None
+            if agg is not None and len(agg[0]):
+                offers["knn"] = (neighbours.offer(cols, quota.per_source, agg)[0], quota.per_source)
             ccols, cvals = _row(points.covis, p)
             if len(ccols):
-                offers.append(("covis", ccols[top_rows(cvals, quota.per_source)], quota.per_source))
+                offers["covis"] = (ccols[top_rows(cvals, quota.per_source)], quota.per_source)
             if sims is not None and len(cols) and np.any(sims[j] != 0):
-                offers.append(("ann", top_rows(sims[j], quota.per_source, positive=False), quota.per_source))
+                offers["ann"] = (top_rows(sims[j], quota.per_source, positive=False), quota.per_source)
             pop = np.expm1(points.pop_table[points.pop_row[p]])
-            offers.append(("trending", top_rows(pop, quota.n), quota.n))
-            rows, sources, _ = merge_sources(quota.n, offers)
-            rows_out.append(np.asarray(rows, dtype=np.int64))
-            src_out.append(np.asarray([SOURCE_CODE[s] for s in sources], dtype=np.int64))
+            offers["trending"] = (top_rows(pop, quota.n), quota.n)
+            rows, srcs, _ = merge_sources(quota.n, [(s, *offers[s]) for s in sources if s in offers])
+            rows = np.asarray(rows, dtype=np.int64)
+            rows_out.append(rows)
+            src_out.append(np.asarray([SOURCE_CODE[s] for s in srcs], dtype=np.int64))
+            knn_out.append(ItemNeighbours.score_at(agg, rows) if agg is not None else np.zeros(len(rows)))
     assert all(len(r) == 0 or r.max() < n_items for r in rows_out)
-    return CandidateSets(rows_out, src_out)
+    return CandidateSets(rows_out, src_out, knn_out)
 
 
 def served_points(inter: Interactions, split: Split, max_seq_len: int) -> PointSet:
@@ -154,10 +181,12 @@ def read_served_lists(path: Path, inter: Interactions, size: int = LIST_SIZE) ->
 
 
 def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_matrix, params: ListParams,
-                 scores: list[np.ndarray] | None = None) -> np.ndarray:
+                 scores: list[np.ndarray] | None = None, stack_x: list[np.ndarray] | None = None) -> np.ndarray:
     """The published lists [cases, size] of item rows (-1 = empty slot). ``own`` [cases, items] is
     non-zero on the items the user touched (what the worker's profile holds). ``scores`` (per case,
-    per candidate) skips the scorer when they are known (tuning ``min_new`` over one scoring)."""
+    per candidate) skips the scorer when they are known (tuning ``min_new`` over one scoring).
+    With ``params.stack``: ``stack_x`` (``exporters.stacking.stack_inputs`` of these candidates and
+    scores) gives the stacked score (``schemas.stacking``, the same product the worker computes)."""
     n = len(cands.rows)
     if scores is None:
         scores = scorer(np.arange(n), cands.rows)
@@ -168,7 +197,11 @@ def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_
             continue
         cols, _ = _row(own, i)
         new = ~np.isin(rows, cols)
-        picked = rows[assemble(scores[i], new, params)]
+        knn = cands.knn[i] if cands.knn is not None else None
+        # with a stacked score: the same product as schemas.stacking, from the precomputed features
+        stacked = stack_x[i] @ np.asarray(params.stack, dtype=np.float64) if params.stack else None
+        final = list_scores(scores[i], knn, params, new, stacked=stacked)
+        picked = rows[assemble(final, new, params)]
         lists[i, : len(picked)] = picked
     return lists
 
@@ -215,35 +248,47 @@ def own_items(inter: Interactions, split: Split) -> sparse.csr_matrix:
 
 @dataclass
 class ServedReport:
-    """Served-list metrics of one model: ``min_new`` chosen on validation (the mean over the data
-    set's protocols of NDCG@10 in each protocol's first mode; ties to the smaller value), the
-    validation grid, and the test metrics per protocol and mode of the lists with that ``min_new``."""
+    """Served-list metrics of one model: the list parameters (``min_new``, ``knn_weight``, stacked
+    score or not) chosen on validation (the mean over the data set's protocols of NDCG@10 in each
+    protocol's first mode; ties to the plain score, then the smaller values), the validation grid, and the test metrics per protocol and
+    mode of the lists with those parameters."""
 
     params: ListParams
-    validation: dict[int, dict[str, float]]
+    validation: dict[tuple[int, float, bool], dict[str, float]]  # (min_new, knn_weight, stacked) -> protocol -> NDCG@10
     test: dict[str, dict[str, Metrics]]
     recall: dict[str, float]  # test: share of each protocol's targets among the candidates
+    val_recall: dict[str, float] | None = None
 
     def as_dict(self) -> dict:
         return {
-            "list_params": {"size": self.params.size, "min_new": self.params.min_new},
-            "validation_ndcg@10": {str(k): v for k, v in self.validation.items()},
+            "list_params": self.params.as_dict(),
+            "validation_ndcg@10": {f"min_new={k} knn_weight={w:g} stacked={int(st)}": v for (k, w, st), v in self.validation.items()},
             "test": {p: {m: x.as_dict() for m, x in per.items()} for p, per in self.test.items()},
             "candidate_recall": self.recall,
+            "validation_candidate_recall": self.val_recall,
         }
 
 
+def list_grid(min_new: tuple[int, ...] = MIN_NEW_GRID, knn_weight: tuple[float, ...] = KNN_WEIGHT_GRID,
+              size: int = LIST_SIZE) -> list[ListParams]:
+    return [ListParams(size, k, w) for k in min_new for w in knn_weight]
+
+
 def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item_vecs: np.ndarray | None,
-           scorer: CandidateScorer, grid: tuple[int, ...], size: int) -> tuple[dict[int, dict[str, dict[str, Metrics]]], dict[str, float]]:
+           scorer: CandidateScorer, grid: list[ListParams], neighbours: ItemNeighbours | None = None,
+           sources: tuple[str, ...] = SOURCES) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
+    from exporters.stacking import stack_inputs
+
     main = next(iter(splits.values()))
-    cands = candidate_sets(points, item_vecs)
+    cands = candidate_sets(points, item_vecs, neighbours=neighbours, sources=sources)
     scores = scorer(np.arange(len(cands.rows)), cands.rows)
+    stack_x = stack_inputs(points, cands, scores, item_vecs) if any(q.stack for q in grid) else None
     own = own_items(inter, main)
     index = {p: list_index(main.case_users, main.case_time, sp) for p, sp in splits.items()}
     out = {}
-    for min_new in grid:
-        lists = served_lists(cands, scorer, own, ListParams(size, min_new), scores=scores)
-        out[min_new] = {p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()}
+    for params in grid:
+        lists = served_lists(cands, scorer, own, params, scores=scores, stack_x=stack_x)
+        out[params] = {p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()}
     recall = {}
     for p, sp in splits.items():
         ok = index[p] >= 0
@@ -251,20 +296,40 @@ def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item
     return out, recall
 
 
+def pick_params(grid: list[ListParams], ndcg: dict[ListParams, dict[str, float]], first: str, floor: float) -> ListParams:
+    """The best list parameters by the mean over protocols of validation NDCG@10 (ties: the plain
+    score, then the smaller ``min_new`` and ``knn_weight``), among those whose ``first`` protocol
+    keeps ``floor`` (all of them when none does)."""
+    allowed = [q for q in grid if ndcg[q][first] >= floor] or grid
+    return max(allowed, key=lambda q: (round(float(np.mean(list(ndcg[q].values()))), 6), -bool(q.stack), -q.min_new, -q.knn_weight))
+
+
 def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str, Split], max_seq_len: int,
                       item_vecs: np.ndarray | None, make_scorer: Callable[[PointSet], CandidateScorer],
-                      grid: tuple[int, ...] = MIN_NEW_GRID, size: int = LIST_SIZE) -> ServedReport:
-    """Tune ``min_new`` on the validation lists, grade the test lists with it. ``val`` / ``test``:
-    the data set's protocols (the lists are made for the first one's cases, ``served_points``);
-    protocols sharing a cut are graded on the same lists."""
+                      grid: list[ListParams] | None = None, neighbours: tuple[ItemNeighbours, ItemNeighbours] | None = None,
+                      stack: tuple[float, ...] = (), offline_val_ndcg: float | None = None) -> ServedReport:
+    """Tune the list parameters (``grid``, default ``list_grid()``; the ``knn_weight`` part only
+    with ``neighbours``) on the validation lists, grade the test lists with them. ``val`` /
+    ``test``: the data set's protocols (the lists are made for the first one's cases,
+    ``served_points``); protocols sharing a cut are graded on the same lists. ``neighbours``: the
+    item neighbours of the validation and of the test lists, each built from that split's training
+    events (``item_neighbours``; the test ones are what the version ships). ``stack``: the
+    stacked score's weights (``exporters.stacking``); the grid is then tried with and without it.
+    ``offline_val_ndcg``: the ranker's full-ranking validation NDCG@10 (first protocol, first
+    mode); only parameters whose served lists keep ``SERVED_FLOOR`` of it compete (all of them
+    when none does)."""
+    grid = grid or list_grid(knn_weight=KNN_WEIGHT_GRID if neighbours is not None else (0.0,))
+    if stack:
+        grid = grid + [replace(q, stack=tuple(stack)) for q in grid if not q.stack]
     val_points = served_points(inter, next(iter(val.values())), max_seq_len)
     test_points = served_points(inter, next(iter(test.values())), max_seq_len)
-    by_min_new, _ = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), grid, size)
-    objective = {k: {p: per[p][val[p].modes[0]].ndcg for p in per} for k, per in by_min_new.items()}
-    best = max(grid, key=lambda k: (round(float(np.mean(list(objective[k].values()))), 6), -k))
-    params = ListParams(size, best)
-    tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), (best,), size)
-    return ServedReport(params, objective, tested[best], recall)
+    nb_val, nb_test = neighbours or (None, None)
+    by_params, val_recall = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), grid, nb_val)
+    objective = {(q.min_new, q.knn_weight, bool(q.stack)): {p: per[p][val[p].modes[0]].ndcg for p in per} for q, per in by_params.items()}
+    best = pick_params(grid, {q: objective[(q.min_new, q.knn_weight, bool(q.stack))] for q in grid}, next(iter(val)),
+                       SERVED_FLOOR * offline_val_ndcg if offline_val_ndcg else 0.0)
+    tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), [best], nb_test)
+    return ServedReport(best, objective, tested[best], recall, val_recall)
 
 
 @dataclass
@@ -349,8 +414,15 @@ def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], vers
 
     points = served_points(sub, main, model.max_seq_len)
     vecs = model.catalog_vectors(sub)
-    cands = candidate_sets(points, vecs)
-    offline_lists = served_lists(cands, dense_candidate_scorer(model.scorer(sub, points)), own_items(sub, main), params)
+    cands = candidate_sets(points, vecs, neighbours=load_neighbours(version_dir, model.manifest))
+    scorer = dense_candidate_scorer(model.scorer(sub, points))
+    scores = scorer(np.arange(len(cands.rows)), cands.rows)
+    stack_x = None
+    if params.stack:
+        from exporters.stacking import stack_inputs
+
+        stack_x = stack_inputs(points, cands, scores, vecs)
+    offline_lists = served_lists(cands, scorer, own_items(sub, main), params, scores=scores, stack_x=stack_x)
 
     def by_user(list_idx: np.ndarray, split: Split) -> np.ndarray:
         row_of_user = {int(u): int(list_idx[c]) for c, u in enumerate(main.case_users)}
@@ -360,3 +432,20 @@ def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], vers
     offline = {p: {m: grade(offline_lists, by_user(np.arange(len(main)), sp), sp, sub, m) for m in sp.modes} for p, sp in test.items()}
     same = [bool(np.array_equal(lists[served_index[c]], offline_lists[c])) for c in range(len(main)) if served_index[c] >= 0]
     return ReplayResult(model.version, served, offline, float(np.mean(same)) if same else 0.0, len(main), n_events, float(replayed["seconds"]))
+
+
+def item_neighbours(inter: Interactions, fit: np.ndarray, k: int = KNN_K) -> ItemNeighbours:
+    """The ``knn`` source's neighbour lists from the ``fit`` events: the item-kNN baseline's
+    similarity (cosine on the binary user x item matrix, its tie rule), ``k`` per item."""
+    from exporters.baselines import KnnSimilarity
+
+    return ItemNeighbours.from_sparse(KnnSimilarity(inter, fit).top_k(k), k)
+
+
+def load_neighbours(version_dir: Path, manifest: dict) -> ItemNeighbours | None:
+    """The neighbour lists a version ships (None when it ships none), as the worker loads them."""
+    entry = manifest.get(NEIGHBOURS_KEY)
+    if not entry:
+        return None
+    names = entry.get("files", list(NEIGHBOUR_FILES))
+    return ItemNeighbours(np.load(Path(version_dir) / names[0]), np.load(Path(version_dir) / names[1]))

@@ -94,6 +94,10 @@ MODEL_DIR_LAYOUT = """
     item_ids.json        list of item ids, row order of item_vecs.npy
     item_vecs.npy        float32 [N, D] item vectors (text + learned id/category part)
     category_vecs.json   optional {category: [D floats]} for new items without text
+    knn_rows.npy         optional int32 [N, K]: each item's K nearest items (rows of item_ids.json,
+                         -1: none), the ``knn`` candidate source (schemas.serving.ItemNeighbours;
+                         manifest "item_neighbours")
+    knn_sims.npy         optional float32 [N, K]: their cosine similarities
     training_curves.png  optional
 """
 

@@ -6,16 +6,20 @@ Sources, in priority order (an item keeps the first source that found it):
 * ``search``   — nearest items to the user's last search query (same text encoder as items), on
   the search event and for a few events after it while the intent is fresh (the caller decides,
   ``UserState.search_intent``, and passes the query vector);
+* ``knn``      — item-kNN over the user's whole profile: the version's precomputed neighbour lists
+  (``schemas.serving.ItemNeighbours``, ``ItemIndex.neighbours``) summed over the user's items, the
+  best-scored items the user never touched (absent when the version ships no neighbours);
 * ``covis``    — co-visitation neighbours of the user's recent items (counts kept incrementally);
 * ``ann``      — nearest items to the user embedding (HNSW);
 * ``trending`` — decayed global counts, so a brand-new user still gets a list.
 
 Each candidate keeps the evidence that found it, for the reason shown to the user: the query
-(search), the recent item it co-occurred with and how often (covis), the recent item it is most
-similar to (ann), the item's exact event counts over the last days (trending, ``RecentCounts``).
+(search), the user's item it is most often chosen with (knn), the recent item it co-occurred with
+and how often (covis), the recent item it is most similar to (ann), the item's exact event counts over the last days (trending, ``RecentCounts``).
 
 Then filters (unavailable; purchased and the just-viewed item when configured) and the
-per-candidate features of ``schemas.ranking.FEATURE_NAMES``.
+per-candidate features of ``schemas.ranking.FEATURE_NAMES``, and each candidate's item-kNN score
+(``knn``: the list score adds ``ListParams.knn_weight`` x it, ``schemas.serving.list_scores``).
 
 *What* and *how* are kept apart: ``SOURCES`` (priority order), ``source_plan`` (how many each
 source proposes and may add) and the merge rule in its docstring, the filters and
@@ -159,7 +163,7 @@ class RecentCounts:
 # ---- what: sources, their order and quotas -------------------------------------------------------
 # Priority order (an item keeps the first source that found it) and quotas are declared once, in
 # schemas.serving (SOURCES, CandidateQuota, merge_sources), which the offline evaluator uses too.
-HISTORY, SEARCH, COVIS, ANN, TRENDING = range(len(SOURCES))
+HISTORY, SEARCH, KNN, COVIS, ANN, TRENDING = range(len(SOURCES))
 
 
 def source_plan(n: int) -> dict[str, tuple[int, int]]:
@@ -168,8 +172,8 @@ def source_plan(n: int) -> dict[str, tuple[int, int]]:
     ``SOURCES`` order each source adds its proposals that are not picked yet, in its own order, up
     to its limit, until ``n`` are picked."""
     q = CandidateQuota(n)
-    return {"history": (q.history, n), "search": (q.per_source, q.per_source), "covis": (q.per_source, q.per_source),
-            "ann": (q.per_source, q.per_source), "trending": (n, n)}
+    return {"history": (q.history, n), "search": (q.per_source, q.per_source), "knn": (q.per_source, q.per_source),
+            "covis": (q.per_source, q.per_source), "ann": (q.per_source, q.per_source), "trending": (n, n)}
 
 
 @dataclass(frozen=True)
@@ -185,9 +189,10 @@ class Candidates:
 
     rows: np.ndarray  # int64 [C] item rows
     src: np.ndarray  # int8 [C] index into SOURCES
-    ev_row: np.ndarray  # int64 [C] evidence row: covis / ann anchor (-1: none), trending position
+    ev_row: np.ndarray  # int64 [C] evidence row: knn / covis / ann anchor (-1: none), trending position
     ev_count: np.ndarray  # float64 [C] covis pair count
     feats: np.ndarray  # float32 [C, F]
+    knn: np.ndarray | None = None  # float64 [C] item-kNN score (``ItemNeighbours.aggregate``), None without neighbours
     query: str | None = None  # the search query (evidence of the ``search`` source)
     trending_evidence: list | None = None  # (purchases, interactions, days) per trending position
     query_sim: np.ndarray | None = None  # float32 [C]: cosine to the active search query, if any
@@ -196,15 +201,15 @@ class Candidates:
         return SOURCES[self.src[j]]
 
     def evidence(self, j: int):
-        """The evidence that found candidate ``j``: the query (search), (anchor row, pair count)
-        (covis), the anchor row or None (ann), (purchases, interactions, days) (trending), None
-        (history). ``streamer.publish.reason_for`` turns it into words."""
+        """The evidence that found candidate ``j``: the query (search), the anchor row (knn),
+        (anchor row, pair count) (covis), the anchor row or None (ann), (purchases, interactions,
+        days) (trending), None (history). ``streamer.lists.reason_for`` turns it into words."""
         s = self.src[j]
         if s == SEARCH:
             return self.query
         if s == COVIS:
             return int(self.ev_row[j]), float(self.ev_count[j])
-        if s == ANN:
+        if s in (ANN, KNN):
             return int(self.ev_row[j]) if self.ev_row[j] >= 0 else None
         if s == TRENDING:
             return self.trending_evidence[self.ev_row[j]] if self.trending_evidence is not None else None
@@ -237,6 +242,7 @@ class CandidateBatch:
     ev_row: np.ndarray  # int64 [N]
     ev_count: np.ndarray  # float64 [N]
     feats: np.ndarray  # float32 [N, F]
+    knn: np.ndarray | None  # float64 [N] item-kNN score, None when the index has no neighbours
     vecs: np.ndarray  # float32 [N, D] the candidates' item vectors (gathered once, the ranker reuses them)
     query_sim: np.ndarray  # float32 [N] (0 where the user has no active query)
     queries: list  # [U] the search query behind the ``search`` source, or None
@@ -249,7 +255,7 @@ class CandidateBatch:
     def user(self, u: int) -> Candidates:
         a, b = int(self.offsets[u]), int(self.offsets[u + 1])
         return Candidates(rows=self.rows[a:b], src=self.src[a:b], ev_row=self.ev_row[a:b], ev_count=self.ev_count[a:b],
-                          feats=self.feats[a:b], query=self.queries[u], trending_evidence=self.trending_evidence,
+                          feats=self.feats[a:b], knn=self.knn[a:b] if self.knn is not None else None, query=self.queries[u], trending_evidence=self.trending_evidence,
                           query_sim=self.query_sim[a:b] if self.has_query[u] else None)
 
 
@@ -317,6 +323,18 @@ def gather_batch(
             top = top[top >= 0]
             hist[u, : len(top)] = top
 
+    # knn: item-kNN over the whole profile (precomputed neighbour lists), items the user never touched
+    k_n = plan["knn"][0]
+    knn = np.full((n_users, k_n), -1, dtype=np.int64)
+    knn_anchor = np.full((n_users, k_n), -1, dtype=np.int64)
+    neighbours = getattr(index, "neighbours", None)
+    aggs = [neighbours.aggregate(rows[rows >= 0]) for rows in prof_rows] if neighbours is not None else None
+    if aggs is not None:
+        for u, (rows, agg) in enumerate(zip(prof_rows, aggs)):
+            top, anchor = neighbours.offer(rows[rows >= 0], k_n, agg)
+            knn[u, : len(top)] = top
+            knn_anchor[u, : len(top)] = anchor
+
     # search: nearest items to the active query
     k_q = plan["search"][0]
     search = np.full((n_users, k_q), -1, dtype=np.int64)
@@ -364,6 +382,7 @@ def gather_batch(
     blocks = [  # (source, proposals [U, k], evidence row, evidence count), in SOURCES order
         (HISTORY, hist, None, None),
         (SEARCH, search, None, None),
+        (KNN, knn, knn_anchor, None),
         (COVIS, cov_rows, cov_anchor, cov_count),
         (ANN, ann, ann_anchor, None),
         (TRENDING, trend, trend_pos, None),
@@ -420,9 +439,15 @@ def gather_batch(
             qsim[a:b] = cand_vecs[a:b] @ r.query_vec
     now = np.asarray([r.now_ms for r in users], dtype=np.int64)[sel_u]
     feats = candidate_features(personal, last, now, cov, index.popularity[rows], sim)
+    knn_score = None
+    if aggs is not None:
+        knn_score = np.zeros(len(rows))
+        for u, agg in enumerate(aggs):
+            a, b = offsets[u], offsets[u + 1]
+            knn_score[a:b] = neighbours.score_at(agg, rows[a:b])
     has_q = np.asarray([r.query_vec is not None for r in users], dtype=bool)
     return CandidateBatch(offsets=offsets, rows=rows, src=sel_s.astype(np.int8), ev_row=ev_row, ev_count=ev_count,
-                          feats=feats, vecs=cand_vecs, query_sim=qsim, queries=[r.state.last_query for r in users], has_query=has_q,
+                          feats=feats, knn=knn_score, vecs=cand_vecs, query_sim=qsim, queries=[r.state.last_query for r in users], has_query=has_q,
                           trending_evidence=trending_evidence)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from schemas import Item
 from schemas.ranking import compose_item_vector
 from schemas.ranking import item_text as _item_text
+from schemas.serving import ItemNeighbours
 
 
 def hash_vector(item_id: str, dim: int) -> np.ndarray:
@@ -55,6 +56,8 @@ class ItemIndex:
         self.ann = hnswlib.Index(space="ip", dim=self.dim)
         self.ann.init_index(max_elements=self.capacity, ef_construction=100, M=16, allow_replace_deleted=False)
         self.ann.set_ef(64)
+        # the version's item-kNN neighbour lists (rows of its catalog = the first rows here), or None
+        self.neighbours: ItemNeighbours | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

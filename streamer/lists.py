@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from schemas import RecItem, Recommendation
-from schemas.serving import ListParams, assemble, order_with_search
+from schemas.serving import ListParams, assemble, discovery, list_scores, order_with_search
 from streamer.candidates import Candidates
 from streamer.items import ItemIndex
 from streamer.state import UserState
@@ -65,6 +65,8 @@ def reason_for(source: str, evidence, row: int, user: UserState, index: ItemInde
         n = int(round(count))
         tail = f" ({_times(n)})" if n > 0 else ""
         return _clip(f"often chosen with {_title(index, int(anchor))}{tail}", 200)
+    if source == "knn" and evidence is not None:
+        return _clip(f"often chosen by the people who chose {_title(index, int(evidence))}", 200)
     if source == "ann" and evidence is not None:
         return _clip(f"similar to {_title(index, int(evidence))}", 200)
     if source == "ann":
@@ -97,13 +99,19 @@ def build_list(
     event_ts: int,
     search_slots: int = 0,
     min_new: int = 0,
+    knn_weight: float = 0.0,
+    stack: tuple[float, ...] = (),
 ) -> Recommendation:
-    """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by score,
-    at least ``min_new`` of them items the user never touched), then the search pins."""
+    """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by the
+    list score of ``schemas.serving.list_scores``, at least ``min_new`` of them items the user
+    never touched; with ``knn_weight`` or ``stack`` the own items keep the ranker's order and the
+    new ones follow in the order of their discovery score), then the search pins."""
     new = None  # which candidates the user never touched: only needed when slots are reserved for them
-    if min_new > 0:
+    params = ListParams(size, min_new, knn_weight, stack)
+    if min_new > 0 or discovery(params):
         new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
-    assembled = assemble(scores, new, ListParams(size, min_new))
+    scores = list_scores(scores, cands.knn, params, new, cands.feats, cands.src, len(user.items))
+    assembled = assemble(scores, new, params)
     order, final = order_with_search(scores, cands.query_sim, assembled, size, search_slots)
     items = []
     for j in order:

@@ -23,6 +23,7 @@ from schemas.ranking import (
     RANKER_OUTPUT,
     check_manifest_features,
 )
+from schemas.serving import NEIGHBOUR_FILES, NEIGHBOURS_KEY, ItemNeighbours, ListParams
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class ModelBundle:
     item_ids: list[str]
     item_vecs: np.ndarray
     category_vecs: dict[str, np.ndarray]
+    neighbours: ItemNeighbours | None = None  # the ``knn`` source's lists (manifest NEIGHBOURS_KEY), if shipped
 
     @classmethod
     def load(cls, path: Path, *, device: str = "auto", variant: str = "auto", threads: int = 0,
@@ -153,11 +155,28 @@ class ModelBundle:
         cats = {}
         if (path / "category_vecs.json").exists():
             cats = {k: np.asarray(v, dtype=np.float32) for k, v in orjson.loads((path / "category_vecs.json").read_bytes()).items()}
+        try:
+            ListParams.from_manifest(manifest, 1)  # a stacked list score over features this code computes
+        except ValueError as exc:
+            raise ModelRefused(f"{path}: {exc}") from None
+        neighbours = None
+        if manifest.get(NEIGHBOURS_KEY):
+            names = manifest[NEIGHBOURS_KEY].get("files", list(NEIGHBOUR_FILES))
+            for name in names:
+                if name not in files:
+                    raise ModelRefused(f"{path}: manifest does not list {name}")
+            try:
+                neighbours = ItemNeighbours(np.load(path / names[0]).astype(np.int32, copy=False),
+                                            np.load(path / names[1]).astype(np.float32, copy=False))
+            except ValueError as exc:
+                raise ModelRefused(f"{path}: item neighbours: {exc}") from None
+            if len(neighbours.rows) > len(item_ids) or (neighbours.rows.size and int(neighbours.rows.max()) >= len(item_ids)):
+                raise ModelRefused(f"{path}: item neighbours point outside the {len(item_ids)} catalog items")
         bundle = cls(
             version=str(manifest["version"]), path=path, manifest=manifest, dim=dim,
             max_seq_len=int(manifest["max_seq_len"]), max_text_len=max_text_len, tokenizer=tokenizer,
             encoder=encoder, ranker=ranker, ranker_file=ranker_file, provider=providers[0],
-            item_ids=list(item_ids), item_vecs=item_vecs, category_vecs=cats,
+            item_ids=list(item_ids), item_vecs=item_vecs, category_vecs=cats, neighbours=neighbours,
         )
         bundle.smoke_test()
         return bundle

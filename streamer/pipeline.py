@@ -124,6 +124,7 @@ class Pipeline:
         index = ItemIndex(dim=bundle.dim, capacity=max(1024, 2 * len(bundle.item_ids)), half_life_ms=self.half_life_ms)
         if bundle.item_ids:
             index.add_many(bundle.item_ids, bundle.item_vecs)
+        index.neighbours = bundle.neighbours  # rows of its catalog: the first rows of the index
         if previous is not None and len(previous):
             from schemas import Item
 
@@ -418,6 +419,7 @@ class Pipeline:
                     users[i], t.state, batch.user(k), scores[k], index, size=s.list_size,
                     model_version=version, variant=variants[i], event_id=t.last_event.event_id, event_ts=t.last_event.ts,
                     search_slots=self.search_slots(intents[i]), min_new=space.list_params.min_new,
+                    knn_weight=space.list_params.knn_weight, stack=space.list_params.stack,
                 )
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]

@@ -4,23 +4,34 @@ quantised per call, so its scores move with the batch's other rows)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from exporters.dataset import build_interactions
 from exporters.job import run
 from exporters.served import evaluate_served_replay
+from schemas.serving import ListParams
+from schemas.stacking import STACK_FEATURES
 from streamer import served_replay
 from tests.unit.exporters.test_retrain_job import config, shop
 
 pytestmark = pytest.mark.integration
 
 
-def test_served_metrics_equal_offline_on_a_small_replay(stack, tmp_path) -> None:
+@pytest.mark.parametrize("list_params", ["as trained", "stacked"])
+def test_served_metrics_equal_offline_on_a_small_replay(stack, tmp_path, list_params) -> None:
     data = shop()
     cfg = config(tmp_path / "models", publish=False)
     version = run(cfg, dataset=data).version_dir
     inter = build_interactions(data, cfg.split)
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["item_neighbours"]["files"]  # the knn source's lists ship with every version
+    if list_params == "stacked":  # the worker's stacked-score and knn-blend path, whatever validation chose
+        rng = np.random.default_rng(0)
+        manifest["list_params"] = ListParams(20, 5, 0.3, tuple(rng.uniform(-1, 1, len(STACK_FEATURES)))).as_dict()
+        (version / "manifest.json").write_text(json.dumps(manifest))
 
     def replay(events, model_root, out, **kw):
         return served_replay.run(events, model_root, out, stack=stack, **kw)
@@ -34,6 +45,9 @@ def test_served_metrics_equal_offline_on_a_small_replay(stack, tmp_path) -> None
             served = res.served[protocol][mode]
             assert served.cases == offline.cases > 0
             assert (served.hr, served.ndcg, served.mrr, served.cov) == (offline.hr, offline.ndcg, offline.mrr, offline.cov), (protocol, mode)
+    # the knn source reaches the published lists
+    assert any(json.loads(line)["items"] and any(it.get("source") == "knn" for it in json.loads(line)["items"])
+               for line in (tmp_path / "work" / "lists.jsonl").read_text().splitlines() if line.strip())
     # the lists are not trivially empty: the version's list holds items and hits some targets
     assert res.served["next-item"]["in"].cov > 0
     assert np.isfinite(res.served["next-item"]["in"].ndcg)

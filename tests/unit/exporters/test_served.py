@@ -64,3 +64,36 @@ def test_lists_are_graded_as_served_and_shared_by_protocols():
     assert li_new.tolist() == [list(line.case_users).index(u) for u in new.case_users]
     g_new = grade(lists, li_new, new, inter, "ex")
     assert g_new.cases == len(new) and g_new.hr == 1 / len(new)
+
+
+def test_knn_source_offers_new_items_scored_like_the_item_knn_baseline():
+    from exporters.baselines import fit_item_knn
+    from exporters.served import item_neighbours
+
+    inter, line, _new, points = setup()
+    nb = item_neighbours(inter, line.fit, k=3)
+    cands = candidate_sets(points, None, CandidateQuota(12), neighbours=nb)
+    u1 = list(line.case_users).index(inter.user_ids.index("u1"))
+    rows = [inter.item_ids[r] for r in cands.rows[u1]]
+    srcs = [SOURCES[s] for s in cands.sources[u1]]
+    # u1 bought A and B; u2 bought A and C: C is A's neighbour, offered by knn (priority over covis)
+    assert srcs[:2] == ["history", "history"] and srcs[rows.index("C")] == "knn"
+    # the candidates' item-kNN scores are the baseline's full-catalog scores read at the candidates
+    full = fit_item_knn(inter, line, 3)(np.arange(len(line)))
+    for c in range(len(line)):
+        assert np.allclose(cands.knn[c], full[c, cands.rows[c]])
+    assert cands.knn[u1][rows.index("C")] > 0
+    # a list scored by item-kNN alone (knn_weight on zero ranker scores) puts C before the rest of u1's new items
+    zero = [np.zeros(len(r)) for r in cands.rows]
+    lists = served_lists(cands, None, own_items(inter, line), ListParams(4, 2, knn_weight=1.0), scores=zero)
+    assert inter.item_ids[lists[u1][0]] in ("A", "B", "C") and "C" in [inter.item_ids[r] for r in lists[u1] if r >= 0]
+
+
+def test_list_parameters_keep_the_served_floor_of_the_first_protocol():
+    from exporters.served import pick_params
+
+    a, b, c = ListParams(20, 0), ListParams(20, 10), ListParams(20, 10, 0.3)
+    ndcg = {a: {"line": 0.10, "new": 0.00}, b: {"line": 0.09, "new": 0.04}, c: {"line": 0.099, "new": 0.02}}
+    assert pick_params([a, b, c], ndcg, "line", 0.0) == b  # best mean
+    assert pick_params([a, b, c], ndcg, "line", 0.095) == c  # b gives up too much of next-line
+    assert pick_params([a, b, c], ndcg, "line", 0.2) == b  # none keeps the floor: all compete

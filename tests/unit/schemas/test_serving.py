@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from schemas.serving import (
     CandidateQuota,
@@ -67,3 +68,39 @@ def test_order_with_search_pins_best_matches_on_top_of_the_assembled_list():
 def test_list_params_from_manifest():
     assert ListParams.from_manifest({}, 20) == ListParams(20, 0)
     assert ListParams.from_manifest({"list_params": {"size": 20, "min_new": 10}}, 8) == ListParams(8, 8)
+
+
+def test_item_neighbours_aggregate_offer_and_scores():
+    from scipy import sparse
+
+    from schemas.serving import ItemNeighbours
+
+    # item 0's neighbours: 1 (0.5), 2 (0.25); item 1's: 0 (0.5), 2 (0.5) (ties: lower row first); 3: none
+    sim = sparse.csr_matrix((np.array([0.5, 0.25, 0.5, 0.5]), (np.array([0, 0, 1, 1]), np.array([1, 2, 2, 0]))), shape=(4, 4))
+    nb = ItemNeighbours.from_sparse(sim, k=2)
+    assert nb.rows.tolist() == [[1, 2], [0, 2], [-1, -1], [-1, -1]]
+    rows, score, anchor = nb.aggregate(np.array([1, 0, 0, 9]))  # repeats and rows outside ignored
+    assert rows.tolist() == [0, 1, 2] and score.tolist() == [0.5, 0.5, 0.75] and anchor.tolist() == [1, 0, 1]
+    top, anc = nb.offer(np.array([0, 1]), 5)
+    assert top.tolist() == [2] and anc.tolist() == [1]  # own items are never offered
+    top, _ = nb.offer(np.array([0]), 1)
+    assert top.tolist() == [1]  # 0.5 beats 0.25
+    assert ItemNeighbours.score_at(nb.aggregate(np.array([0])), np.array([2, 3, 1])).tolist() == [0.25, 0.0, 0.5]
+    assert nb.aggregate(np.array([3]))[0].tolist() == []
+
+
+def test_list_scores_add_the_weighted_knn_score():
+    from schemas.serving import list_scores
+
+    s, knn = np.array([1.0, 3.0, 0.5, 0.2, 0.1]), np.array([5.0, 0.0, 0.0, 1.0, 3.0])
+    new = np.array([False, False, True, True, True])
+    assert list_scores(s, knn, ListParams(2, 0), new).tolist() == s.tolist()  # plain: the ranker's score
+    got = list_scores(s, knn, ListParams(2, 0, knn_weight=1.0), new)
+    # own items keep the ranker's score (item 0's large kNN score does not move it); new items follow
+    # below every own item, ordered by ranker + kNN: 4 (3.1), 3 (1.2), 2 (0.5)
+    assert got[:2].tolist() == [1.0, 3.0] and list(np.argsort(-got)) == [1, 0, 4, 3, 2]
+    assert got[new].max() < got[~new].min()
+    assert list_scores(s, None, ListParams(2, 0, knn_weight=1.0), new)[2:].tolist() == pytest.approx([0.0, -0.3, -0.4])  # just below the weakest own item (1.0 - 1)
+    # a user with only new candidates: their discovery order, nothing else
+    assert list(np.argsort(-list_scores(s, knn, ListParams(2, 0, knn_weight=1.0), np.ones(5, bool)))) == [0, 4, 1, 3, 2]
+    assert ListParams.from_manifest({"list_params": {"min_new": 3, "knn_weight": 0.3}}, 20) == ListParams(20, 3, 0.3)

@@ -17,7 +17,16 @@ import numpy as np
 
 from schemas import RecItem, Recommendation
 from schemas.ranking import COVIS_WINDOW, candidate_features
-from schemas.serving import CandidateQuota, ListParams, assemble, history_order, merge_sources, order_with_search
+from schemas.serving import (
+    SOURCES,
+    CandidateQuota,
+    ListParams,
+    assemble,
+    history_order,
+    list_scores,
+    merge_sources,
+    order_with_search,
+)
 from streamer.candidates import CandidateConfig, CoVisitation
 from streamer.items import ItemIndex
 from streamer.lists import reason_for
@@ -33,6 +42,7 @@ class Candidates:
     evidence: list
     feats: np.ndarray  # float32 [C, F]
     query_sim: np.ndarray | None = None  # float32 [C]: cosine to the active search query, if any
+    knn: np.ndarray | None = None  # float64 [C]: item-kNN score, None when the index has no neighbours
 
 
 
@@ -68,6 +78,28 @@ def gather(
         labels, _ = index.nearest(query_vec[None, :], quota.per_source)
         offers.append(("search", list(labels[0]), quota.per_source))
         evidence_of["search"] = user.last_query
+    # knn: per neighbour of the user's items, the summed similarity and the most similar user item
+    nb = index.neighbours
+    knn_scores: dict[int, float] = {}
+    if nb is not None:
+        own = sorted({index.pos[k] for k in user.items if k in index.pos})
+        entries: dict[int, list[tuple[float, int]]] = {}
+        for h in own:
+            if h < len(nb.rows):
+                for r, sim in zip(nb.rows[h].tolist(), nb.sims[h].astype(np.float64).tolist()):
+                    if r >= 0:
+                        entries.setdefault(r, []).append((sim, h))
+        anchor_of = {}
+        for r, es in entries.items():
+            es.sort(key=lambda e: (-e[0], e[1]))
+            total = 0.0
+            for sim, _h in es:
+                total += sim
+            knn_scores[r], anchor_of[r] = total, es[0][1]
+        ranked = sorted((r for r in knn_scores if r not in set(own)), key=lambda r: (-knn_scores[r], r))[: quota.per_source]
+        if ranked:
+            offers.append(("knn", ranked, quota.per_source))
+            evidence_of["knn"] = [anchor_of[r] for r in ranked]
     recent_rows = [index.pos[i] for i, _t, _ts in list(user.seq)[-COVIS_WINDOW:] if i in index.pos]
     covis_scores = covis.neighbours(recent_rows)
     if covis_scores:
@@ -126,8 +158,9 @@ def gather(
     sim = index.vecs[rows] @ uvec if (uvec is not None and c) else np.zeros(c, dtype=np.float32)
     feats = candidate_features(personal, last, now_ms, cov, index.popularity[rows], sim)
     qsim = (index.vecs[rows] @ query_vec).astype(np.float32) if (query_vec is not None and c) else None
+    knn = np.asarray([knn_scores.get(r, 0.0) for r in keep]) if nb is not None else None
     return Candidates(rows=rows, sources=[picked[r][0] for r in keep], evidence=[picked[r][1] for r in keep], feats=feats,
-                      query_sim=qsim)
+                      query_sim=qsim, knn=knn)
 
 
 def build_list(
@@ -144,9 +177,14 @@ def build_list(
     event_ts: int,
     search_slots: int = 0,
     min_new: int = 0,
+    knn_weight: float = 0.0,
+    stack: tuple[float, ...] = (),
 ) -> Recommendation:
     new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
-    order, final = order_with_search(scores, cands.query_sim, assemble(scores, new, ListParams(size, min_new)), size, search_slots)
+    params = ListParams(size, min_new, knn_weight, stack)
+    src = np.asarray([SOURCES.index(s) for s in cands.sources], dtype=np.int64)
+    scores = list_scores(scores, cands.knn, params, new, cands.feats, src, len(user.items))
+    order, final = order_with_search(scores, cands.query_sim, assemble(scores, new, params), size, search_slots)
     items = []
     for j in order:
         row = int(cands.rows[j])
@@ -246,6 +284,7 @@ async def rank_reference(self, touched) -> list[Recommendation]:
                 user_id, t.state, cands, scores, self.index, size=s.list_size,
                 model_version=version, variant=variant, event_id=t.last_event.event_id, event_ts=t.last_event.ts,
                 search_slots=self.search_slots(intents[user_id]), min_new=self.list_params.min_new,
+                knn_weight=self.list_params.knn_weight, stack=self.list_params.stack,
             )
         )
     return recs

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import pytest
 
 from schemas import Item
+from schemas.serving import ItemNeighbours
+from schemas.stacking import STACK_FEATURES
 from streamer.model import ModelBundle, latest_version_dir
 from streamer.pipeline import Pipeline
 from streamer.settings import Settings
@@ -59,19 +62,29 @@ def random_batches(rng: random.Random, users: int, items: int, batches: int, siz
      "STREAMREC_FILTER_PURCHASED": "true", "STREAMREC_FILTER_LAST_VIEWED": "true"},
     {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20"},
     {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "8"},
+    {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "5", "knn": "0.3"},
+    {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "5", "knn": "0.3", "stack": "1"},
     {"STREAMREC_CANDIDATES": "12", "STREAMREC_LIST_SIZE": "12", "STREAMREC_RANKING": "false"},
-], ids=["small-filters-ab", "default", "min-new-slots", "ranking-off"])
+], ids=["small-filters-ab", "default", "min-new-slots", "knn-source", "stacked-score", "ranking-off"])
 async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
     rng = random.Random(len(env) * 1000 + int(env["STREAMREC_CANDIDATES"]))
     env = dict(env)
     min_new = int(env.pop("min_new", 0))  # the manifest's list_params (schemas.serving.ListParams)
+    knn_weight = float(env.pop("knn", 0.0))  # > 0: the version ships item neighbours (random here)
     s = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0"} | env)
     assert s.candidates == int(env["STREAMREC_CANDIDATES"])
     # fp32: the int8 file quantizes activations per batch tensor (dynamic ranges), so its scores
     # depend on which users share a ranker call; the batched path groups users differently
     pipe = Pipeline(s, ModelBundle.load(latest_version_dir(tiny_model_root), variant="fp32"))
     pipe.upsert_items(random_catalog(rng, 260))
-    pipe.list_params = dataclasses.replace(pipe.list_params, min_new=min_new)
+    stack = tuple(rng.uniform(-1, 1) for _ in STACK_FEATURES) if env.pop("stack", None) else ()  # a stacked list score
+    pipe.list_params = dataclasses.replace(pipe.list_params, min_new=min_new, knn_weight=knn_weight, stack=stack)
+    if knn_weight:
+        n, k = len(pipe.index), 8
+        nb_rows = np.asarray([rng.sample(range(n), k) for _ in range(n)], dtype=np.int32)
+        nb_rows[:, -2:] = -1  # fewer than k neighbours
+        nb_sims = -np.sort(-np.asarray([[rng.random() for _ in range(k)] for _ in range(n)], dtype=np.float32), axis=1)
+        pipe.index.neighbours = ItemNeighbours(nb_rows, nb_sims)
 
     compared = []
     batched = pipe._rank
@@ -104,6 +117,7 @@ async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
     assert n_lists > 100 and n_items > 0.8 * n_lists * s.list_size
     # the comparison covered every source (search and covis included)
     assert {"history", "covis", "ann", "trending", "search"} <= sources, sources
+    assert ("knn" in sources) == bool(knn_weight), sources
 
 
 def test_io_binding_path_scores_like_run(tiny_model_root):
