@@ -140,7 +140,7 @@ def plot(rows: list[dict], summary: dict, path: Path) -> None:
     if summary:
         xs = np.array([0, TARGET_EVENTS])
         ax.scatter([TARGET_EVENTS / 1000], [summary["wall_by_stage_at_1M_s"] / 60], color="r", zorder=3,
-                   label=f"1M events (stage fits): {summary['wall_by_stage_at_1M_s'] / 60:.1f} min")
+                   label=f"1M events, stage fits, 3 epochs (loaded VM): {summary['wall_by_stage_at_1M_s'] / 60:.1f} min")
         ax.axhline(30, color="r", ls=":", lw=1, label="goal 30 min")
         ax.set_xlim(0, xs[-1] / 1000 * 1.05)
     ax.set_xlabel("interactions (thousands)")
