@@ -61,12 +61,13 @@ class PointSet:
             self.recency[idx], self.decayed[idx], self.covis[idx], self.pop_row[idx], self.pop_table,
         )
 
-    def user_embedding_sim(self, idx: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
-        """cos(user embedding, every item) [len(idx), N] (0 where the user has no embedding)."""
+    def user_embedding_sim(self, idx: np.ndarray, item_vecs: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+        """cos(user embedding, every item or ``items``) [len(idx), N or len(items)] (0 where the user
+        has no embedding); with ``items`` the cost does not grow with the catalog."""
         emb = np.asarray(self.decayed[idx] @ item_vecs, dtype=np.float32)
         norm = np.linalg.norm(emb, axis=1, keepdims=True)
         emb = np.divide(emb, norm, out=np.zeros_like(emb), where=norm > 0)
-        return emb @ item_vecs.T
+        return emb @ (item_vecs if items is None else item_vecs[items]).T
 
     def features(self, idx: np.ndarray, item_vecs: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
         """float32 [len(idx), N or len(items), F] in FEATURE_NAMES order."""
@@ -77,8 +78,7 @@ class PointSet:
         out[..., 1] = self.recency[idx][:, cols].toarray()
         out[..., 2] = np.log1p(self.covis[idx][:, cols].toarray())
         out[..., 3] = self.pop_table[self.pop_row[idx]][:, cols]
-        sim = self.user_embedding_sim(idx, item_vecs)
-        out[..., 4] = sim if items is None else sim[:, items]
+        out[..., 4] = self.user_embedding_sim(idx, item_vecs, items)
         return out
 
 

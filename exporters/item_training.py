@@ -80,7 +80,10 @@ class ItemTrainConfig:
 
 
 class CachedText:
-    """Token states of every text item after the frozen bottom of the encoder."""
+    """Token states of every text item after the frozen bottom of the encoder.
+
+    Texts run in batches of similar length, each cut to its longest text (catalog texts are short
+    next to ``max_text_len``: padding every batch to the longest text of the catalog cost ~3x)."""
 
     def __init__(self, encoder: ItemEncoder, tok: Tokenizer, texts: list[str], n_frozen: int, device: torch.device):
         self.rows = np.array([i for i, t in enumerate(texts) if t], dtype=np.int64)
@@ -89,12 +92,13 @@ class CachedText:
         self.ids = torch.from_numpy(ids).to(device)
         self.mask = torch.from_numpy(mask).to(device)
         self.lengths = self.mask.sum(1)
+        self.by_length = torch.argsort(self.lengths, stable=True)
+        self.states = torch.zeros(len(self.rows), max(self.ids.shape[1], 1), encoder.dim, device=device)
         with torch.inference_mode():
-            states = [
-                encoder.prefix(self.ids[s : s + 256], self.mask[s : s + 256], n_frozen)
-                for s in range(0, len(self.rows), 256)
-            ]
-        self.states = torch.cat(states) if states else torch.zeros(0, 1, encoder.dim, device=device)
+            for s in range(0, len(self.rows), 256):
+                b = self.by_length[s : s + 256]
+                t = int(self.lengths[b].max())
+                self.states[b, :t] = encoder.prefix(self.ids[b, :t], self.mask[b, :t], n_frozen)
         self.slot = -np.ones(len(texts), dtype=np.int64)
         self.slot[self.rows] = np.arange(len(self.rows))
 
@@ -106,8 +110,8 @@ class CachedText:
         out = np.zeros((n_items, encoder.dim), dtype=np.float32)
         with torch.inference_mode():
             for s in range(0, len(self.rows), 256):
-                slots = torch.arange(s, min(s + 256, len(self.rows)), device=self.states.device)
-                out[self.rows[s : s + 256]] = self.encode(encoder, slots).float().cpu().numpy()
+                slots = self.by_length[s : s + 256]
+                out[self.rows[slots.cpu().numpy()]] = self.encode(encoder, slots).float().cpu().numpy()
         return out
 
 

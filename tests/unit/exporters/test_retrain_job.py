@@ -136,6 +136,24 @@ def test_gate_keeps_a_worse_version_unpublished(first_run, tmp_path: Path) -> No
     assert forced.published and registry.read_latest(root) == "forced"
 
 
+def test_sampled_softmax_and_epoch_budgets_train_a_valid_version(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A catalog above ``full_softmax_max_items`` trains with the sampled softmax; the epoch and
+    validation budgets cap the examples seen and the cases early stopping reads."""
+    cfg = config(tmp_path, version="sampled")
+    cfg.ranker = RankerTrainConfig(epochs=2, patience=2, batch_size=16, full_softmax_max_items=10, sampled_negatives=6,
+                                   examples_per_epoch=48, val_cases=12)
+    with caplog.at_level("INFO", logger="exporters.train"):
+        result = run(cfg, dataset=shop())
+    manifest = registry.load_manifest(result.version_dir)
+    assert manifest["parity"]["ok"]
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ranker: "))
+    assert line.startswith("ranker: 48 of ") and "sampled softmax (6 negatives)" in line and "on 12 of " in line
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 2 and all("(48 examples" in e for e in epochs)
+    history = result.report["training"]["epochs"]
+    assert [e["epoch"] for e in history] == [0, 1, 2] and all(np.isfinite(e["val_ndcg"]) for e in history)
+
+
 def test_model_update_message_round_trips(first_run) -> None:
     _, result = first_run
     update = build_model_update(result.version_dir, location="s3://models/x")
