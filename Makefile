@@ -31,6 +31,7 @@ $(STAMP):
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: setup

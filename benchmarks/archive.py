@@ -75,9 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     n = len(ds.events)
 
     root = Path(tempfile.mkdtemp(prefix="streamrec-archive-bench-"))
-    env = dict(os.environ, STREAMREC_EVENTS_TOPIC=events_topic, STREAMREC_ITEMS_TOPIC=items_topic,
-               STREAMREC_ARCHIVE_DIR=str(root), STREAMREC_APP_ID=tag, STREAMREC_METRICS_PORT=str(free_port()),
-               STREAMREC_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        STREAMREC_EVENTS_TOPIC=events_topic,
+        STREAMREC_ITEMS_TOPIC=items_topic,
+        STREAMREC_ARCHIVE_DIR=str(root),
+        STREAMREC_APP_ID=tag,
+        STREAMREC_METRICS_PORT=str(free_port()),
+        STREAMREC_LOG_LEVEL="WARNING",
+    )
     env.setdefault("REDIS_URL", "redis://unused:6379/0")
     env.setdefault("STREAMREC_ARCHIVE_FLUSH_S", "5")  # the drain time measures writing, not the 60 s timer
     started = time.perf_counter()
@@ -104,24 +110,45 @@ def main(argv: list[str] | None = None) -> int:
     for name, source in (("kafka", f"kafka://{bootstrap}"), ("archive", str(root))):
         out, wall, rss = run_child([sys.executable, "-c", READ, source], read_env)
         seconds, events, items, digest, invalid = out.split()
-        reads[name] = {"read_log_s": float(seconds), "process_s": wall, "peak_rss_mib": rss, "events": int(events),
-                       "items": int(items), "digest": digest, "invalid": int(invalid)}
+        reads[name] = {
+            "read_log_s": float(seconds),
+            "process_s": wall,
+            "peak_rss_mib": rss,
+            "events": int(events),
+            "items": int(items),
+            "digest": digest,
+            "invalid": int(invalid),
+        }
 
     result = {
-        "dataset": args.dataset, "events": n, "items": len(ds.items), "replay_events_per_s": produced["events_per_s"],
-        "archiver": {"seconds_from_start": drained, "events_per_s": n / drained, "cpu_s": cpu, "events_per_cpu_s": n / cpu,
-                     "event_files": files, "archive_mib": size},
-        "read_log": reads, "same_events": reads["kafka"]["digest"] == reads["archive"]["digest"],
+        "dataset": args.dataset,
+        "events": n,
+        "items": len(ds.items),
+        "replay_events_per_s": produced["events_per_s"],
+        "archiver": {
+            "seconds_from_start": drained,
+            "events_per_s": n / drained,
+            "cpu_s": cpu,
+            "events_per_cpu_s": n / cpu,
+            "event_files": files,
+            "archive_mib": size,
+        },
+        "read_log": reads,
+        "same_events": reads["kafka"]["digest"] == reads["archive"]["digest"],
     }
     a = result["archiver"]
     print(f"\n{args.dataset}: {n:,} events, {len(ds.items):,} items")
-    print(f"archiver: all events on disk {a['seconds_from_start']:.1f} s after its start (incl. group join): "
-          f"{a['events_per_s']:,.0f} events/s; {a['cpu_s']:.1f} CPU s = {a['events_per_cpu_s']:,.0f} events/CPU s; "
-          f"{files} event files, {size:.1f} MiB")
+    print(
+        f"archiver: all events on disk {a['seconds_from_start']:.1f} s after its start (incl. group join): "
+        f"{a['events_per_s']:,.0f} events/s; {a['cpu_s']:.1f} CPU s = {a['events_per_cpu_s']:,.0f} events/CPU s; "
+        f"{files} event files, {size:.1f} MiB"
+    )
     print("| source | read_log wall s | process wall s | peak RSS MiB | events | items |")
     print("|---|---|---|---|---|---|")
     for name, r in reads.items():
-        print(f"| {name} | {r['read_log_s']:.1f} | {r['process_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['events']:,} | {r['items']:,} |")
+        print(
+            f"| {name} | {r['read_log_s']:.1f} | {r['process_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['events']:,} | {r['items']:,} |"
+        )
     print(f"same events, same order: {result['same_events']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

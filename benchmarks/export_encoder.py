@@ -2,6 +2,7 @@
 
 Run: PYTHONPATH=$PWD python -m benchmarks.export_encoder (issue 18; BENCHMARKS.md "Training / export stage").
 """
+
 import tempfile
 import time
 from pathlib import Path

@@ -54,14 +54,23 @@ class DictStore:
 
 
 def run(model_root: Path, rows: int, batch: int, profile: bool, top: int, sort: str, env: dict[str, str]) -> dict:
-    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0",
-                                  "STREAMREC_MAX_BATCH": str(batch)} | env)
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "STREAMREC_MAX_BATCH": str(batch),
+        }
+        | env
+    )
     bundle = ModelBundle.load(latest_version_dir(model_root), threads=settings.ort_threads)
     pipe = Pipeline(settings, bundle)
     ds = load_dataset("online_retail", limit_rows=rows)
-    msgs = [RawMessage("events", 0, i, e.user_id.encode(), encode(e), int(time.time() * 1000)) for i, e in enumerate(ds.events)]
+    msgs = [
+        RawMessage("events", 0, i, e.user_id.encode(), encode(e), int(time.time() * 1000))
+        for i, e in enumerate(ds.events)
+    ]
     store = DictStore()
-    batches = [msgs[i:i + batch] for i in range(0, len(msgs), batch)]
+    batches = [msgs[i : i + batch] for i in range(0, len(msgs), batch)]
     # warm-up: the first batch (sessions, caches) is not timed
     asyncio.run(pipe.process(batches[0], store))
     prof = cProfile.Profile() if profile else None
@@ -83,9 +92,18 @@ def run(model_root: Path, rows: int, batch: int, profile: bool, top: int, sort: 
         prof.disable()
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0  # CPU: all threads (the ranker's too)
     events = sum(len(b) for b in batches[1:])
-    out = {"events": events, "lists": lists, "seconds": dt, "events_per_s": events / dt, "lists_per_s": lists / dt,
-           "cpu_s": cpu, "lists_per_cpu_s": lists / cpu, "ranker_file": bundle.ranker_file,
-           "ranker_threads": bundle.ranker.get_session_options().intra_op_num_threads, "max_seq_len": bundle.max_seq_len}
+    out = {
+        "events": events,
+        "lists": lists,
+        "seconds": dt,
+        "events_per_s": events / dt,
+        "lists_per_s": lists / dt,
+        "cpu_s": cpu,
+        "lists_per_cpu_s": lists / cpu,
+        "ranker_file": bundle.ranker_file,
+        "ranker_threads": bundle.ranker.get_session_options().intra_op_num_threads,
+        "max_seq_len": bundle.max_seq_len,
+    }
     print(orjson.dumps(out).decode(), flush=True)
     if prof:
         st = pstats.Stats(prof)
@@ -116,7 +134,9 @@ def stage_table(st: pstats.Stats, seconds: float, lists: int, events: int) -> st
             if name in names and (_file.endswith((".py",)) or name.startswith("<")):
                 t += tt if name.startswith("<") else ct
         rows.append(f"| {label} | {t:.2f} | {t / seconds:.0%} | {1000 * t / max(lists, 1):.2f} |")
-    rows.append(f"| total (profiled, {events:,} events, {lists:,} lists) | {seconds:.2f} | 100% | {1000 * seconds / max(lists, 1):.2f} |")
+    rows.append(
+        f"| total (profiled, {events:,} events, {lists:,} lists) | {seconds:.2f} | 100% | {1000 * seconds / max(lists, 1):.2f} |"
+    )
     return "\n".join(rows)
 
 

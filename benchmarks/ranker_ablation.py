@@ -68,13 +68,17 @@ def heuristics(inter, split) -> dict[str, np.ndarray]:
     keep[rows, top] = sims[rows, top]
     uknn = (sparse.csr_matrix(keep) @ ub).toarray().astype(np.float32)
     out["user-kNN (50)"] = uknn
-    out["frequency + 0.3 x user-kNN"] = cnt / cnt.max(1, keepdims=True).clip(1) + 0.3 * uknn / uknn.max(1, keepdims=True).clip(1e-9)
+    out["frequency + 0.3 x user-kNN"] = cnt / cnt.max(1, keepdims=True).clip(1) + 0.3 * uknn / uknn.max(
+        1, keepdims=True
+    ).clip(1e-9)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version-dir", type=Path, required=True, help="a trained online_retail version (its item_vecs.npy)")
+    ap.add_argument(
+        "--version-dir", type=Path, required=True, help="a trained online_retail version (its item_vecs.npy)"
+    )
     ap.add_argument("--max-seq-len", type=int, default=20)
     args = ap.parse_args(argv)
     inter = load_interactions("online_retail")
@@ -90,13 +94,20 @@ def main(argv: list[str] | None = None) -> int:
 
     feats = {s: eval_points(inter, sp, args.max_seq_len).features(np.arange(len(sp)), vecs) for s, sp in splits.items()}
     grid = []
-    for a, b, c, d in itertools.product([0, 0.1, 0.3, 1], [0, 0.05, 0.1, 0.3], [0, 0.05, 0.1, 0.3], [0, 0.05, 0.1, 0.3]):
+    for a, b, c, d in itertools.product(
+        [0, 0.1, 0.3, 1], [0, 0.05, 0.1, 0.3], [0, 0.05, 0.1, 0.3], [0, 0.05, 0.1, 0.3]
+    ):
         w = np.asarray([1.0, a, b, c, d], np.float32)
         grid.append((_ndcg(inter, splits["validation"], feats["validation"] @ w), w))
     grid.sort(key=lambda x: -x[0])
-    print("\n| linear weights (personal, recency, covis, popularity, similarity) | validation NDCG@10 | test NDCG@10 |\n|---|---|---|")
+    print(
+        "\n| linear weights (personal, recency, covis, popularity, similarity) | validation NDCG@10 | test NDCG@10 |\n|---|---|---|"
+    )
     for v, w in grid[:8]:
-        print(f"| {', '.join(f'{x:g}' for x in w)} | {v:.4f} | {_ndcg(inter, splits['test'], feats['test'] @ w):.4f} |", flush=True)
+        print(
+            f"| {', '.join(f'{x:g}' for x in w)} | {v:.4f} | {_ndcg(inter, splits['test'], feats['test'] @ w):.4f} |",
+            flush=True,
+        )
     return 0
 
 

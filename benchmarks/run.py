@@ -43,8 +43,11 @@ RESULTS = Path("var/bench/results.json")
 def table(title: str, header: list[str], rows: list[list]) -> str:
     cells = [header] + [[f"{c:,.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [f"\n## {title}", "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        f"\n## {title}",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells[1:]]
     return "\n".join(lines)
 
@@ -82,8 +85,16 @@ async def bare_loop(bootstrap: str, src: str, dst: str, n: int) -> float:
     """Consume ``n`` messages and produce each to ``dst``: the ceiling a Kafka-bound worker can reach."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    c = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=f"bare-{src}",
-                         fetch_max_wait_ms=10, enable_auto_commit=True, session_timeout_ms=10000, heartbeat_interval_ms=1000)
+    c = AIOKafkaConsumer(
+        src,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"bare-{src}",
+        fetch_max_wait_ms=10,
+        enable_auto_commit=True,
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=1000,
+    )
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await c.start()
     await p.start()
@@ -111,7 +122,10 @@ def drain(worker: WorkerProcess, n: int, timeout: float = 900) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         m = worker.metrics()
-        seen = sum(metric(m, "streamrec_events_total", topic="events", outcome=o) for o in ("valid", "duplicate", "dead_letter"))
+        seen = sum(
+            metric(m, "streamrec_events_total", topic="events", outcome=o)
+            for o in ("valid", "duplicate", "dead_letter")
+        )
         now = time.perf_counter()
         if seen and t0 is None:
             t0, seen0, cpu0 = now, seen, cpu_s(worker.proc.pid)
@@ -119,10 +133,17 @@ def drain(worker: WorkerProcess, n: int, timeout: float = 900) -> dict:
             lists = metric(m, "streamrec_lists_published_total")
             busy = now - t0
             cpu = cpu_s(worker.proc.pid) - cpu0
-            return {"events": n, "seconds": busy, "events_per_s": (n - seen0) / busy if busy else float("nan"),
-                    "lists": lists, "lists_per_s": lists / busy if busy else float("nan"),
-                    "rss_mb": rss_mb(worker.proc.pid), "cpu_s": cpu, "cores": cpu / busy if busy else float("nan"),
-                    "lists_per_cpu_s": lists / cpu if cpu else float("nan")}
+            return {
+                "events": n,
+                "seconds": busy,
+                "events_per_s": (n - seen0) / busy if busy else float("nan"),
+                "lists": lists,
+                "lists_per_s": lists / busy if busy else float("nan"),
+                "rss_mb": rss_mb(worker.proc.pid),
+                "cpu_s": cpu,
+                "cores": cpu / busy if busy else float("nan"),
+                "lists_per_cpu_s": lists / cpu if cpu else float("nan"),
+            }
         time.sleep(0.2)  # each poll costs the worker a /metrics render (4 % of its main thread at 20 Hz, py-spy)
     raise RuntimeError(f"worker did not drain {n} events in {timeout} s:\n{worker.tail()}")
 
@@ -153,7 +174,10 @@ def run_worker(stack, model_root, tmp: Path, name: str, topics, **env) -> Worker
 INGEST_RUNS = (
     ("worker, ranking off (stack defaults)", {"STREAMREC_RANKING": "false"}),
     ("worker, ranking off, lost-log watchdog off", {"STREAMREC_RANKING": "false", "STREAMREC_LOST_LOG_CHECK_S": "0"}),
-    ("worker, ranking off, batched producer", {"STREAMREC_RANKING": "false", "STREAMREC_PRODUCER_MAX_BATCH_BYTES": "16384"}),
+    (
+        "worker, ranking off, batched producer",
+        {"STREAMREC_RANKING": "false", "STREAMREC_PRODUCER_MAX_BATCH_BYTES": "16384"},
+    ),
 )
 WORKER_ENV: dict[str, str] = {}  # --env: applied to every worker of the run
 
@@ -176,18 +200,43 @@ def bench_ingest(stack, model_root, tmp, ds, results) -> None:
             r = drain(w, n)
         finally:
             w.stop()
-        rows.append([label, n, r["events_per_s"], f"{r['events_per_s'] / bare:.2f}", f"{r['cores']:.2f}",
-                     f"{(n - 0) / r['cpu_s'] if r['cpu_s'] else float('nan'):,.0f}"])
+        rows.append(
+            [
+                label,
+                n,
+                r["events_per_s"],
+                f"{r['events_per_s'] / bare:.2f}",
+                f"{r['cores']:.2f}",
+                f"{(n - 0) / r['cpu_s'] if r['cpu_s'] else float('nan'):,.0f}",
+            ]
+        )
         results.setdefault("ingest", {"bare_events_per_s": bare})[label] = dict(r, ratio=r["events_per_s"] / bare)
-    print(table(f"ingest path vs bare aiokafka loop ({n:,} online_retail events, 4 partitions, one run)",
-                ["pipeline", "events", "events/s", "ratio to bare", "worker cores used", "events per CPU-s"], rows), flush=True)
+    print(
+        table(
+            f"ingest path vs bare aiokafka loop ({n:,} online_retail events, 4 partitions, one run)",
+            ["pipeline", "events", "events/s", "ratio to bare", "worker cores used", "events per CPU-s"],
+            rows,
+        ),
+        flush=True,
+    )
 
 
 def bench_e2e(stack, model_root, tmp, ds, results, seconds: float) -> None:
     n = len(ds.events)
     cap = drain_backlog(stack, model_root, tmp, ds, "e2e")
-    rows = [["drain (backlog)", "max", f"{cap['events_per_s']:,.0f}", f"{cap['lists_per_s']:,.0f}", "", "", "",
-             f"{cap['cores']:.2f}", f"{cap['lists_per_cpu_s']:,.0f}"]]
+    rows = [
+        [
+            "drain (backlog)",
+            "max",
+            f"{cap['events_per_s']:,.0f}",
+            f"{cap['lists_per_s']:,.0f}",
+            "",
+            "",
+            "",
+            f"{cap['cores']:.2f}",
+            f"{cap['lists_per_cpu_s']:,.0f}",
+        ]
+    ]
     results["e2e"] = {"capacity": cap, "paced": []}
     for frac in (0.25, 0.5, 0.9):
         rate = cap["events_per_s"] * frac
@@ -205,13 +254,48 @@ def bench_e2e(stack, model_root, tmp, ds, results, seconds: float) -> None:
         finally:
             w.stop()
         p50, p95, p99 = (np.percentile(lat, q) for q in (50, 95, 99))
-        rows.append([f"paced {int(frac * 100)}%", f"{rate:,.0f}", f"{k / elapsed:,.0f}", f"{r['lists'] / elapsed:,.0f}",
-                     f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}", "", ""])
-        results["e2e"]["paced"].append({"fraction": frac, "rate": rate, "events": k, "lists": r["lists"],
-                                         "p50_ms": p50, "p95_ms": p95, "p99_ms": p99})
-    print(table("end to end with the ranker (event → Redis latency from Kafka timestamps)",
-                ["run", "offered ev/s", "events/s", "lists/s", "p50 ms", "p95 ms", "p99 ms", "worker cores used",
-                 "lists per CPU-s"], rows), flush=True)
+        rows.append(
+            [
+                f"paced {int(frac * 100)}%",
+                f"{rate:,.0f}",
+                f"{k / elapsed:,.0f}",
+                f"{r['lists'] / elapsed:,.0f}",
+                f"{p50:.0f}",
+                f"{p95:.0f}",
+                f"{p99:.0f}",
+                "",
+                "",
+            ]
+        )
+        results["e2e"]["paced"].append(
+            {
+                "fraction": frac,
+                "rate": rate,
+                "events": k,
+                "lists": r["lists"],
+                "p50_ms": p50,
+                "p95_ms": p95,
+                "p99_ms": p99,
+            }
+        )
+    print(
+        table(
+            "end to end with the ranker (event → Redis latency from Kafka timestamps)",
+            [
+                "run",
+                "offered ev/s",
+                "events/s",
+                "lists/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "worker cores used",
+                "lists per CPU-s",
+            ],
+            rows,
+        ),
+        flush=True,
+    )
 
 
 def drain_backlog(stack, model_root, tmp, ds, name: str) -> dict:
@@ -231,9 +315,22 @@ def bench_drain(stack, model_root, tmp, ds, results) -> None:
     checkouts (``--only drain`` in each, alternately)."""
     n = len(ds.events)
     cap = results["drain"] = drain_backlog(stack, model_root, tmp, ds, "drain")
-    print(table("drain with the ranker (backlog)", ["events", "events/s", "lists/s", "worker cores used", "lists per CPU-s"],
-                [[n, f"{cap['events_per_s']:,.0f}", f"{cap['lists_per_s']:,.0f}", f"{cap['cores']:.2f}",
-                  f"{cap['lists_per_cpu_s']:,.0f}"]]), flush=True)
+    print(
+        table(
+            "drain with the ranker (backlog)",
+            ["events", "events/s", "lists/s", "worker cores used", "lists per CPU-s"],
+            [
+                [
+                    n,
+                    f"{cap['events_per_s']:,.0f}",
+                    f"{cap['lists_per_s']:,.0f}",
+                    f"{cap['cores']:.2f}",
+                    f"{cap['lists_per_cpu_s']:,.0f}",
+                ]
+            ],
+        ),
+        flush=True,
+    )
 
 
 async def _paced(bootstrap: str, topic: str, msgs, rate: float) -> None:
@@ -263,16 +360,23 @@ def bench_scale(stack, model_root, tmp, ds, results) -> None:
         t = topics_for(stack, name)
         asyncio.run(produce(stack.bootstrap, t["items"], item_messages(ds.items.values())))
         asyncio.run(produce(stack.bootstrap, t["events"], event_messages(ds)))
-        procs = [WorkerProcess(stack, model_root, tmp / f"{name}-{i}", app_id=name, topics=t, **WORKER_ENV).start()
-                 for i in range(workers)]
+        procs = [
+            WorkerProcess(stack, model_root, tmp / f"{name}-{i}", app_id=name, topics=t, **WORKER_ENV).start()
+            for i in range(workers)
+        ]
         try:
             for w in procs:
                 w.wait_ready(timeout=180)
             time.sleep(12)  # let the group settle (a join takes about half the session timeout)
             t0, first = None, 0.0
             while True:
-                seen = sum(sum(metric(w.metrics(), "streamrec_events_total", topic="events", outcome=o)
-                               for o in ("valid", "duplicate", "dead_letter")) for w in procs)
+                seen = sum(
+                    sum(
+                        metric(w.metrics(), "streamrec_events_total", topic="events", outcome=o)
+                        for o in ("valid", "duplicate", "dead_letter")
+                    )
+                    for w in procs
+                )
                 now = time.perf_counter()
                 if t0 is None and seen:
                     t0, first = now, seen
@@ -281,15 +385,29 @@ def bench_scale(stack, model_root, tmp, ds, results) -> None:
                 time.sleep(0.05)
             lists = sum(metric(w.metrics(), "streamrec_lists_published_total") for w in procs)
             busy = now - t0
-            share = [int(sum(metric(w.metrics(), "streamrec_events_total", topic="events", outcome=o) for o in ("valid", "duplicate"))) for w in procs]
+            share = [
+                int(
+                    sum(
+                        metric(w.metrics(), "streamrec_events_total", topic="events", outcome=o)
+                        for o in ("valid", "duplicate")
+                    )
+                )
+                for w in procs
+            ]
         finally:
             for w in procs:
                 w.stop()
         rate = (n - first) / busy if busy else float("nan")
         rows.append([workers, n, f"{rate:,.0f}", f"{lists / busy:,.0f}", "/".join(map(str, share))])
         res.append({"workers": workers, "events_per_s": rate, "lists_per_s": lists / busy, "events_per_worker": share})
-    print(table("scale-out on this machine: worker processes in one consumer group (ranker on)",
-                ["workers", "events", "events/s", "lists/s", "events per worker"], rows), flush=True)
+    print(
+        table(
+            "scale-out on this machine: worker processes in one consumer group (ranker on)",
+            ["workers", "events", "events/s", "lists/s", "events per worker"],
+            rows,
+        ),
+        flush=True,
+    )
     results["scale"] = res
 
 
@@ -321,10 +439,13 @@ def bench_onnx(results, seq_len: int, cands: int) -> None:
     rows, res = [], []
     torch.set_num_threads(threads)
     for b in (1, 16, 64, 256):
-        feeds = {"seq_vecs": rng.standard_normal((b, seq_len, 384)).astype(np.float32),
-                 "seq_types": np.full((b, seq_len), 5, np.int64), "seq_mask": np.ones((b, seq_len), np.int64),
-                 "cand_vecs": rng.standard_normal((b, cands, 384)).astype(np.float32),
-                 "cand_feats": rng.standard_normal((b, cands, 5)).astype(np.float32)}
+        feeds = {
+            "seq_vecs": rng.standard_normal((b, seq_len, 384)).astype(np.float32),
+            "seq_types": np.full((b, seq_len), 5, np.int64),
+            "seq_mask": np.ones((b, seq_len), np.int64),
+            "cand_vecs": rng.standard_normal((b, cands, 384)).astype(np.float32),
+            "cand_feats": rng.standard_normal((b, cands, 5)).astype(np.float32),
+        }
         tt = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
         def torch_run():
@@ -343,8 +464,14 @@ def bench_onnx(results, seq_len: int, cands: int) -> None:
     header = ["batch", "torch eager users/s"]
     for name in sessions:
         header += [f"{name} users/s", "vs torch"]
-    print(table(f"ranker: ONNX Runtime vs PyTorch eager (CPU, {threads} thread(s) each, L={seq_len}, C={cands}, 2 BERT layers)",
-                header, rows), flush=True)
+    print(
+        table(
+            f"ranker: ONNX Runtime vs PyTorch eager (CPU, {threads} thread(s) each, L={seq_len}, C={cands}, 2 BERT layers)",
+            header,
+            rows,
+        ),
+        flush=True,
+    )
     results["onnx"] = {"seq_len": seq_len, "candidates": cands, "rows": res}
     if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
         bench_gpu(results, out, ranker, seq_len, cands)
@@ -371,10 +498,13 @@ def bench_gpu(results, model_dir: Path, ranker, seq_len: int, cands: int) -> Non
     rng = np.random.default_rng(0)
     rows, res = [], []
     for b in (64, 256, 1024):
-        feeds = {"seq_vecs": rng.standard_normal((b, seq_len, 384)).astype(np.float32),
-                 "seq_types": np.full((b, seq_len), 5, np.int64), "seq_mask": np.ones((b, seq_len), np.int64),
-                 "cand_vecs": rng.standard_normal((b, cands, 384)).astype(np.float32),
-                 "cand_feats": rng.standard_normal((b, cands, 5)).astype(np.float32)}
+        feeds = {
+            "seq_vecs": rng.standard_normal((b, seq_len, 384)).astype(np.float32),
+            "seq_types": np.full((b, seq_len), 5, np.int64),
+            "seq_mask": np.ones((b, seq_len), np.int64),
+            "cand_vecs": rng.standard_normal((b, cands, 384)).astype(np.float32),
+            "cand_feats": rng.standard_normal((b, cands, 5)).astype(np.float32),
+        }
 
         def ort_run():
             scorer.score_bound(feeds)
@@ -395,14 +525,32 @@ def bench_gpu(results, model_dir: Path, ranker, seq_len: int, cands: int) -> Non
                 fn()
                 lat.append(time.perf_counter() - t0)
             lat = np.asarray(lat)
-            r[label] = {"users_per_s": b / lat.mean(), "p50_ms": 1000 * np.percentile(lat, 50), "p99_ms": 1000 * np.percentile(lat, 99)}
+            r[label] = {
+                "users_per_s": b / lat.mean(),
+                "p50_ms": 1000 * np.percentile(lat, 50),
+                "p99_ms": 1000 * np.percentile(lat, 99),
+            }
         speed = r["onnx_fp16_cuda"]["users_per_s"] / r["torch_eager_cuda"]["users_per_s"]
-        rows.append([b, f"{r['onnx_fp16_cuda']['users_per_s']:,.0f}", f"{r['onnx_fp16_cuda']['p99_ms']:.1f}",
-                     f"{r['torch_eager_cuda']['users_per_s']:,.0f}", f"{r['torch_eager_cuda']['p99_ms']:.1f}", f"{speed:.1f}x"])
+        rows.append(
+            [
+                b,
+                f"{r['onnx_fp16_cuda']['users_per_s']:,.0f}",
+                f"{r['onnx_fp16_cuda']['p99_ms']:.1f}",
+                f"{r['torch_eager_cuda']['users_per_s']:,.0f}",
+                f"{r['torch_eager_cuda']['p99_ms']:.1f}",
+                f"{speed:.1f}x",
+            ]
+        )
         res.append(r | {"speedup": speed})
     gpu = torch.cuda.get_device_name(0)
-    print(table(f"ranker on GPU ({gpu}): ONNX Runtime CUDA fp16 + I/O binding vs PyTorch eager (L={seq_len}, C={cands})",
-                ["batch", "ORT users/s", "ORT p99 ms", "torch users/s", "torch p99 ms", "ORT vs torch"], rows), flush=True)
+    print(
+        table(
+            f"ranker on GPU ({gpu}): ONNX Runtime CUDA fp16 + I/O binding vs PyTorch eager (L={seq_len}, C={cands})",
+            ["batch", "ORT users/s", "ORT p99 ms", "torch users/s", "torch p99 ms", "ORT vs torch"],
+            rows,
+        ),
+        flush=True,
+    )
     results["gpu"] = {"device": gpu, "file": name, "rows": res}
 
 
@@ -425,8 +573,13 @@ def bench_memory(stack, model_root, tmp, results, users: int, items: int) -> Non
     evs = []
     for u in range(users):
         for j in range(2):
-            d = {"event_id": f"m-{u}-{j}", "user_id": f"user{u}", "type": "purchase",
-                 "item_id": f"sku{int(rng.integers(items))}", "ts": base + u * 1000 + j}
+            d = {
+                "event_id": f"m-{u}-{j}",
+                "user_id": f"user{u}",
+                "type": "purchase",
+                "item_id": f"sku{int(rng.integers(items))}",
+                "ts": base + u * 1000 + j,
+            }
             evs.append((f"user{u}".encode(), orjson.dumps(d)))
     asyncio.run(produce(stack.bootstrap, t["events"], evs))
     w = run_worker(stack, model_root, tmp, "memory", t, STREAMREC_RANKING="false")
@@ -440,11 +593,31 @@ def bench_memory(stack, model_root, tmp, results, users: int, items: int) -> Non
     finally:
         w.stop()
     disk = sum(f.stat().st_size for f in (tmp / "memory").rglob("*") if f.is_file()) / 2**20
-    rows = [[f"{users:,}", f"{int(n_items):,}", f"{before:,.0f}", f"{after:,.0f}", f"{disk:,.0f}", f"{r['events_per_s']:,.0f}"]]
-    print(table("worker memory with many users and items (ranking off)",
-                ["users", "items in index", "RSS at ready MB", "RSS after MB", "state on disk MB", "events/s"], rows), flush=True)
-    results["memory"] = {"users": users, "items": int(n_items), "rss_ready_mb": before, "rss_after_mb": after,
-                         "state_disk_mb": disk}
+    rows = [
+        [
+            f"{users:,}",
+            f"{int(n_items):,}",
+            f"{before:,.0f}",
+            f"{after:,.0f}",
+            f"{disk:,.0f}",
+            f"{r['events_per_s']:,.0f}",
+        ]
+    ]
+    print(
+        table(
+            "worker memory with many users and items (ranking off)",
+            ["users", "items in index", "RSS at ready MB", "RSS after MB", "state on disk MB", "events/s"],
+            rows,
+        ),
+        flush=True,
+    )
+    results["memory"] = {
+        "users": users,
+        "items": int(n_items),
+        "rss_ready_mb": before,
+        "rss_after_mb": after,
+        "state_disk_mb": disk,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,16 +628,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-root", default=os.environ.get("STREAMREC_MODEL_ROOT", "var/models"))
     ap.add_argument("--memory-users", type=int, default=100_000)
     ap.add_argument("--memory-items", type=int, default=100_000)
-    ap.add_argument("--seq-len", type=int, default=None, help="onnx section: sequence length (default: the bootstrap's)")
+    ap.add_argument(
+        "--seq-len", type=int, default=None, help="onnx section: sequence length (default: the bootstrap's)"
+    )
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for every worker of the run (repeatable)")
     args = ap.parse_args(argv)
     WORKER_ENV.update(dict(kv.split("=", 1) for kv in args.env))
     only = set(args.only.split(","))
     model_root = Path(args.model_root)
     if not (model_root / "LATEST").exists():
-        subprocess.run([sys.executable, "-m", "exporters.bootstrap", "--model-root", str(model_root), "--dataset", "online_retail"], check=True)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-                     "model": (model_root / "LATEST").read_text().strip(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exporters.bootstrap",
+                "--model-root",
+                str(model_root),
+                "--dataset",
+                "online_retail",
+            ],
+            check=True,
+        )
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "model": (model_root / "LATEST").read_text().strip(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}; model {results['model']}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     if "onnx" in only:

@@ -37,10 +37,25 @@ def summarize(path: Path) -> str:
         thread = re.sub(r"thread \(\w+\): ", "", raw[0])
         threads[thread] += int(n)
         if thread == "MainThread":
-            for key in ("Pipeline.process", "Pipeline._rank", "gather_batch", "build_list", "Pipeline._apply", "parse_event", "UserState.from_bytes", "UserState.to_bytes",
-                        "Publisher.publish", "Stream.take_events", "BatchSink.take", "_drain_messages", "Fetcher._proc_fetch_request",
-                        "Consumer._drain_messages", "Sender._send_produce_req",
-                        "RequestHandler._handle_request", "EpollSelector.select"):
+            for key in (
+                "Pipeline.process",
+                "Pipeline._rank",
+                "gather_batch",
+                "build_list",
+                "Pipeline._apply",
+                "parse_event",
+                "UserState.from_bytes",
+                "UserState.to_bytes",
+                "Publisher.publish",
+                "Stream.take_events",
+                "BatchSink.take",
+                "_drain_messages",
+                "Fetcher._proc_fetch_request",
+                "Consumer._drain_messages",
+                "Sender._send_produce_req",
+                "RequestHandler._handle_request",
+                "EpollSelector.select",
+            ):
                 if key in frames:
                     main[key] += int(n)
             main["(all)"] += int(n)
@@ -70,8 +85,24 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(produce(stack.bootstrap, t["events"], br.event_messages(ds)))
         w = br.run_worker(stack, args.model_root, tmp, "spy", t, **dict(kv.split("=", 1) for kv in args.env))
         try:
-            spy = subprocess.Popen([spy_bin, "record", "-p", str(w.proc.pid), "-d", str(args.seconds), "-r", "50",
-                                    "--format", "raw", "-o", str(args.out), "--nonblocking", "--threads"])
+            spy = subprocess.Popen(
+                [
+                    spy_bin,
+                    "record",
+                    "-p",
+                    str(w.proc.pid),
+                    "-d",
+                    str(args.seconds),
+                    "-r",
+                    "50",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(args.out),
+                    "--nonblocking",
+                    "--threads",
+                ]
+            )
             print(br.drain(w, len(ds.events)))
             spy.wait()
         finally:

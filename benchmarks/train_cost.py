@@ -98,7 +98,11 @@ def fit(rows: list[dict], cap: int | None, epochs: int) -> dict:
         y = np.array([r["timings_s"].get(stage, 0.0) for r in sizes])
         b, a = np.polyfit(x, y, 1)
         pred = float(max(a + b * TARGET_EVENTS, y.max()))
-        out["stages"][stage] = {"intercept_s": round(a, 1), "s_per_1k_events": round(b * 1000, 3), "at_1M_s": round(pred, 0)}
+        out["stages"][stage] = {
+            "intercept_s": round(a, 1),
+            "s_per_1k_events": round(b * 1000, 3),
+            "at_1M_s": round(pred, 0),
+        }
         total += pred
     # Ranker: seconds per example-epoch (incl. validation) and examples per interaction.
     ex = np.array([max((e["examples"] for e in r["epochs"]), default=0) for r in sizes], dtype=float)
@@ -109,8 +113,13 @@ def fit(rows: list[dict], cap: int | None, epochs: int) -> dict:
     examples_1m = a + b * TARGET_EVENTS
     capped = min(examples_1m, cap) if cap else examples_1m
     ranker_1m = s_per_pass * capped * epochs
-    out["stages"]["ranker"] = {"s_per_example_epoch": round(s_per_pass, 4), "examples_at_1M": round(examples_1m),
-                               "examples_per_epoch_at_1M": round(capped), "epochs_max": epochs, "at_1M_s": round(ranker_1m, 0)}
+    out["stages"]["ranker"] = {
+        "s_per_example_epoch": round(s_per_pass, 4),
+        "examples_at_1M": round(examples_1m),
+        "examples_per_epoch_at_1M": round(capped),
+        "epochs_max": epochs,
+        "at_1M_s": round(ranker_1m, 0),
+    }
     total += ranker_1m
     y = np.array([r["wall_s"] for r in sizes])
     b, a = np.polyfit(x, y, 1)
@@ -139,8 +148,13 @@ def plot(rows: list[dict], summary: dict, path: Path) -> None:
         ax.annotate(r["run"], (r["interactions"] / 1000, r["wall_s"] / 60), fontsize=7)
     if summary:
         xs = np.array([0, TARGET_EVENTS])
-        ax.scatter([TARGET_EVENTS / 1000], [summary["wall_by_stage_at_1M_s"] / 60], color="r", zorder=3,
-                   label=f"1M events, stage fits, 3 epochs (loaded VM): {summary['wall_by_stage_at_1M_s'] / 60:.1f} min")
+        ax.scatter(
+            [TARGET_EVENTS / 1000],
+            [summary["wall_by_stage_at_1M_s"] / 60],
+            color="r",
+            zorder=3,
+            label=f"1M events, stage fits, 3 epochs (loaded VM): {summary['wall_by_stage_at_1M_s'] / 60:.1f} min",
+        )
         ax.axhline(30, color="r", ls=":", lw=1, label="goal 30 min")
         ax.set_xlim(0, xs[-1] / 1000 * 1.05)
     ax.set_xlabel("interactions (thousands)")

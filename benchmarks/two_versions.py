@@ -44,9 +44,15 @@ async def rank_users(p, store, users: list[str], items: list[str], start: int) -
 
     for b in range(0, len(users), 64):
         msgs = []
-        for k, u in enumerate(users[b:b + 64]):
+        for k, u in enumerate(users[b : b + 64]):
             i = start + b + k
-            ev = {"event_id": f"e{i}", "user_id": u, "type": "view", "item_id": items[i % len(items)], "ts": 1_320_000_000_000 + i * 1000}
+            ev = {
+                "event_id": f"e{i}",
+                "user_id": u,
+                "type": "view",
+                "item_id": items[i % len(items)],
+                "ts": 1_320_000_000_000 + i * 1000,
+            }
             msgs.append(RawMessage("events", 0, i, u.encode(), orjson.dumps(ev), 1_320_000_000_000))
         await p.process(msgs, store)
 

@@ -150,7 +150,11 @@ def run_baselines(inter: Interactions, protocol: str) -> BaselineReport:
         tuning[f"blend a={a:g}"] = evaluate(fit_blend(inter, val, best_k, a, sim), inter, val)[mode].ndcg
     best_a = max(BLEND_AS, key=lambda a: (tuning[f"blend a={a:g}"], -a))
     # Untuned baselines on validation too: the reference lines of the training curves.
-    for name, fn in (("personal frequency", fit_personal_frequency), ("Markov chain", fit_markov), ("popularity", fit_popularity)):
+    for name, fn in (
+        ("personal frequency", fit_personal_frequency),
+        ("Markov chain", fit_markov),
+        ("popularity", fit_popularity),
+    ):
         tuning[name] = evaluate(fn(inter, val), inter, val)[mode].ndcg
     sim = KnnSimilarity(inter, test.fit)
     models: dict[str, ScoreFn] = {

@@ -107,7 +107,14 @@ def export_bootstrap(
 
     version = version or registry.new_version_name("bootstrap" + ("-tiny" if tiny else ""))
     with registry.StagedVersion(Path(model_root), version) as staged:
-        result = export_models(encoder, ranker, tok, staged.path, max_seq_len=max_seq_len, item_vecs=index.vecs if len(index.vecs) else None)
+        result = export_models(
+            encoder,
+            ranker,
+            tok,
+            staged.path,
+            max_seq_len=max_seq_len,
+            item_vecs=index.vecs if len(index.vecs) else None,
+        )
         if not result.parity["ok"]:
             raise RuntimeError(f"bootstrap export failed its parity check: {result.parity}")
         tok.save(str(staged.path / TOKENIZER_FILE))
@@ -134,9 +141,16 @@ def export_bootstrap(
                 "scoring": "cos(user, cand) + sum(feature_weights[f] * f); user = event-type weighted mean of sequence item vectors",
                 "feature_weights": BOOTSTRAP_FEATURE_WEIGHTS,
             },
-            "item_index": {"items": len(index.item_ids), "with_text": index.with_text, "category_scale": BOOTSTRAP_CATEGORY_SCALE},
+            "item_index": {
+                "items": len(index.item_ids),
+                "with_text": index.with_text,
+                "category_scale": BOOTSTRAP_CATEGORY_SCALE,
+            },
             "tokenizer": {"file": TOKENIZER_FILE, "truncation": max_text_len, "padding": "batch_longest"},
-            "timings_s": {"models_and_index": round(t_index - t0, 2), "export_and_parity": round(t_export - t_index, 2)},
+            "timings_s": {
+                "models_and_index": round(t_index - t0, 2),
+                "export_and_parity": round(t_export - t_index, 2),
+            },
         }
         if ds_info is not None:
             manifest["dataset"] = ds_info  # no training window: nothing was trained
@@ -146,9 +160,13 @@ def export_bootstrap(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="streamrec-bootstrap", description="Export the untuned model version from the pretrained weights.")
+    p = argparse.ArgumentParser(
+        prog="streamrec-bootstrap", description="Export the untuned model version from the pretrained weights."
+    )
     p.add_argument("--model-root", type=Path, required=True, help="registry folder (versions + LATEST)")
-    p.add_argument("--dataset", default="online_retail", help="catalog to index: online_retail, taobao, movielens or none")
+    p.add_argument(
+        "--dataset", default="online_retail", help="catalog to index: online_retail, taobao, movielens or none"
+    )
     p.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default: schemas.sources' default)")
     p.add_argument("--tiny", action="store_true", help="tiny random BERTs (tests, demos); not for serving")
     p.add_argument("--version", default=None)

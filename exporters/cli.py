@@ -57,7 +57,7 @@ def _time(text: str) -> int:
 
 def _source(text: str) -> str:
     if text.startswith("kafka://"):
-        if not text[len("kafka://"):].strip():
+        if not text[len("kafka://") :].strip():
             raise argparse.ArgumentTypeError("kafka:// needs HOST:PORT")
         return text
     if "://" in text:
@@ -69,17 +69,48 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     """Where the events come from and how they are split: the same for train and baselines."""
     g = p.add_argument_group("data (one of --source or --dataset)")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--source", type=_source, default=None, help="kafka://HOST:PORT[,HOST:PORT] (topics and security from the worker's settings) or an archive folder")
-    src.add_argument("--dataset", default=None, choices=DATASETS, help="a bundled data set, with BASELINES.md's protocol parameters")
+    src.add_argument(
+        "--source",
+        type=_source,
+        default=None,
+        help="kafka://HOST:PORT[,HOST:PORT] (topics and security from the worker's settings) or an archive folder",
+    )
+    src.add_argument(
+        "--dataset", default=None, choices=DATASETS, help="a bundled data set, with BASELINES.md's protocol parameters"
+    )
     g.add_argument("--data-dir", type=Path, default=None, help="(--dataset) the shared data folder")
-    g.add_argument("--since", type=_time, default=None, help="(--source) events at or after this time (date, ISO time or epoch ms)")
+    g.add_argument(
+        "--since", type=_time, default=None, help="(--source) events at or after this time (date, ISO time or epoch ms)"
+    )
     g.add_argument("--until", type=_time, default=None, help="(--source) events before this time")
-    g.add_argument("--window-days", type=float, default=None, help="keep only the last N days of the log, by its own clock (default: all)")
-    g.add_argument("--split", choices=["time", "loo"], default=None, help="time split by the log's clock (default) or leave-one-out")
-    g.add_argument("--test-days", type=float, default=None, help="time split: the test period is the log's last N days (default 28)")
-    g.add_argument("--val-days", type=float, default=None, help="time split: validation is the N days before the test period (default 28)")
+    g.add_argument(
+        "--window-days",
+        type=float,
+        default=None,
+        help="keep only the last N days of the log, by its own clock (default: all)",
+    )
+    g.add_argument(
+        "--split",
+        choices=["time", "loo"],
+        default=None,
+        help="time split by the log's clock (default) or leave-one-out",
+    )
+    g.add_argument(
+        "--test-days",
+        type=float,
+        default=None,
+        help="time split: the test period is the log's last N days (default 28)",
+    )
+    g.add_argument(
+        "--val-days",
+        type=float,
+        default=None,
+        help="time split: validation is the N days before the test period (default 28)",
+    )
     g.add_argument("--test-cut", type=_time, default=None, help="time split: explicit test cut (replaces --test-days)")
-    g.add_argument("--val-cut", type=_time, default=None, help="time split: explicit validation cut (replaces --val-days)")
+    g.add_argument(
+        "--val-cut", type=_time, default=None, help="time split: explicit validation cut (replaces --val-days)"
+    )
     g.add_argument("--protocol", default=None, help="next-item (default), next-new, or loo (with --split loo)")
 
 
@@ -87,7 +118,11 @@ def _split_spec(args: argparse.Namespace):
     """The SplitSpec the options ask for, or None (the source's default / the data set's BUNDLED)."""
     from exporters.dataset import SplitSpec
 
-    given = {k: getattr(args, k) for k in ("split", "test_days", "val_days", "test_cut", "val_cut") if getattr(args, k) is not None}
+    given = {
+        k: getattr(args, k)
+        for k in ("split", "test_days", "val_days", "test_cut", "val_cut")
+        if getattr(args, k) is not None
+    }
     return SplitSpec(**given) if given else None
 
 
@@ -96,8 +131,14 @@ def _log_and_split(args: argparse.Namespace):
     from exporters.dataset import build_interactions
     from exporters.job import JobConfig, _window, load_log
 
-    cfg = JobConfig(dataset=args.dataset or "online_retail", source=args.source, data_dir=args.data_dir, since_ms=args.since,
-                    until_ms=args.until, split=_split_spec(args))
+    cfg = JobConfig(
+        dataset=args.dataset or "online_retail",
+        source=args.source,
+        data_dir=args.data_dir,
+        since_ms=args.since,
+        until_ms=args.until,
+        split=_split_spec(args),
+    )
     dataset, spec = load_log(cfg)
     dataset, _ = _window(dataset, args.window_days)
     return build_interactions(dataset, spec)
@@ -115,7 +156,13 @@ def _baselines(args: argparse.Namespace) -> int:
     for protocol in protocols:
         report = run_baselines(inter, protocol)
         test = make_split(inter, protocol, "test")
-        print(format_table(f"{inter.name}, {test.protocol} ({len(test)} test cases, {inter.n_items} items)", report.test, test.modes))
+        print(
+            format_table(
+                f"{inter.name}, {test.protocol} ({len(test)} test cases, {inter.n_items} items)",
+                report.test,
+                test.modes,
+            )
+        )
         print(f"(tuned on validation: item-kNN K={report.knn_k}, blend a={report.blend_a:g})\n")
         out[protocol] = {name: {m: x.as_dict() for m, x in per.items()} for name, per in report.test.items()}
     if args.json:
@@ -136,7 +183,7 @@ def _share(text: str) -> float:
 
 def _train(args: argparse.Namespace) -> int:
     from exporters.item_training import ItemTrainConfig
-    from exporters.job import JobConfig, run
+    from exporters.job import JobConfig
     from exporters.train import RankerTrainConfig
 
     cfg = JobConfig(
@@ -158,9 +205,22 @@ def _train(args: argparse.Namespace) -> int:
         cut_step_days=args.cut_step_days,
         item=ItemTrainConfig(text_layers=args.text_layers, steps=args.item_steps, seed=args.seed),
         ranker=RankerTrainConfig(
-            epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, seed=args.seed,
-            **{k: v for k, v in (("lr_bert", args.lr_bert), ("lr_head", args.lr_head), ("lr_items", args.lr_items),
-                                 ("aux_target_weight", args.aux_weight), ("val_every", args.val_every), ("head_k", args.head_k)) if v is not None},
+            epochs=args.epochs,
+            patience=args.patience,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            **{
+                k: v
+                for k, v in (
+                    ("lr_bert", args.lr_bert),
+                    ("lr_head", args.lr_head),
+                    ("lr_items", args.lr_items),
+                    ("aux_target_weight", args.aux_weight),
+                    ("val_every", args.val_every),
+                    ("head_k", args.head_k),
+                )
+                if v is not None
+            },
         ),
         tolerance=args.tolerance,
         force=args.force,
@@ -243,16 +303,31 @@ def _evaluate_served(args: argparse.Namespace) -> int:
 
     version = args.version or registry.read_latest(args.model_root)
     if not version:
-        print(f"streamrec-retrain evaluate-served: no version in {args.model_root} (no LATEST): pass --version", file=sys.stderr)
+        print(
+            f"streamrec-retrain evaluate-served: no version in {args.model_root} (no LATEST): pass --version",
+            file=sys.stderr,
+        )
         return 2
     inter = load_interactions(args.dataset, args.data_dir)
     protocols = tuple(inter.protocols)
-    res = evaluate_served_replay(inter, protocols, args.model_root / version, users=args.users, exact=not args.batched,
-                                 timeout=args.timeout, ranker_variant=args.ranker_variant)
+    res = evaluate_served_replay(
+        inter,
+        protocols,
+        args.model_root / version,
+        users=args.users,
+        exact=not args.batched,
+        timeout=args.timeout,
+        ranker_variant=args.ranker_variant,
+    )
     for p in protocols:
         rows = {"served by the worker": res.served[p], "offline, same lists rule": res.offline[p]}
-        print(format_table(f"{args.dataset} {p}: {res.served[p][next(iter(res.served[p]))].cases} cases, version {res.version}", rows,
-                           tuple(res.served[p])))
+        print(
+            format_table(
+                f"{args.dataset} {p}: {res.served[p][next(iter(res.served[p]))].cases} cases, version {res.version}",
+                rows,
+                tuple(res.served[p]),
+            )
+        )
     print(f"identical lists: {res.identical_lists:.3f}; {res.events} events replayed in {res.seconds:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(res.as_dict(), indent=2))
@@ -260,13 +335,18 @@ def _evaluate_served(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_served(sub) -> None:
-    e = sub.add_parser("evaluate-served", help="replay the test period through a real worker (embedded stack) and grade its published lists")
+    e = sub.add_parser(
+        "evaluate-served",
+        help="replay the test period through a real worker (embedded stack) and grade its published lists",
+    )
     e.add_argument("--dataset", required=True, choices=["online_retail", "taobao", "movielens"])
     e.add_argument("--model-root", type=Path, required=True)
     e.add_argument("--version", default=None, help="default: LATEST")
     e.add_argument("--data-dir", type=Path, default=None)
     e.add_argument("--users", type=int, default=None, help="replay only the first N test users' events (default: all)")
-    e.add_argument("--batched", action="store_true", help="the worker's usual micro-batches (default: one event per batch, exact)")
+    e.add_argument(
+        "--batched", action="store_true", help="the worker's usual micro-batches (default: one event per batch, exact)"
+    )
     e.add_argument("--ranker-variant", default=None, choices=("fp32", "int8"), help="default: what a CPU worker runs")
     e.add_argument("--timeout", type=float, default=1800.0)
     e.add_argument("--json", default=None, help="also write the result as JSON here")
@@ -274,7 +354,9 @@ def _add_evaluate_served(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="streamrec-retrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="streamrec-retrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="also the libraries' INFO logs")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -287,40 +369,94 @@ def main(argv: list[str] | None = None) -> int:
     _add_data_args(t)
     t.add_argument("--model-root", type=Path, default=Path("var/models"))
     t.add_argument("--min-test-cases", type=int, default=50, help="refuse a log with fewer validation or test cases")
-    t.add_argument("--allow-stale", action="store_true", help="train even if the log has nothing newer than the last run's window")
-    t.add_argument("--every", type=parse_duration, default=None, help="continuous retraining: run every 6h / 30m / 1d (start to start)")
+    t.add_argument(
+        "--allow-stale", action="store_true", help="train even if the log has nothing newer than the last run's window"
+    )
+    t.add_argument(
+        "--every",
+        type=parse_duration,
+        default=None,
+        help="continuous retraining: run every 6h / 30m / 1d (start to start)",
+    )
     t.add_argument("--runs", type=int, default=None, help="with --every: stop after N runs (default: never)")
     t.add_argument("--tiny", action="store_true", help="tiny random BERTs (smoke tests)")
     t.add_argument("--layers", type=int, default=2, help="pretrained layers in the ranker")
     t.add_argument("--max-seq-len", type=int, default=20)
     t.add_argument("--text-layers", type=int, default=1, help="top item-encoder layers fine-tuned")
     t.add_argument("--item-steps", type=int, default=60)
-    t.add_argument("--cut-step-days", type=float, default=None, help="spacing of the training cuts (default: the validation period's length)")
-    t.add_argument("--warmup-days", type=float, default=None, help="history before the first training cut (default: the cut spacing)")
+    t.add_argument(
+        "--cut-step-days",
+        type=float,
+        default=None,
+        help="spacing of the training cuts (default: the validation period's length)",
+    )
+    t.add_argument(
+        "--warmup-days",
+        type=float,
+        default=None,
+        help="history before the first training cut (default: the cut spacing)",
+    )
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--patience", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lr-bert", type=float, default=None, help="(default: RankerTrainConfig) learning rate of the ranker's BERT layers")
-    t.add_argument("--lr-head", type=float, default=None, help="(default: RankerTrainConfig) learning rate of the scoring head")
-    t.add_argument("--lr-items", type=float, default=None, help="(default: RankerTrainConfig) learning rate of item vectors (0 freezes them)")
-    t.add_argument("--head-k", type=int, default=None,
-                   help="softmax over each example's current top K items plus its targets (default 0: the whole catalog)")
-    t.add_argument("--val-every", type=int, default=None, help="also validate every N steps inside an epoch (default: epoch ends)")
-    t.add_argument("--aux-weight", type=float, default=None,
-                   help="loss weight of the target's basket mates (the target has 1; 0 trains on the target alone)")
+    t.add_argument(
+        "--lr-bert",
+        type=float,
+        default=None,
+        help="(default: RankerTrainConfig) learning rate of the ranker's BERT layers",
+    )
+    t.add_argument(
+        "--lr-head", type=float, default=None, help="(default: RankerTrainConfig) learning rate of the scoring head"
+    )
+    t.add_argument(
+        "--lr-items",
+        type=float,
+        default=None,
+        help="(default: RankerTrainConfig) learning rate of item vectors (0 freezes them)",
+    )
+    t.add_argument(
+        "--head-k",
+        type=int,
+        default=None,
+        help="softmax over each example's current top K items plus its targets (default 0: the whole catalog)",
+    )
+    t.add_argument(
+        "--val-every", type=int, default=None, help="also validate every N steps inside an epoch (default: epoch ends)"
+    )
+    t.add_argument(
+        "--aux-weight",
+        type=float,
+        default=None,
+        help="loss weight of the target's basket mates (the target has 1; 0 trains on the target alone)",
+    )
     t.add_argument("--tolerance", type=float, default=0.002, help="allowed NDCG@10 drop vs production")
     t.add_argument("--force", action="store_true", help="publish even if worse than production")
     t.add_argument("--no-publish", action="store_true", help="write the version, leave LATEST alone")
-    t.add_argument("--canary", type=_share, default=None, metavar="SHARE",
-                   help="instead of publishing: serve the new version to this share of users (streamrec-rollout canary); "
-                        "promote or roll back with streamrec-rollout")
-    t.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0", help="(--canary) the workers' Redis")
-    t.add_argument("--redis-prefix", default=os.environ.get("STREAMREC_REDIS_META_PREFIX", "streamrec:"),
-                   help="(--canary) the workers' STREAMREC_REDIS_META_PREFIX")
+    t.add_argument(
+        "--canary",
+        type=_share,
+        default=None,
+        metavar="SHARE",
+        help="instead of publishing: serve the new version to this share of users (streamrec-rollout canary); "
+        "promote or roll back with streamrec-rollout",
+    )
+    t.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+        help="(--canary) the workers' Redis",
+    )
+    t.add_argument(
+        "--redis-prefix",
+        default=os.environ.get("STREAMREC_REDIS_META_PREFIX", "streamrec:"),
+        help="(--canary) the workers' STREAMREC_REDIS_META_PREFIX",
+    )
     t.add_argument("--kafka", default=None, help="bootstrap servers: announce on the model-updates topic")
-    t.add_argument("--topic", default=os.environ.get("STREAMREC_MODEL_UPDATES_TOPIC", "model-updates"),
-                   help="model-updates topic (default: $STREAMREC_MODEL_UPDATES_TOPIC or model-updates)")
+    t.add_argument(
+        "--topic",
+        default=os.environ.get("STREAMREC_MODEL_UPDATES_TOPIC", "model-updates"),
+        help="model-updates topic (default: $STREAMREC_MODEL_UPDATES_TOPIC or model-updates)",
+    )
     t.add_argument("--location", default=None, help="version location as workers see it (default: local path)")
     t.add_argument("--version", default=None)
     t.set_defaults(func=_train)

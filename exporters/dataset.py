@@ -119,8 +119,12 @@ def _iso(ms: int) -> str:
 _UTC8 = timezone(timedelta(hours=8))
 # The --dataset convenience only: BASELINES.md's protocol parameters of the bundled files.
 BUNDLED: dict[str, SplitSpec] = {
-    "online_retail": SplitSpec(test_cut=_ms(datetime(2011, 10, 1, tzinfo=timezone.utc)), val_cut=_ms(datetime(2011, 9, 1, tzinfo=timezone.utc))),
-    "taobao": SplitSpec(test_cut=_ms(datetime(2017, 12, 3, tzinfo=_UTC8)), val_cut=_ms(datetime(2017, 12, 2, tzinfo=_UTC8))),
+    "online_retail": SplitSpec(
+        test_cut=_ms(datetime(2011, 10, 1, tzinfo=timezone.utc)), val_cut=_ms(datetime(2011, 9, 1, tzinfo=timezone.utc))
+    ),
+    "taobao": SplitSpec(
+        test_cut=_ms(datetime(2017, 12, 3, tzinfo=_UTC8)), val_cut=_ms(datetime(2017, 12, 2, tzinfo=_UTC8))
+    ),
     "movielens": SplitSpec(split="loo"),
 }
 
@@ -223,8 +227,19 @@ def build_interactions(dataset: Any, spec: SplitSpec | None = None) -> Interacti
     items, item_ids = _index([events[i].item_id for i in order])
     types = np.fromiter((EVENT_TYPE_IDS[events[i].type] for i in order), dtype=np.int64, count=len(events))
     meta = {i: dataset.items[i] for i in item_ids if i in dataset.items}
-    return Interactions(dataset.name, users, items, ts[order], types, pos[order], user_ids, item_ids, meta,
-                        spec=spec or SplitSpec(), skipped=skipped)
+    return Interactions(
+        dataset.name,
+        users,
+        items,
+        ts[order],
+        types,
+        pos[order],
+        user_ids,
+        item_ids,
+        meta,
+        spec=spec or SplitSpec(),
+        skipped=skipped,
+    )
 
 
 def load_interactions(name: str, data_dir: Path | None = None, limit_rows: int | None = None) -> Interactions:

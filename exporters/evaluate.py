@@ -63,13 +63,20 @@ def history_matrix(inter: Interactions, split: Split) -> sparse.csr_matrix:
     return seen[split.case_users]
 
 
-def evaluate(scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interactions, split: Split, k: int = K) -> dict[str, Metrics]:
+def evaluate(
+    scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interactions, split: Split, k: int = K
+) -> dict[str, Metrics]:
     """Metrics per mode of the split (``ex`` and/or ``in``)."""
     return _evaluate(scorer, inter, split, k)[0]
 
 
-def case_ndcg(scorer: Scorer | Callable[[np.ndarray], np.ndarray], inter: Interactions, split: Split, cases: np.ndarray,
-              k: int = K) -> np.ndarray:
+def case_ndcg(
+    scorer: Scorer | Callable[[np.ndarray], np.ndarray],
+    inter: Interactions,
+    split: Split,
+    cases: np.ndarray,
+    k: int = K,
+) -> np.ndarray:
     """NDCG@k of each of the given cases (indices into ``split``), in the split's first mode."""
     r = _evaluate(scorer, inter, split, k, np.asarray(cases, dtype=np.int64))[1][split.modes[0]]
     return np.where(r <= k, 1.0 / np.log2(r + 1), 0.0)

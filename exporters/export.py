@@ -108,7 +108,14 @@ def _cpu_copy(module: torch.nn.Module) -> torch.nn.Module:
 def export_item_encoder(encoder: ItemEncoder, tok: Tokenizer, path: Path) -> None:
     ids, mask = tokenize(tok, ["wooden heart decoration", "a"])
     axes = {n: {0: "N", 1: "T"} for n in ITEM_ENCODER_INPUTS} | {ITEM_ENCODER_OUTPUT: {0: "N"}}
-    _export(_cpu_copy(encoder), (torch.from_numpy(ids), torch.from_numpy(mask)), path, ITEM_ENCODER_INPUTS, ITEM_ENCODER_OUTPUT, axes)
+    _export(
+        _cpu_copy(encoder),
+        (torch.from_numpy(ids), torch.from_numpy(mask)),
+        path,
+        ITEM_ENCODER_INPUTS,
+        ITEM_ENCODER_OUTPUT,
+        axes,
+    )
 
 
 def export_ranker(ranker: Ranker, path: Path) -> None:
@@ -128,7 +135,9 @@ def export_ranker(ranker: Ranker, path: Path) -> None:
 def _transformer_optimizer(src: Path, num_heads: int, hidden: int):
     from onnxruntime.transformers.optimizer import optimize_model
 
-    return optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0, use_gpu=False)
+    return optimize_model(
+        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0, use_gpu=False
+    )
 
 
 def optimize_onnx(src: Path, dst: Path, num_heads: int, hidden: int) -> dict[str, int]:
@@ -222,7 +231,9 @@ def _top_k_agreement(a: np.ndarray, b: np.ndarray, k: int = TOP_K) -> float:
 
 
 @torch.inference_mode()
-def ranker_parity(ranker: Ranker, path: Path, probes: list[dict[str, np.ndarray]], provider: str = "CPUExecutionProvider") -> dict:
+def ranker_parity(
+    ranker: Ranker, path: Path, probes: list[dict[str, np.ndarray]], provider: str = "CPUExecutionProvider"
+) -> dict:
     """Max |onnx - torch| over all probe scores and the mean top-10 agreement."""
     ref_model = _cpu_copy(ranker)
     sess = _session(path, provider)
@@ -231,7 +242,13 @@ def ranker_parity(ranker: Ranker, path: Path, probes: list[dict[str, np.ndarray]
         ref = ref_model(*(torch.from_numpy(p[n]) for n in RANKER_INPUTS)).numpy()
         got = sess.run([RANKER_OUTPUT], p)[0]
         if got.shape != ref.shape or not np.isfinite(got).all():
-            return {"provider": provider, "max_abs_diff": float("inf"), "top10_agreement": 0.0, "rows": rows, "error": "shape or NaN"}
+            return {
+                "provider": provider,
+                "max_abs_diff": float("inf"),
+                "top10_agreement": 0.0,
+                "rows": rows,
+                "error": "shape or NaN",
+            }
         diff = max(diff, float(np.abs(got - ref).max()))
         agree.append(_top_k_agreement(got, ref) * len(ref))
         rows += len(ref)
@@ -292,16 +309,23 @@ def export_models(
     if encoder is not None:
         enc_cfg, raw_enc = encoder.bert.config, out_dir / "item_encoder.raw.onnx"
         export_item_encoder(encoder, tok, raw_enc)
-        fused[ENCODER_FILE] = optimize_onnx(raw_enc, out_dir / ENCODER_FILE, enc_cfg.num_attention_heads, enc_cfg.hidden_size)
+        fused[ENCODER_FILE] = optimize_onnx(
+            raw_enc, out_dir / ENCODER_FILE, enc_cfg.num_attention_heads, enc_cfg.hidden_size
+        )
         raw_enc.unlink()
         texts = list(probe_texts or default_probe_texts())
         check = encoder_parity(encoder, out_dir / ENCODER_FILE, tok, texts)
         parity["item_encoder"] = check | {"atol": FP32_ATOL_VECS, "ok": check["max_abs_diff"] <= FP32_ATOL_VECS}
     probes = ranker_probe_inputs(
-        item_vecs, ranker.item_dim, shapes=[(1, 1, 1), (3, 7, 50), (8, max_seq_len, 200), (16, max_seq_len, 500)], seed=2024
+        item_vecs,
+        ranker.item_dim,
+        shapes=[(1, 1, 1), (3, 7, 50), (8, max_seq_len, 200), (16, max_seq_len, 500)],
+        seed=2024,
     )
     parity["ranker"] = ranker_parity(ranker, out_dir / RANKER_FILE, probes) | {
-        "atol": FP32_ATOL_SCORES, "min_top10_agreement": FP32_MIN_TOP10}
+        "atol": FP32_ATOL_SCORES,
+        "min_top10_agreement": FP32_MIN_TOP10,
+    }
     parity["ranker"]["ok"] = (
         parity["ranker"]["max_abs_diff"] <= FP32_ATOL_SCORES and parity["ranker"]["top10_agreement"] >= FP32_MIN_TOP10
     )
@@ -313,7 +337,12 @@ def export_models(
         providers = [p for p in ("CPUExecutionProvider", "CUDAExecutionProvider") if p in ort.get_available_providers()]
         checks = [ranker_parity(ranker, out_dir / RANKER_FP16_FILE, probes, p) for p in providers]
         ok = all(c["max_abs_diff"] <= FP16_ATOL_SCORES and c["top10_agreement"] >= FP16_MIN_TOP10 for c in checks)
-        parity["ranker_fp16"] = {"checks": checks, "atol": FP16_ATOL_SCORES, "min_top10_agreement": FP16_MIN_TOP10, "ok": ok}
+        parity["ranker_fp16"] = {
+            "checks": checks,
+            "atol": FP16_ATOL_SCORES,
+            "min_top10_agreement": FP16_MIN_TOP10,
+            "ok": ok,
+        }
         if ok:
             variant_files["fp16"] = RANKER_FP16_FILE
         else:
@@ -334,5 +363,10 @@ def export_models(
     sizes = {f: os.path.getsize(out_dir / f) for f in files}
     log.info("exported %s; parity ok=%s", sizes, parity["ok"])
     return ExportResult(
-        files=files, parity=parity, ranker_variants=list(variant_files), variant_files=variant_files, fused_ops=fused, sizes=sizes
+        files=files,
+        parity=parity,
+        ranker_variants=list(variant_files),
+        variant_files=variant_files,
+        fused_ops=fused,
+        sizes=sizes,
     )

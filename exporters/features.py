@@ -30,6 +30,7 @@ from scipy import sparse
 from exporters.dataset import Interactions
 from schemas.ranking import COVIS_WINDOW, DAY_MS, EVENT_TYPE_IDS, EVENT_WEIGHTS, NUM_FEATURES, RECENCY_DAYS
 from schemas.ranking import DEFAULT_HALF_LIFE_DAYS as HALF_LIFE_DAYS
+
 HOUR_MS = 3_600_000
 
 _WEIGHT_OF_TYPE = np.zeros(max(EVENT_TYPE_IDS.values()) + 1)
@@ -57,8 +58,16 @@ class PointSet:
 
     def take(self, idx: np.ndarray) -> "PointSet":
         return PointSet(
-            self.users[idx], self.now[idx], self.seq_items[idx], self.seq_types[idx], self.personal[idx],
-            self.recency[idx], self.decayed[idx], self.covis[idx], self.pop_row[idx], self.pop_table,
+            self.users[idx],
+            self.now[idx],
+            self.seq_items[idx],
+            self.seq_types[idx],
+            self.personal[idx],
+            self.recency[idx],
+            self.decayed[idx],
+            self.covis[idx],
+            self.pop_row[idx],
+            self.pop_table,
         )
 
     def user_embedding_sim(self, idx: np.ndarray, item_vecs: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
@@ -82,7 +91,9 @@ class PointSet:
         return out
 
 
-def covis_pairs(inter: Interactions, fit: np.ndarray, by_event: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def covis_pairs(
+    inter: Interactions, fit: np.ndarray, by_event: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Directed co-visitation pairs (src, dst, ts) from fit events, sorted by (src, ts); with
     ``by_event`` the third array is the index of the event that formed the pair instead of its time."""
     idx = np.flatnonzero(fit)
@@ -159,7 +170,12 @@ def _popularity_table(inter: Interactions, fit: np.ndarray, now: np.ndarray) -> 
 
 
 def build_points(
-    inter: Interactions, fit: np.ndarray, visible: np.ndarray, as_of: np.ndarray, max_seq_len: int, now: np.ndarray | None = None,
+    inter: Interactions,
+    fit: np.ndarray,
+    visible: np.ndarray,
+    as_of: np.ndarray,
+    max_seq_len: int,
+    now: np.ndarray | None = None,
     upto_event: bool = False,
 ) -> PointSet:
     """Ranker inputs for points at interaction indices ``as_of`` (the user's last input event,
@@ -209,7 +225,9 @@ def build_points(
         last = np.full(len(uniq), np.iinfo(np.int64).min)
         np.maximum.at(last, inv, ts)
         p_last.append(np.exp(-np.maximum(point_now[p] - last, 0) / DAY_MS / RECENCY_DAYS))
-        p_dec.append(np.bincount(inv, weights=w * np.exp2(-np.maximum(point_now[p] - ts, 0) / half), minlength=len(uniq)))
+        p_dec.append(
+            np.bincount(inv, weights=w * np.exp2(-np.maximum(point_now[p] - ts, 0) / half), minlength=len(uniq))
+        )
 
     def csr(values: list[np.ndarray]) -> sparse.csr_matrix:
         if not p_rows:
@@ -228,10 +246,14 @@ def build_points(
     else:
         covis = _covis_features(inter, fit, recent, point_now)
         pop_table, pop_row = _popularity_table(inter, fit, point_now)
-    return PointSet(users, point_now, seq_items, seq_types, csr(p_w), csr(p_last), csr(p_dec), covis, pop_row, pop_table)
+    return PointSet(
+        users, point_now, seq_items, seq_types, csr(p_w), csr(p_last), csr(p_dec), covis, pop_row, pop_table
+    )
 
 
-def _covis_features(inter: Interactions, fit: np.ndarray, recent: np.ndarray, now: np.ndarray, by_event: bool = False) -> sparse.csr_matrix:
+def _covis_features(
+    inter: Interactions, fit: np.ndarray, recent: np.ndarray, now: np.ndarray, by_event: bool = False
+) -> sparse.csr_matrix:
     """Per point: sum over its recent items r (repeats count again, as in the worker) of the
     pair counts (r -> j) formed at or before "now" (``by_event``: by the event index ``now`` or
     an earlier one)."""

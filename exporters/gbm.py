@@ -32,15 +32,33 @@ from exporters.baselines import KnnSimilarity
 from exporters.dataset import Interactions, Split, cut_targets, last_event_before, load_interactions, make_split
 from exporters.features import build_points
 from exporters.served import (
-    MIN_NEW_GRID, CandidateSets, candidate_sets, grade, list_index, own_items, served_lists, served_points,
+    MIN_NEW_GRID,
+    CandidateSets,
+    candidate_sets,
+    grade,
+    list_index,
+    own_items,
+    served_lists,
+    served_points,
 )
 from exporters.trainset import baskets_of
 from schemas.ranking import DAY_MS, FEATURE_NAMES
 from schemas.serving import ListParams
 
 KNN_K = 50
-GBM_FEATURES = (*FEATURE_NAMES, "log_decayed_personal", "purchases", "gap_ratio", "item_repeat_share", "log_item_count",
-                "log_user_items", "user_repeat_share", "knn", "source", "source_pos")
+GBM_FEATURES = (
+    *FEATURE_NAMES,
+    "log_decayed_personal",
+    "purchases",
+    "gap_ratio",
+    "item_repeat_share",
+    "log_item_count",
+    "log_user_items",
+    "user_repeat_share",
+    "knn",
+    "source",
+    "source_pos",
+)
 
 
 @dataclass
@@ -67,12 +85,17 @@ def user_stats(inter: Interactions, mask: np.ndarray) -> UserStats:
     ku, kt = key[order], t[order]
     is_last = np.ones(len(order), dtype=bool)
     is_last[:-1] = ku[:-1] != ku[1:]
-    last = sparse.csr_matrix((kt[is_last] - (t.min() if len(t) else 0) + 1.0, (ku[is_last] // inter.n_items, ku[is_last] % inter.n_items)), shape=shape)
+    last = sparse.csr_matrix(
+        (kt[is_last] - (t.min() if len(t) else 0) + 1.0, (ku[is_last] // inter.n_items, ku[is_last] % inter.n_items)),
+        shape=shape,
+    )
     first = np.ones(len(order), dtype=bool)
     first[1:] = ku[1:] != ku[:-1]
     repeat = np.empty(len(order), dtype=bool)
     repeat[order] = ~first
-    item_repeat = np.bincount(i, weights=repeat, minlength=inter.n_items) / np.maximum(np.bincount(i, minlength=inter.n_items), 1)
+    item_repeat = np.bincount(i, weights=repeat, minlength=inter.n_items) / np.maximum(
+        np.bincount(i, minlength=inter.n_items), 1
+    )
     user_events = np.bincount(u, minlength=inter.n_users)
     repeat_share = np.bincount(u, weights=repeat, minlength=inter.n_users) / np.maximum(user_events, 1)
     ut = np.unique(u * (1 << 42) + t)
@@ -85,12 +108,27 @@ def user_stats(inter: Interactions, mask: np.ndarray) -> UserStats:
         np.minimum.at(lo, uu, tt.astype(np.float64))
         span = np.where(n_times > 1, span - np.where(np.isfinite(lo), lo, 0), 0)
     gap = np.where(n_times > 1, span / np.maximum(n_times - 1, 1) / DAY_MS, 0.0)
-    return UserStats(last, count, gap, np.diff(count.indptr) * 1.0, repeat_share, item_repeat,
-                     np.bincount(i, minlength=inter.n_items) * 1.0, int(t.min()) if len(t) else 0)
+    return UserStats(
+        last,
+        count,
+        gap,
+        np.diff(count.indptr) * 1.0,
+        repeat_share,
+        item_repeat,
+        np.bincount(i, minlength=inter.n_items) * 1.0,
+        int(t.min()) if len(t) else 0,
+    )
 
 
-def candidate_table(inter: Interactions, points, cands: CandidateSets, vecs: np.ndarray, stats: UserStats, knn: sparse.csr_matrix,
-                    chunk_floats: int = 4_000_000) -> tuple[np.ndarray, np.ndarray]:
+def candidate_table(
+    inter: Interactions,
+    points,
+    cands: CandidateSets,
+    vecs: np.ndarray,
+    stats: UserStats,
+    knn: sparse.csr_matrix,
+    chunk_floats: int = 4_000_000,
+) -> tuple[np.ndarray, np.ndarray]:
     """Features [sum of candidates, len(GBM_FEATURES)] and group sizes, in ``cands`` order."""
     n = inter.n_items
     chunk = max(1, chunk_floats // (n * len(FEATURE_NAMES)))
@@ -113,11 +151,23 @@ def candidate_table(inter: Interactions, points, cands: CandidateSets, vecs: np.
             for code in np.unique(src):
                 m = src == code
                 pos[m] = np.arange(m.sum())
-            rows_out.append(np.column_stack([
-                base[j, r], np.log1p(np.maximum(dec[j, r], 0)), cnt, np.where(days >= 0, days / max(gap, 1.0), -1.0),
-                stats.item_repeat[r], np.log1p(stats.item_count[r]), np.full(len(r), np.log1p(stats.n_items[u])),
-                np.full(len(r), stats.repeat_share[u]), knn_s[j, r], src, pos,
-            ]).astype(np.float32))
+            rows_out.append(
+                np.column_stack(
+                    [
+                        base[j, r],
+                        np.log1p(np.maximum(dec[j, r], 0)),
+                        cnt,
+                        np.where(days >= 0, days / max(gap, 1.0), -1.0),
+                        stats.item_repeat[r],
+                        np.log1p(stats.item_count[r]),
+                        np.full(len(r), np.log1p(stats.n_items[u])),
+                        np.full(len(r), stats.repeat_share[u]),
+                        knn_s[j, r],
+                        src,
+                        pos,
+                    ]
+                ).astype(np.float32)
+            )
     groups = np.asarray([len(r) for r in cands.rows])
     return (np.concatenate(rows_out) if rows_out else np.zeros((0, len(GBM_FEATURES)), np.float32)), groups
 
@@ -126,8 +176,15 @@ def knn_matrix(inter: Interactions, mask: np.ndarray) -> sparse.csr_matrix:
     return KnnSimilarity(inter, mask).top_k(KNN_K)
 
 
-def training_table(inter: Interactions, val: Split, vecs: np.ndarray, max_seq_len: int, step_days: float,
-                   basket_label: float = 1.0, new_groups: bool = False):
+def training_table(
+    inter: Interactions,
+    val: Split,
+    vecs: np.ndarray,
+    max_seq_len: int,
+    step_days: float,
+    basket_label: float = 1.0,
+    new_groups: bool = False,
+):
     """Candidates at every training cut before the validation cut, labelled (see the module
     docstring). ``new_groups`` adds, per point, a second group of its candidates new to the user
     labelled with the user's first new item after the cut (the next-new question), so one model
@@ -152,16 +209,20 @@ def training_table(inter: Interactions, val: Split, vecs: np.ndarray, max_seq_le
         xs.append(x)
         gs.append(g)
         if new_groups:
-            first_new = dict(zip(inter.users[cut_targets(inter, "next-new", int(c), val_cut)].tolist(),
-                                 inter.items[cut_targets(inter, "next-new", int(c), val_cut)].tolist()))
+            first_new = dict(
+                zip(
+                    inter.users[cut_targets(inter, "next-new", int(c), val_cut)].tolist(),
+                    inter.items[cut_targets(inter, "next-new", int(c), val_cut)].tolist(),
+                )
+            )
             own = x[:, FEATURE_NAMES.index("personal_recency")] > 0
             bounds = np.r_[0, np.cumsum(g)]
             for k, rows in enumerate(cands.rows):
                 target = first_new.get(int(pts.users[k]))
-                sel = ~own[bounds[k]:bounds[k + 1]]
+                sel = ~own[bounds[k] : bounds[k + 1]]
                 if target is None or not sel.any():
                     continue
-                xs.append(x[bounds[k]:bounds[k + 1]][sel])
+                xs.append(x[bounds[k] : bounds[k + 1]][sel])
                 ys.append((rows[sel] == target).astype(np.float32) * 2)
                 gs.append(np.asarray([sel.sum()]))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
@@ -172,14 +233,32 @@ def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0):
 
     has_pos = np.add.reduceat(y, np.r_[0, np.cumsum(groups)[:-1]]) > 0 if len(groups) else np.zeros(0, bool)
     sel = np.repeat(has_pos, groups)  # groups without a positive teach lambdarank nothing
-    model = lgb.LGBMRanker(objective="lambdarank", n_estimators=300, learning_rate=0.05, num_leaves=31, min_child_samples=50,
-                           subsample=0.8, subsample_freq=1, colsample_bytree=0.8, lambdarank_truncation_level=20,
-                           random_state=seed, verbose=-1, n_jobs=2)
+    model = lgb.LGBMRanker(
+        objective="lambdarank",
+        n_estimators=300,
+        learning_rate=0.05,
+        num_leaves=31,
+        min_child_samples=50,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.8,
+        lambdarank_truncation_level=20,
+        random_state=seed,
+        verbose=-1,
+        n_jobs=2,
+    )
     model.fit(x[sel], y[sel], group=groups[has_pos])  # columns: GBM_FEATURES
     return model
 
 
-def stage_lists(inter: Interactions, splits: dict[str, Split], vecs: np.ndarray, max_seq_len: int, scorers: dict, min_new_grid=MIN_NEW_GRID):
+def stage_lists(
+    inter: Interactions,
+    splits: dict[str, Split],
+    vecs: np.ndarray,
+    max_seq_len: int,
+    scorers: dict,
+    min_new_grid=MIN_NEW_GRID,
+):
     """Served-list metrics of each scorer (name -> f(x table) -> scores) for each min_new."""
     main = next(iter(splits.values()))
     pts = served_points(inter, main, max_seq_len)
@@ -192,10 +271,12 @@ def stage_lists(inter: Interactions, splits: dict[str, Split], vecs: np.ndarray,
     out = {}
     for name, score_fn in scorers.items():
         s = score_fn(x)
-        per_case = [s[bounds[i]:bounds[i + 1]] for i in range(len(groups))]
+        per_case = [s[bounds[i] : bounds[i + 1]] for i in range(len(groups))]
         for k in min_new_grid:
             lists = served_lists(cands, None, own, ListParams(20, k), scores=per_case)
-            out[(name, k)] = {p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()}
+            out[(name, k)] = {
+                p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()
+            }
     return out
 
 
@@ -205,7 +286,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m exporters.gbm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", required=True, choices=["online_retail", "taobao", "movielens"])
-    ap.add_argument("--version-dir", type=Path, default=None, help="item vectors of a trained version (default: none; the ann source and taste feature are then off)")
+    ap.add_argument(
+        "--version-dir",
+        type=Path,
+        default=None,
+        help="item vectors of a trained version (default: none; the ann source and taste feature are then off)",
+    )
     ap.add_argument("--vecs", type=Path, default=None, help="item vectors as .npy in the data set's item order")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--basket-label", type=float, default=1.0, help="label of the target's basket mates (target: 2)")
@@ -226,18 +312,30 @@ def main(argv: list[str] | None = None) -> int:
     if main_val.protocol == "loo":
         raise SystemExit("leave-one-out training examples are not built here yet")
     t1 = time.perf_counter()
-    x, y, g = training_table(inter, main_val, vecs, 20, cut_spacing_days(inter.ts[main_val.fit], int(main_val.case_time.max())),
-                             args.basket_label, args.new_groups)
+    x, y, g = training_table(
+        inter,
+        main_val,
+        vecs,
+        20,
+        cut_spacing_days(inter.ts[main_val.fit], int(main_val.case_time.max())),
+        args.basket_label,
+        args.new_groups,
+    )
     t2 = time.perf_counter()
     model = fit(x, y, g)
     t3 = time.perf_counter()
-    print(f"training table {x.shape} ({g.size} groups) in {t2 - t1:.0f} s; lambdarank fit {t3 - t2:.0f} s "
-          f"({x.shape[0] / max(t3 - t2, 1e-9):,.0f} rows/s)", flush=True)
+    print(
+        f"training table {x.shape} ({g.size} groups) in {t2 - t1:.0f} s; lambdarank fit {t3 - t2:.0f} s "
+        f"({x.shape[0] / max(t3 - t2, 1e-9):,.0f} rows/s)",
+        flush=True,
+    )
     names = list(GBM_FEATURES)
     col = {n: i for i, n in enumerate(names)}
     scorers = {
         "personal frequency": lambda x: x[:, col["log_personal_weight"]] + 1e-3 * x[:, col["log_popularity"]],
-        "checkpoint-0 formula": lambda x: x[:, col["log_personal_weight"]] + 0.05 * x[:, col["log_popularity"]] + 0.05 * x[:, col["embedding_sim"]],
+        "checkpoint-0 formula": lambda x: (
+            x[:, col["log_personal_weight"]] + 0.05 * x[:, col["log_popularity"]] + 0.05 * x[:, col["embedding_sim"]]
+        ),
         "item-kNN (candidates)": lambda x: x[:, col["knn"]] + 1e-3 * x[:, col["log_popularity"]],
         "LightGBM lambdarank": lambda x: model.predict(x, validate_features=False),
     }
@@ -245,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     for stage, splits in (("validation", val), ("test", test)):
         res = stage_lists(inter, splits, vecs, 20, scorers)
         for (name, k), per in res.items():
-            cells = "; ".join(f"{p} {m} NDCG@10 {x.ndcg:.4f} HR@10 {x.hr:.4f}" for p, pm in per.items() for m, x in pm.items())
+            cells = "; ".join(
+                f"{p} {m} NDCG@10 {x.ndcg:.4f} HR@10 {x.hr:.4f}" for p, pm in per.items() for m, x in pm.items()
+            )
             print(f"{stage:10s} {name:24s} min_new={k:2d}: {cells}", flush=True)
-            result[f"{stage}/{name}/min_new={k}"] = {p: {m: x.as_dict() for m, x in pm.items()} for p, pm in per.items()}
+            result[f"{stage}/{name}/min_new={k}"] = {
+                p: {m: x.as_dict() for m, x in pm.items()} for p, pm in per.items()
+            }
     imp = dict(zip(names, model.booster_.feature_importance("gain").round(1).tolist()))
     print("gain:", json.dumps(imp))
     print(f"total {time.perf_counter() - t0:.0f} s")

@@ -44,7 +44,9 @@ class ItemTower(nn.Module):
         self.category_names = sorted({c for c in categories if c is not None})
         cat_index = {c: i for i, c in enumerate(self.category_names)}
         # Row 0 of cat_emb is "no category" and stays zero.
-        self.register_buffer("cat_of_item", torch.tensor([cat_index[c] + 1 if c is not None else 0 for c in categories]))
+        self.register_buffer(
+            "cat_of_item", torch.tensor([cat_index[c] + 1 if c is not None else 0 for c in categories])
+        )
         cat_init = np.zeros((len(self.category_names) + 1, dim), dtype=np.float32)
         for c, i in cat_index.items():
             cat_init[i + 1] = BOOTSTRAP_CATEGORY_SCALE * hash_unit_vector(f"category:{c}", dim)
@@ -88,7 +90,9 @@ class CachedText:
     def __init__(self, encoder: ItemEncoder, tok: Tokenizer, texts: list[str], n_frozen: int, device: torch.device):
         self.rows = np.array([i for i, t in enumerate(texts) if t], dtype=np.int64)
         self.n_frozen = n_frozen
-        ids, mask = tokenize(tok, [texts[i] for i in self.rows]) if len(self.rows) else (np.zeros((0, 1), np.int64),) * 2
+        ids, mask = (
+            tokenize(tok, [texts[i] for i in self.rows]) if len(self.rows) else (np.zeros((0, 1), np.int64),) * 2
+        )
         self.ids = torch.from_numpy(ids).to(device)
         self.mask = torch.from_numpy(mask).to(device)
         self.lengths = self.mask.sum(1)

@@ -43,13 +43,27 @@ from exporters.features import covis_pairs
 from exporters.item_index import ItemIndex, item_fields
 from exporters.item_training import ItemTrainConfig, train_item_vectors
 from exporters.logs import Heartbeat
-from exporters.modeling import BASE_MODEL_NAME, TRAINING_INIT_FEATURE_WEIGHTS, TRAINING_INIT_TASTE, base_model_info, pick_device
+from exporters.modeling import (
+    BASE_MODEL_NAME,
+    TRAINING_INIT_FEATURE_WEIGHTS,
+    TRAINING_INIT_TASTE,
+    base_model_info,
+    pick_device,
+)
 from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
 from exporters.served import dense_candidate_scorer, item_neighbours, served_evaluation
 from exporters.stacking import fit_stacker
-from exporters.train import RankerTrainConfig, TrainStep, config_dict, distributed_context, fit_ranker, model_scorer, seed_everything
+from exporters.train import (
+    RankerTrainConfig,
+    TrainStep,
+    config_dict,
+    distributed_context,
+    fit_ranker,
+    model_scorer,
+    seed_everything,
+)
 from exporters.trainset import cut_examples, eval_points, event_examples
 from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
 from schemas.serving import KNN_K, LIST_PARAMS_KEY, NEIGHBOUR_FILES, NEIGHBOURS_KEY
@@ -190,7 +204,9 @@ def run(cfg: JobConfig, dataset: Any | None = None) -> JobResult:
         try:
             result = _run(cfg, dataset, spec, record, beat, t_start)
         except Refusal as exc:
-            record.update(status="refused", reason=str(exc), version=None, wall_s=round(time.perf_counter() - t_start, 1))
+            record.update(
+                status="refused", reason=str(exc), version=None, wall_s=round(time.perf_counter() - t_start, 1)
+            )
             if distributed_context()[0] == 0:
                 registry.append_run(cfg.model_root, record)
             raise
@@ -216,7 +232,9 @@ def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], beat: Heartbeat, t_start: float) -> JobResult:
+def _run(
+    cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], beat: Heartbeat, t_start: float
+) -> JobResult:
     timings: dict[str, float] = {}
     rank, world = distributed_context()
     seed_everything(cfg.seed)
@@ -230,14 +248,30 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
     mode = val.modes[0]
     record["events"].update(interactions=int(len(inter.users)), not_interactions=dict(inter.skipped))
     record.update(
-        window={"start_ms": int(inter.ts.min()), "end_ms": int(inter.ts.max()), "start": _iso_ms(int(inter.ts.min())), "end": _iso_ms(int(inter.ts.max()))},
+        window={
+            "start_ms": int(inter.ts.min()),
+            "end_ms": int(inter.ts.max()),
+            "start": _iso_ms(int(inter.ts.min())),
+            "end": _iso_ms(int(inter.ts.max())),
+        },
         protocol={"name": protocol, **spec.describe(inter.ts)},
-        users=inter.n_users, items=inter.n_items, cases={"validation": len(val), "test": len(test)},
+        users=inter.n_users,
+        items=inter.n_items,
+        cases={"validation": len(val), "test": len(test)},
     )
     _refuse_if_unfit(cfg, inter, val, test, record)
     timings["data"] = time.perf_counter() - t_start
-    log.info("%s/%s (%s): %d interactions, %d users, %d items; %d validation and %d test cases", inter.name, protocol,
-             record["protocol"], len(inter.users), inter.n_users, inter.n_items, len(val), len(test))
+    log.info(
+        "%s/%s (%s): %d interactions, %d users, %d items; %d validation and %d test cases",
+        inter.name,
+        protocol,
+        record["protocol"],
+        len(inter.users),
+        inter.n_users,
+        inter.n_items,
+        len(val),
+        len(test),
+    )
     beat.stage("item vectors")
 
     # Stage 1: item vectors.
@@ -261,14 +295,18 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
         train_ex = cut_examples(inter, val, cfg.max_seq_len, step_days, cfg.warmup_days or step_days)
     val_points, test_points = eval_points(inter, val, cfg.max_seq_len), eval_points(inter, test, cfg.max_seq_len)
     timings["examples"] = time.perf_counter() - t0
-    log.info("ranker examples: %d training, %d validation, %d test", len(train_ex.points), len(val_points), len(test_points))
+    log.info(
+        "ranker examples: %d training, %d validation, %d test", len(train_ex.points), len(val_points), len(test_points)
+    )
     step = TrainStep(ranker, tower).to(device)
     root = Path(cfg.model_root)
     ckpt_dir = root / ".checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     beat.stage("ranker training")
-    fit = fit_ranker(step, train_ex, inter, val, val_points, cfg.ranker, device, ckpt_dir / f"{_slug(inter.name)}-{protocol}.pt")
+    fit = fit_ranker(
+        step, train_ex, inter, val, val_points, cfg.ranker, device, ckpt_dir / f"{_slug(inter.name)}-{protocol}.pt"
+    )
     timings["ranker"] = time.perf_counter() - t0
     if rank != 0:
         return JobResult(Path(), False, "not rank 0", "", {})
@@ -294,7 +332,9 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             continue
         extra_test = make_split(inter, extra, "test")
         extra_rows = dict(run_baselines(inter, extra).test)
-        extra_rows[MODEL_NAME] = evaluate(model_scorer(step, eval_points(inter, extra_test, cfg.max_seq_len), device), inter, extra_test)
+        extra_rows[MODEL_NAME] = evaluate(
+            model_scorer(step, eval_points(inter, extra_test, cfg.max_seq_len), device), inter, extra_test
+        )
         other[extra] = (extra_test, extra_rows)
     timings["evaluation"] = time.perf_counter() - t0
 
@@ -314,15 +354,37 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
     # the stacked list score (ranker score + repeat/discovery features), fitted on the worker's
     # candidates at the last training cuts; served only where it wins on validation
     t1 = time.perf_counter()
-    stack_fit = fit_stacker(inter, val, served_vecs, cfg.max_seq_len,
-                            cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max())), make_scorer)
+    stack_fit = fit_stacker(
+        inter,
+        val,
+        served_vecs,
+        cfg.max_seq_len,
+        cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max())),
+        make_scorer,
+    )
     timings["stacking_fit"] = time.perf_counter() - t1
-    served = served_evaluation(inter, val_splits, test_splits, cfg.max_seq_len, served_vecs, make_scorer, neighbours=neighbours,
-                               stack=stack_fit.weights if stack_fit else (), offline_val_ndcg=fit.best_val_ndcg)
-    served_ratio = served.test[protocol][mode].ndcg / ours_offline if (ours_offline := rows[MODEL_NAME][mode].ndcg) > 0 else 0.0
-    log.info("served lists (min_new=%d, knn_weight=%g, stacked %s): %s; served/offline NDCG@10 %.3f", served.params.min_new,
-             served.params.knn_weight, bool(served.params.stack),
-             ", ".join(f"{p} {m} {x.ndcg:.4f}" for p, per in served.test.items() for m, x in per.items()), served_ratio)
+    served = served_evaluation(
+        inter,
+        val_splits,
+        test_splits,
+        cfg.max_seq_len,
+        served_vecs,
+        make_scorer,
+        neighbours=neighbours,
+        stack=stack_fit.weights if stack_fit else (),
+        offline_val_ndcg=fit.best_val_ndcg,
+    )
+    served_ratio = (
+        served.test[protocol][mode].ndcg / ours_offline if (ours_offline := rows[MODEL_NAME][mode].ndcg) > 0 else 0.0
+    )
+    log.info(
+        "served lists (min_new=%d, knn_weight=%g, stacked %s): %s; served/offline NDCG@10 %.3f",
+        served.params.min_new,
+        served.params.knn_weight,
+        bool(served.params.stack),
+        ", ".join(f"{p} {m} {x.ndcg:.4f}" for p, per in served.test.items() for m, x in per.items()),
+        served_ratio,
+    )
     timings["served"] = time.perf_counter() - t0
 
     ours = rows[MODEL_NAME][mode]
@@ -330,9 +392,15 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
     if prod_name is None:
         gate_ok, reason = True, "no production model yet"
     elif ours.ndcg >= rows[prod_name][mode].ndcg - cfg.tolerance:
-        gate_ok, reason = True, f"NDCG@10 {ours.ndcg:.4f} >= production {rows[prod_name][mode].ndcg:.4f} - {cfg.tolerance}"
+        gate_ok, reason = (
+            True,
+            f"NDCG@10 {ours.ndcg:.4f} >= production {rows[prod_name][mode].ndcg:.4f} - {cfg.tolerance}",
+        )
     else:
-        gate_ok, reason = False, f"NDCG@10 {ours.ndcg:.4f} < production {rows[prod_name][mode].ndcg:.4f} - {cfg.tolerance}"
+        gate_ok, reason = (
+            False,
+            f"NDCG@10 {ours.ndcg:.4f} < production {rows[prod_name][mode].ndcg:.4f} - {cfg.tolerance}",
+        )
     if cfg.force and not gate_ok:
         gate_ok, reason = True, f"forced ({reason})"
 
@@ -347,19 +415,29 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
     title = f"{inter.name} {protocol} ({len(test)} test cases, {inter.n_items} items)"
     with registry.StagedVersion(root, version) as staged:
         # No catalog item has text: no item encoder (~90 MB, and its parity check) in the version.
-        result = export_models(encoder if index.with_text else None, ranker, tok, staged.path,
-                               max_seq_len=cfg.max_seq_len, item_vecs=index.vecs)
+        result = export_models(
+            encoder if index.with_text else None,
+            ranker,
+            tok,
+            staged.path,
+            max_seq_len=cfg.max_seq_len,
+            item_vecs=index.vecs,
+        )
         if not result.parity["ok"]:
             gate_ok, reason = False, "parity check failed"
         if "int8" in result.variant_files:
-            _check_int8(result, staged.path, inter, val, val_points, vecs, cfg.int8_tolerance, cfg.int8_sample, cfg.seed)
+            _check_int8(
+                result, staged.path, inter, val, val_points, vecs, cfg.int8_tolerance, cfg.int8_sample, cfg.seed
+            )
         tok.save(str(staged.path / TOKENIZER_FILE))
         index.write(staged.path)
         shipped = neighbours[1]
         for name, arr in zip(NEIGHBOUR_FILES, (shipped.rows, shipped.sims)):
             np.save(staged.path / name, arr)
         epochs = [{"epoch": 0, "loss": None, "val_ndcg": fit.initial_val_ndcg, "seconds": 0.0}]
-        epochs += [{"epoch": e.epoch, "loss": e.loss, "val_ndcg": e.val_ndcg, "seconds": e.seconds} for e in fit.history]
+        epochs += [
+            {"epoch": e.epoch, "loss": e.loss, "val_ndcg": e.val_ndcg, "seconds": e.seconds} for e in fit.history
+        ]
         references = {
             f"item-kNN K={base.knn_k}": base.validation[f"item-kNN K={base.knn_k}"],
             f"blend a={base.blend_a:g}": base.validation[f"blend a={base.blend_a:g}"],
@@ -398,16 +476,37 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             "device": str(device),
             "world_size": world,
         }
-        report["served"] = served.as_dict() | {"offline_ndcg@10": ours_offline, "served_over_offline": served_ratio,
-                                               "stack_fit": None if stack_fit is None else {"groups": stack_fit.groups, "rows": stack_fit.rows, "loss": stack_fit.loss}}
-        report["other_protocols"] = {name: {"cases": len(sp), "test": metrics_json(r)} for name, (sp, r) in other.items()}
-        extra_titles = {name: f"{inter.name} {name} ({len(sp)} test cases, same model)" for name, (sp, _) in other.items()}
-        served_tables = [(f"{inter.name} {p}: the served list ({served.params.size} items, at least {served.params.min_new} new, "
-                          f"knn_weight {served.params.knn_weight:g}, {'stacked' if served.params.stack else 'ranker'} score; "
-                          f"candidate recall {served.recall[p]:.3f})", {"served list (this run)": served.test[p]}, test_splits[p].modes)
-                         for p in protocols]
-        table = write_report(staged.path, report, title, rows, test.modes,
-                             extra=[(extra_titles[n], r, sp.modes) for n, (sp, r) in other.items()] + served_tables)
+        report["served"] = served.as_dict() | {
+            "offline_ndcg@10": ours_offline,
+            "served_over_offline": served_ratio,
+            "stack_fit": None
+            if stack_fit is None
+            else {"groups": stack_fit.groups, "rows": stack_fit.rows, "loss": stack_fit.loss},
+        }
+        report["other_protocols"] = {
+            name: {"cases": len(sp), "test": metrics_json(r)} for name, (sp, r) in other.items()
+        }
+        extra_titles = {
+            name: f"{inter.name} {name} ({len(sp)} test cases, same model)" for name, (sp, _) in other.items()
+        }
+        served_tables = [
+            (
+                f"{inter.name} {p}: the served list ({served.params.size} items, at least {served.params.min_new} new, "
+                f"knn_weight {served.params.knn_weight:g}, {'stacked' if served.params.stack else 'ranker'} score; "
+                f"candidate recall {served.recall[p]:.3f})",
+                {"served list (this run)": served.test[p]},
+                test_splits[p].modes,
+            )
+            for p in protocols
+        ]
+        table = write_report(
+            staged.path,
+            report,
+            title,
+            rows,
+            test.modes,
+            extra=[(extra_titles[n], r, sp.modes) for n, (sp, r) in other.items()] + served_tables,
+        )
         val_cut = val.cut
         fit_ts = inter.ts[val.fit]
         manifest = {
@@ -428,7 +527,12 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
             "fused_ops": result.fused_ops,
             "metrics": {protocol: summary},
             "parity": result.parity,
-            "dataset": {"name": inter.name, "interactions": int(len(inter.users)), "items": inter.n_items, "users": inter.n_users},
+            "dataset": {
+                "name": inter.name,
+                "interactions": int(len(inter.users)),
+                "items": inter.n_items,
+                "users": inter.n_users,
+            },
             "training_window": {"start": int(fit_ts.min()), "end": int(val_cut or fit_ts.max())},
             "ranker": {"n_layers": cfg.n_layers, "best_epoch": fit.best_epoch},
             "item_index": {"items": len(index.item_ids), "with_text": index.with_text},
@@ -444,41 +548,71 @@ def _run(cfg: JobConfig, dataset: Any, spec: SplitSpec, record: dict[str, Any], 
     elif gate_ok and cfg.canary is not None:
         from exporters.publish import start_canary
 
-        status = start_canary(cfg.redis_url or "redis://127.0.0.1:6379/0", root, final.name, cfg.canary,
-                              prefix=cfg.redis_meta_prefix)
-        reason += f"; canary on {cfg.canary:.1%} of users" + ("" if status == 0 else " REFUSED (see streamrec-rollout status)")
+        status = start_canary(
+            cfg.redis_url or "redis://127.0.0.1:6379/0", root, final.name, cfg.canary, prefix=cfg.redis_meta_prefix
+        )
+        reason += f"; canary on {cfg.canary:.1%} of users" + (
+            "" if status == 0 else " REFUSED (see streamrec-rollout status)"
+        )
     log.info("version %s written (%s); %s", final, "published" if published else "NOT published", reason)
     if published and cfg.kafka_bootstrap:
         update = publish_model_update(cfg.kafka_bootstrap, final, cfg.kafka_topic, location=cfg.location)
         log.info("announced %s on %s", update.version, cfg.kafka_topic)
     record.update(
-        status="published" if published else ("canary" if gate_ok and cfg.publish and cfg.canary is not None else "written"),
-        version=final.name, reason=reason,
-        metrics={n: {m: x.as_dict() for m, x in per.items()} for n, per in rows.items() if n in (MODEL_NAME, prod_name, best_name)},
-        summary=summary, gate=report["gate"], timings_s=report["timings_s"], wall_s=round(time.perf_counter() - t_start, 1),
+        status="published"
+        if published
+        else ("canary" if gate_ok and cfg.publish and cfg.canary is not None else "written"),
+        version=final.name,
+        reason=reason,
+        metrics={
+            n: {m: x.as_dict() for m, x in per.items()}
+            for n, per in rows.items()
+            if n in (MODEL_NAME, prod_name, best_name)
+        },
+        summary=summary,
+        gate=report["gate"],
+        timings_s=report["timings_s"],
+        wall_s=round(time.perf_counter() - t_start, 1),
     )
     registry.append_run(root, record)
     return JobResult(final, published, reason, table, report)
 
 
-def _check_int8(result, folder: Path, inter: Interactions, val, val_points, vecs: np.ndarray, tolerance: float,
-                sample: int, seed: int) -> None:
+def _check_int8(
+    result,
+    folder: Path,
+    inter: Interactions,
+    val,
+    val_points,
+    vecs: np.ndarray,
+    tolerance: float,
+    sample: int,
+    seed: int,
+) -> None:
     """Ship the int8 ranker only if its validation NDCG@10 holds (workers prefer it on CPU).
 
     Paired on a seeded random sample of ``sample`` validation cases: int8 and fp32 ONNX files
     score the same cases (``int8_decision`` says the rule and records the 95 % interval)."""
     rng = np.random.default_rng(seed)
     cases = np.sort(rng.choice(len(val), size=min(sample, len(val)), replace=False))
-    per = {name: case_ndcg(onnx_scorer(session(folder / result.variant_files[name]), vecs, val_points), inter, val, cases)
-           for name in ("int8", "fp32")}
+    per = {
+        name: case_ndcg(onnx_scorer(session(folder / result.variant_files[name]), vecs, val_points), inter, val, cases)
+        for name in ("int8", "fp32")
+    }
     check = int8_decision(per["int8"] - per["fp32"], tolerance, seed=seed)
-    result.parity["ranker_int8"].update(check | {"fp32_validation_ndcg@10": float(per["fp32"].mean()),
-                                                 "validation_ndcg@10": float(per["int8"].mean())})
+    result.parity["ranker_int8"].update(
+        check | {"fp32_validation_ndcg@10": float(per["fp32"].mean()), "validation_ndcg@10": float(per["int8"].mean())}
+    )
     if not check["ok"]:
         (folder / result.variant_files.pop("int8")).unlink()
         result.ranker_variants.remove("int8")
-    log.info("int8 ranker on %d validation cases: NDCG@10 int8 - fp32 = %+.4f (95%% CI %+.4f..%+.4f) -> %s", len(cases),
-             check["mean_diff"], *check["ci95"], "shipped" if check["ok"] else "dropped")
+    log.info(
+        "int8 ranker on %d validation cases: NDCG@10 int8 - fp32 = %+.4f (95%% CI %+.4f..%+.4f) -> %s",
+        len(cases),
+        check["mean_diff"],
+        *check["ci95"],
+        "shipped" if check["ok"] else "dropped",
+    )
 
 
 def int8_decision(diffs: np.ndarray, tolerance: float, *, seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
@@ -492,14 +626,28 @@ def int8_decision(diffs: np.ndarray, tolerance: float, *, seed: int = 0, resampl
     from normal: hence the bootstrap rather than a normal interval."""
     diffs = np.asarray(diffs, dtype=np.float64)
     if not len(diffs):
-        return {"sample": 0, "mean_diff": 0.0, "ci95": [0.0, 0.0], "metric_tolerance": tolerance, "rule": INT8_RULE,
-                "non_inferior_95": False, "ok": False}
+        return {
+            "sample": 0,
+            "mean_diff": 0.0,
+            "ci95": [0.0, 0.0],
+            "metric_tolerance": tolerance,
+            "rule": INT8_RULE,
+            "non_inferior_95": False,
+            "ok": False,
+        }
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     mean = float(diffs.mean())
-    return {"sample": len(diffs), "mean_diff": mean, "ci95": [float(lo), float(hi)], "metric_tolerance": tolerance,
-            "rule": INT8_RULE, "non_inferior_95": bool(lo >= -tolerance), "ok": bool(mean >= -tolerance)}
+    return {
+        "sample": len(diffs),
+        "mean_diff": mean,
+        "ci95": [float(lo), float(hi)],
+        "metric_tolerance": tolerance,
+        "rule": INT8_RULE,
+        "non_inferior_95": bool(lo >= -tolerance),
+        "ok": bool(mean >= -tolerance),
+    }
 
 
 INT8_RULE = "ship if mean NDCG@10 (int8 - fp32) over the sample >= -metric_tolerance (ci95: paired bootstrap)"
@@ -512,7 +660,9 @@ def _job_dict(cfg: JobConfig) -> dict[str, Any]:
     return out
 
 
-def _item_index(inter: Interactions, dataset: Any, vecs: np.ndarray, step: TrainStep, encoder, tok, texts: list[str]) -> ItemIndex:
+def _item_index(
+    inter: Interactions, dataset: Any, vecs: np.ndarray, step: TrainStep, encoder, tok, texts: list[str]
+) -> ItemIndex:
     """Catalog index: the trained vectors of every interacted item, plus the data set's other
     catalog items (never interacted) composed from text and category as a worker would."""
     from exporters.text import encode_texts

@@ -49,7 +49,13 @@ class Heartbeat:
         while not self._stop.wait(self.every_s):
             now = time.monotonic()
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            self.log.info("progress: %s for %.0fs (total %.0fs, peak RSS %.0f MiB)", self._name, now - self._stage_t0, now - self._t0, rss)
+            self.log.info(
+                "progress: %s for %.0fs (total %.0fs, peak RSS %.0f MiB)",
+                self._name,
+                now - self._stage_t0,
+                now - self._t0,
+                rss,
+            )
 
     def __enter__(self) -> "Heartbeat":
         import time

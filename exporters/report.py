@@ -23,7 +23,9 @@ def metrics_json(rows: dict[str, dict[str, Metrics]]) -> dict[str, dict[str, dic
     return {name: {mode: m.as_dict() for mode, m in per_mode.items()} for name, per_mode in rows.items()}
 
 
-def plot_curves(path: Path, item_losses: list[float], epochs: list[dict[str, float]], baseline_ndcg: dict[str, float]) -> None:
+def plot_curves(
+    path: Path, item_losses: list[float], epochs: list[dict[str, float]], baseline_ndcg: dict[str, float]
+) -> None:
     """Item-vector loss per step, ranker loss per epoch and validation NDCG@10 per epoch (epoch
     0: before ranker training), with the validation NDCG of tuned baselines as dashed lines."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -35,8 +37,15 @@ def plot_curves(path: Path, item_losses: list[float], epochs: list[dict[str, flo
     axes[1].set(title="ranker: training loss", xlabel="epoch", ylabel="cross-entropy")
     axes[2].plot(xs, [e["val_ndcg"] for e in epochs], marker="o", label="ranker")
     best = max(epochs, key=lambda e: e["val_ndcg"])
-    axes[2].plot([best["epoch"]], [best["val_ndcg"]], marker="*", markersize=14, color="tab:red", linestyle="none",
-                 label=f"kept: epoch {best['epoch']}")
+    axes[2].plot(
+        [best["epoch"]],
+        [best["val_ndcg"]],
+        marker="*",
+        markersize=14,
+        color="tab:red",
+        linestyle="none",
+        label=f"kept: epoch {best['epoch']}",
+    )
     for i, (name, value) in enumerate(sorted(baseline_ndcg.items(), key=lambda kv: -kv[1])[:3]):
         axes[2].axhline(value, linestyle="--", color=f"C{i + 1}", label=name)
     axes[2].set(title="validation NDCG@10 (full ranking)", xlabel="epoch")
@@ -52,7 +61,12 @@ def plot_metrics(path: Path, title: str, rows: dict[str, dict[str, Metrics]], mo
     fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(names)), 4.5))
     width = 0.27
     for j, (label, key) in enumerate((("HR@10", "hr"), ("NDCG@10", "ndcg"), ("MRR@10", "mrr"))):
-        ax.bar([i + (j - 1) * width for i in range(len(names))], [getattr(rows[n][mode], key) for n in names], width, label=label)
+        ax.bar(
+            [i + (j - 1) * width for i in range(len(names))],
+            [getattr(rows[n][mode], key) for n in names],
+            width,
+            label=label,
+        )
     ax.set_xticks(range(len(names)), [n.replace(": ", ":\n").replace(" (", "\n(") for n in names], fontsize=8)
     ax.set_title(f"{title} — test, full ranking ({mode})")
     ax.legend()

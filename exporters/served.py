@@ -80,8 +80,14 @@ def _row(m: sparse.csr_matrix, p: int) -> tuple[np.ndarray, np.ndarray]:
     return m.indices[lo:hi], m.data[lo:hi]
 
 
-def candidate_sets(points: PointSet, item_vecs: np.ndarray | None, quota: CandidateQuota = CandidateQuota(), chunk: int = 256,
-                   neighbours: ItemNeighbours | None = None, sources: tuple[str, ...] = SOURCES) -> CandidateSets:
+def candidate_sets(
+    points: PointSet,
+    item_vecs: np.ndarray | None,
+    quota: CandidateQuota = CandidateQuota(),
+    chunk: int = 256,
+    neighbours: ItemNeighbours | None = None,
+    sources: tuple[str, ...] = SOURCES,
+) -> CandidateSets:
     """The worker's candidates for every point (see the module docstring). ``sources``: the
     priority order (default ``SOURCES``; another order or a subset only for experiments)."""
     rows_out, src_out, knn_out = [], [], []
@@ -140,7 +146,14 @@ def dense_candidate_scorer(scorer: Callable[[np.ndarray], np.ndarray], chunk: in
 def replay_subset(inter: Interactions, users: np.ndarray) -> Interactions:
     """The same data set restricted to the events of ``users`` (catalog and id lists unchanged)."""
     keep = np.isin(inter.users, users)
-    return replace(inter, users=inter.users[keep], items=inter.items[keep], ts=inter.ts[keep], types=inter.types[keep], pos=inter.pos[keep])
+    return replace(
+        inter,
+        users=inter.users[keep],
+        items=inter.items[keep],
+        ts=inter.ts[keep],
+        types=inter.types[keep],
+        pos=inter.pos[keep],
+    )
 
 
 def write_replay_events(inter: Interactions, split: Split, path: Path) -> int:
@@ -150,8 +163,13 @@ def write_replay_events(inter: Interactions, split: Split, path: Path) -> int:
     idx = np.flatnonzero(split.visible)
     with open(path, "wb") as f:
         for e in idx:
-            ev = Event(event_id=f"e{int(inter.pos[e])}", user_id=inter.user_ids[inter.users[e]], type=type_name[int(inter.types[e])],
-                       ts=int(inter.ts[e]), item_id=inter.item_ids[inter.items[e]])
+            ev = Event(
+                event_id=f"e{int(inter.pos[e])}",
+                user_id=inter.user_ids[inter.users[e]],
+                type=type_name[int(inter.types[e])],
+                ts=int(inter.ts[e]),
+                item_id=inter.item_ids[inter.items[e]],
+            )
             f.write(encode(ev) + b"\n")
     return len(idx)
 
@@ -180,8 +198,14 @@ def read_served_lists(path: Path, inter: Interactions, size: int = LIST_SIZE) ->
     return users, lists
 
 
-def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_matrix, params: ListParams,
-                 scores: list[np.ndarray] | None = None, stack_x: list[np.ndarray] | None = None) -> np.ndarray:
+def served_lists(
+    cands: CandidateSets,
+    scorer: CandidateScorer,
+    own: sparse.csr_matrix,
+    params: ListParams,
+    scores: list[np.ndarray] | None = None,
+    stack_x: list[np.ndarray] | None = None,
+) -> np.ndarray:
     """The published lists [cases, size] of item rows (-1 = empty slot). ``own`` [cases, items] is
     non-zero on the items the user touched (what the worker's profile holds). ``scores`` (per case,
     per candidate) skips the scorer when they are known (tuning ``min_new`` over one scoring).
@@ -206,7 +230,9 @@ def served_lists(cands: CandidateSets, scorer: CandidateScorer, own: sparse.csr_
     return lists
 
 
-def grade(lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Interactions, mode: str, k: int = K) -> Metrics:
+def grade(
+    lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Interactions, mode: str, k: int = K
+) -> Metrics:
     """Metrics of served lists for ``split``'s cases: ``list_of_case[c]`` is the row of ``lists``
     served to case c (-1: no list, a miss). "ex" drops the user's visible items first."""
     history = history_matrix(inter, split) if mode == "ex" else None
@@ -238,7 +264,9 @@ def grade(lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Inte
 def list_index(list_users: np.ndarray, list_time: np.ndarray, split: Split) -> np.ndarray:
     """Per case of ``split``, the row of the list served to its user at its prediction time (-1 when none)."""
     key = {(int(u), int(t)): i for i, (u, t) in enumerate(zip(list_users, list_time))}
-    return np.asarray([key.get((int(u), int(t)), -1) for u, t in zip(split.case_users, split.case_time)], dtype=np.int64)
+    return np.asarray(
+        [key.get((int(u), int(t)), -1) for u, t in zip(split.case_users, split.case_time)], dtype=np.int64
+    )
 
 
 def own_items(inter: Interactions, split: Split) -> sparse.csr_matrix:
@@ -262,21 +290,31 @@ class ServedReport:
     def as_dict(self) -> dict:
         return {
             "list_params": self.params.as_dict(),
-            "validation_ndcg@10": {f"min_new={k} knn_weight={w:g} stacked={int(st)}": v for (k, w, st), v in self.validation.items()},
+            "validation_ndcg@10": {
+                f"min_new={k} knn_weight={w:g} stacked={int(st)}": v for (k, w, st), v in self.validation.items()
+            },
             "test": {p: {m: x.as_dict() for m, x in per.items()} for p, per in self.test.items()},
             "candidate_recall": self.recall,
             "validation_candidate_recall": self.val_recall,
         }
 
 
-def list_grid(min_new: tuple[int, ...] = MIN_NEW_GRID, knn_weight: tuple[float, ...] = KNN_WEIGHT_GRID,
-              size: int = LIST_SIZE) -> list[ListParams]:
+def list_grid(
+    min_new: tuple[int, ...] = MIN_NEW_GRID, knn_weight: tuple[float, ...] = KNN_WEIGHT_GRID, size: int = LIST_SIZE
+) -> list[ListParams]:
     return [ListParams(size, k, w) for k in min_new for w in knn_weight]
 
 
-def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item_vecs: np.ndarray | None,
-           scorer: CandidateScorer, grid: list[ListParams], neighbours: ItemNeighbours | None = None,
-           sources: tuple[str, ...] = SOURCES) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
+def _stage(
+    inter: Interactions,
+    splits: dict[str, Split],
+    points: PointSet,
+    item_vecs: np.ndarray | None,
+    scorer: CandidateScorer,
+    grid: list[ListParams],
+    neighbours: ItemNeighbours | None = None,
+    sources: tuple[str, ...] = SOURCES,
+) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
     from exporters.stacking import stack_inputs
 
     main = next(iter(splits.values()))
@@ -292,22 +330,39 @@ def _stage(inter: Interactions, splits: dict[str, Split], points: PointSet, item
     recall = {}
     for p, sp in splits.items():
         ok = index[p] >= 0
-        recall[p] = float(np.mean([sp.case_targets[c] in set(cands.rows[index[p][c]].tolist()) for c in np.flatnonzero(ok)])) if ok.any() else 0.0
+        recall[p] = (
+            float(np.mean([sp.case_targets[c] in set(cands.rows[index[p][c]].tolist()) for c in np.flatnonzero(ok)]))
+            if ok.any()
+            else 0.0
+        )
     return out, recall
 
 
-def pick_params(grid: list[ListParams], ndcg: dict[ListParams, dict[str, float]], first: str, floor: float) -> ListParams:
+def pick_params(
+    grid: list[ListParams], ndcg: dict[ListParams, dict[str, float]], first: str, floor: float
+) -> ListParams:
     """The best list parameters by the mean over protocols of validation NDCG@10 (ties: the plain
     score, then the smaller ``min_new`` and ``knn_weight``), among those whose ``first`` protocol
     keeps ``floor`` (all of them when none does)."""
     allowed = [q for q in grid if ndcg[q][first] >= floor] or grid
-    return max(allowed, key=lambda q: (round(float(np.mean(list(ndcg[q].values()))), 6), -bool(q.stack), -q.min_new, -q.knn_weight))
+    return max(
+        allowed,
+        key=lambda q: (round(float(np.mean(list(ndcg[q].values()))), 6), -bool(q.stack), -q.min_new, -q.knn_weight),
+    )
 
 
-def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str, Split], max_seq_len: int,
-                      item_vecs: np.ndarray | None, make_scorer: Callable[[PointSet], CandidateScorer],
-                      grid: list[ListParams] | None = None, neighbours: tuple[ItemNeighbours, ItemNeighbours] | None = None,
-                      stack: tuple[float, ...] = (), offline_val_ndcg: float | None = None) -> ServedReport:
+def served_evaluation(
+    inter: Interactions,
+    val: dict[str, Split],
+    test: dict[str, Split],
+    max_seq_len: int,
+    item_vecs: np.ndarray | None,
+    make_scorer: Callable[[PointSet], CandidateScorer],
+    grid: list[ListParams] | None = None,
+    neighbours: tuple[ItemNeighbours, ItemNeighbours] | None = None,
+    stack: tuple[float, ...] = (),
+    offline_val_ndcg: float | None = None,
+) -> ServedReport:
     """Tune the list parameters (``grid``, default ``list_grid()``; the ``knn_weight`` part only
     with ``neighbours``) on the validation lists, grade the test lists with them. ``val`` /
     ``test``: the data set's protocols (the lists are made for the first one's cases,
@@ -325,9 +380,16 @@ def served_evaluation(inter: Interactions, val: dict[str, Split], test: dict[str
     test_points = served_points(inter, next(iter(test.values())), max_seq_len)
     nb_val, nb_test = neighbours or (None, None)
     by_params, val_recall = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), grid, nb_val)
-    objective = {(q.min_new, q.knn_weight, bool(q.stack)): {p: per[p][val[p].modes[0]].ndcg for p in per} for q, per in by_params.items()}
-    best = pick_params(grid, {q: objective[(q.min_new, q.knn_weight, bool(q.stack))] for q in grid}, next(iter(val)),
-                       SERVED_FLOOR * offline_val_ndcg if offline_val_ndcg else 0.0)
+    objective = {
+        (q.min_new, q.knn_weight, bool(q.stack)): {p: per[p][val[p].modes[0]].ndcg for p in per}
+        for q, per in by_params.items()
+    }
+    best = pick_params(
+        grid,
+        {q: objective[(q.min_new, q.knn_weight, bool(q.stack))] for q in grid},
+        next(iter(val)),
+        SERVED_FLOOR * offline_val_ndcg if offline_val_ndcg else 0.0,
+    )
     tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), [best], nb_test)
     return ServedReport(best, objective, tested[best], recall, val_recall)
 
@@ -346,14 +408,32 @@ class ReplayResult:
     seconds: float
 
     def as_dict(self) -> dict:
-        tables = {k: {p: {m: x.as_dict() for m, x in per.items()} for p, per in v.items()} for k, v in (("served", self.served), ("offline", self.offline))}
-        return {"version": self.version, **tables, "identical_lists": self.identical_lists, "cases": self.cases,
-                "events": self.events, "seconds": round(self.seconds, 1)}
+        tables = {
+            k: {p: {m: x.as_dict() for m, x in per.items()} for p, per in v.items()}
+            for k, v in (("served", self.served), ("offline", self.offline))
+        }
+        return {
+            "version": self.version,
+            **tables,
+            "identical_lists": self.identical_lists,
+            "cases": self.cases,
+            "events": self.events,
+            "seconds": round(self.seconds, 1),
+        }
 
 
-def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], version_dir: Path, *, users: int | None = None,
-                           exact: bool = True, timeout: float = 600.0, work_dir: Path | None = None,
-                           replay: Callable[..., dict] | None = None, ranker_variant: str | None = None) -> ReplayResult:
+def evaluate_served_replay(
+    inter: Interactions,
+    protocols: tuple[str, ...],
+    version_dir: Path,
+    *,
+    users: int | None = None,
+    exact: bool = True,
+    timeout: float = 600.0,
+    work_dir: Path | None = None,
+    replay: Callable[..., dict] | None = None,
+    ranker_variant: str | None = None,
+) -> ReplayResult:
     """Replay the test period's input (the visible events of the first protocol's test users, or
     of its first ``users`` of them) through a real worker serving ``version_dir`` on the embedded
     stack (``python -m streamer.served_replay``, a subprocess: the packages never import each
@@ -392,16 +472,36 @@ def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], vers
     files = json.loads((version_dir / "manifest.json").read_text()).get("ranker_variant_files", {})
     variant = ranker_variant or ("int8" if "int8" in files else "fp32")
     if replay is None:
-        cmd = [sys.executable, "-m", "streamer.served_replay", "--events", str(events_file), "--model-root", str(root),
-               "--out", str(lists_file), "--timeout", str(timeout), "--ranker-variant", variant] + ([] if exact else ["--batched"])
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamer.served_replay",
+            "--events",
+            str(events_file),
+            "--model-root",
+            str(root),
+            "--out",
+            str(lists_file),
+            "--timeout",
+            str(timeout),
+            "--ranker-variant",
+            variant,
+        ] + ([] if exact else ["--batched"])
         cmd += ["--items", str(items_file)] if has_items else []
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         if proc.returncode != 0:
             raise RuntimeError(f"served replay failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         replayed = json.loads(proc.stdout.strip().splitlines()[-1])
     else:
-        replayed = replay(events_file, root, lists_file, exact=exact, timeout=timeout, ranker_variant=variant,
-                          items_file=items_file if has_items else None)
+        replayed = replay(
+            events_file,
+            root,
+            lists_file,
+            exact=exact,
+            timeout=timeout,
+            ranker_variant=variant,
+            items_file=items_file if has_items else None,
+        )
 
     model = OnnxModel(version_dir, variant=variant)
     params = ListParams.from_manifest(model.manifest, LIST_SIZE)
@@ -429,9 +529,22 @@ def evaluate_served_replay(inter: Interactions, protocols: tuple[str, ...], vers
         return np.asarray([row_of_user.get(int(u), -1) for u in split.case_users], dtype=np.int64)
 
     served = {p: {m: grade(lists, by_user(served_index, sp), sp, sub, m) for m in sp.modes} for p, sp in test.items()}
-    offline = {p: {m: grade(offline_lists, by_user(np.arange(len(main)), sp), sp, sub, m) for m in sp.modes} for p, sp in test.items()}
-    same = [bool(np.array_equal(lists[served_index[c]], offline_lists[c])) for c in range(len(main)) if served_index[c] >= 0]
-    return ReplayResult(model.version, served, offline, float(np.mean(same)) if same else 0.0, len(main), n_events, float(replayed["seconds"]))
+    offline = {
+        p: {m: grade(offline_lists, by_user(np.arange(len(main)), sp), sp, sub, m) for m in sp.modes}
+        for p, sp in test.items()
+    }
+    same = [
+        bool(np.array_equal(lists[served_index[c]], offline_lists[c])) for c in range(len(main)) if served_index[c] >= 0
+    ]
+    return ReplayResult(
+        model.version,
+        served,
+        offline,
+        float(np.mean(same)) if same else 0.0,
+        len(main),
+        n_events,
+        float(replayed["seconds"]),
+    )
 
 
 def item_neighbours(inter: Interactions, fit: np.ndarray, k: int = KNN_K) -> ItemNeighbours:

@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     val = {p: make_split(inter, p, "validation") for p in protocols}
     test = {p: make_split(inter, p, "test") for p in protocols}
     main_val, main_test = val[protocols[0]], test[protocols[0]]
-    pts = {"validation": served_points(inter, main_val, model.max_seq_len), "test": served_points(inter, main_test, model.max_seq_len)}
+    pts = {
+        "validation": served_points(inter, main_val, model.max_seq_len),
+        "test": served_points(inter, main_test, model.max_seq_len),
+    }
     nbs = {"validation": item_neighbours(inter, main_val.fit), "test": item_neighbours(inter, main_test.fit)}
     splits = {"validation": val, "test": test}
 
@@ -70,24 +73,54 @@ def main(argv: list[str] | None = None) -> int:
         "ranker + knn source, knn_weight validated": (True, list_grid(knn_weight=KNN_WEIGHT_GRID)),
     }
     if fit is not None:
-        variants["stacked score + knn source, validated"] = (True, [ListParams(q.size, q.min_new, q.knn_weight, fit.weights)
-                                                                    for q in list_grid(knn_weight=KNN_WEIGHT_GRID)])
-    out = {"stack_fit": None if fit is None else {"groups": fit.groups, "rows": fit.rows, "loss": fit.loss, "seconds": round(fit_s, 1),
-                                                 "weights": list(fit.weights)}, "rows": {}}
+        variants["stacked score + knn source, validated"] = (
+            True,
+            [ListParams(q.size, q.min_new, q.knn_weight, fit.weights) for q in list_grid(knn_weight=KNN_WEIGHT_GRID)],
+        )
+    out = {
+        "stack_fit": None
+        if fit is None
+        else {
+            "groups": fit.groups,
+            "rows": fit.rows,
+            "loss": fit.loss,
+            "seconds": round(fit_s, 1),
+            "weights": list(fit.weights),
+        },
+        "rows": {},
+    }
     for name, (with_knn, grid) in variants.items():
         res = {}
         for stage in ("validation", "test"):
             sp = splits[stage]
             chosen = grid if stage == "validation" else [best]  # noqa: F821 (set on validation first)
-            by, recall = _stage(inter, sp, pts[stage], vecs, make_scorer(pts[stage]), chosen, nbs[stage] if with_knn else None,
-                                sources=SOURCES if with_knn else tuple(s for s in SOURCES if s != "knn"))
+            by, recall = _stage(
+                inter,
+                sp,
+                pts[stage],
+                vecs,
+                make_scorer(pts[stage]),
+                chosen,
+                nbs[stage] if with_knn else None,
+                sources=SOURCES if with_knn else tuple(s for s in SOURCES if s != "knn"),
+            )
             if stage == "validation":
-                best = pick_params(grid, {q: {p: by[q][p][sp[p].modes[0]].ndcg for p in sp} for q in grid}, protocols[0], floor)
-            res[stage] = {"params": {"min_new": best.min_new, "knn_weight": best.knn_weight},
-                          "metrics": {p: {m: x.as_dict() for m, x in pm.items()} for p, pm in by[best].items()}, "recall": recall}
-            cells = "; ".join(f"{p} {m} HR@10 {x.hr:.4f} NDCG@10 {x.ndcg:.4f}" for p, pm in by[best].items() for m, x in pm.items())
-            print(f"{stage:10s} {name:44s} min_new={best.min_new:2d} knn_weight={best.knn_weight:g}: {cells}; "
-                  f"recall {', '.join(f'{p} {r:.3f}' for p, r in recall.items())}", flush=True)
+                best = pick_params(
+                    grid, {q: {p: by[q][p][sp[p].modes[0]].ndcg for p in sp} for q in grid}, protocols[0], floor
+                )
+            res[stage] = {
+                "params": {"min_new": best.min_new, "knn_weight": best.knn_weight},
+                "metrics": {p: {m: x.as_dict() for m, x in pm.items()} for p, pm in by[best].items()},
+                "recall": recall,
+            }
+            cells = "; ".join(
+                f"{p} {m} HR@10 {x.hr:.4f} NDCG@10 {x.ndcg:.4f}" for p, pm in by[best].items() for m, x in pm.items()
+            )
+            print(
+                f"{stage:10s} {name:44s} min_new={best.min_new:2d} knn_weight={best.knn_weight:g}: {cells}; "
+                f"recall {', '.join(f'{p} {r:.3f}' for p, r in recall.items())}",
+                flush=True,
+            )
         out["rows"][name] = res
     print(f"total {time.perf_counter() - t0:.0f} s (stacked score fit {fit_s:.0f} s)")
     if args.json:

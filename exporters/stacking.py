@@ -36,20 +36,28 @@ L2 = 1e-2
 _RECENCY = FEATURE_NAMES.index("personal_recency")
 
 
-def case_features(points: PointSet, cands: CandidateSets, item_vecs: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
+def case_features(
+    points: PointSet, cands: CandidateSets, item_vecs: np.ndarray | None
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Per case: the candidates' ``FEATURE_NAMES`` [C, F] (as the worker computes them), and the
     number of items in the user's profile."""
     vecs = item_vecs if item_vecs is not None else np.zeros((points.pop_table.shape[1], 1), np.float32)
-    feats = [points.features(np.array([p]), vecs, rows)[0] if len(rows) else np.zeros((0, len(FEATURE_NAMES)), np.float32)
-             for p, rows in enumerate(cands.rows)]
+    feats = [
+        points.features(np.array([p]), vecs, rows)[0] if len(rows) else np.zeros((0, len(FEATURE_NAMES)), np.float32)
+        for p, rows in enumerate(cands.rows)
+    ]
     return feats, np.diff(points.personal.indptr)
 
 
-def stack_inputs(points: PointSet, cands: CandidateSets, ranker: list[np.ndarray], item_vecs: np.ndarray | None) -> list[np.ndarray]:
+def stack_inputs(
+    points: PointSet, cands: CandidateSets, ranker: list[np.ndarray], item_vecs: np.ndarray | None
+) -> list[np.ndarray]:
     """Per case: ``schemas.stacking.stack_features`` of its candidates."""
     feats, profile = case_features(points, cands, item_vecs)
     knn = cands.knn if cands.knn is not None else [None] * len(cands.rows)
-    return [stack_features(ranker[i], feats[i], knn[i], cands.sources[i], int(profile[i])) for i in range(len(cands.rows))]
+    return [
+        stack_features(ranker[i], feats[i], knn[i], cands.sources[i], int(profile[i])) for i in range(len(cands.rows))
+    ]
 
 
 @dataclass
@@ -89,8 +97,15 @@ def fit_listwise(groups: list[tuple[np.ndarray, int]], l2: float = L2) -> StackF
     return StackFit(tuple(float(v) for v in res.x / std), len(groups), len(x), float(res.fun))
 
 
-def training_groups(inter: Interactions, val: Split, item_vecs: np.ndarray | None, max_seq_len: int, step_days: float,
-                    make_scorer: Callable[[PointSet], CandidateScorer], cuts: int = STACK_CUTS) -> list[tuple[np.ndarray, int]]:
+def training_groups(
+    inter: Interactions,
+    val: Split,
+    item_vecs: np.ndarray | None,
+    max_seq_len: int,
+    step_days: float,
+    make_scorer: Callable[[PointSet], CandidateScorer],
+    cuts: int = STACK_CUTS,
+) -> list[tuple[np.ndarray, int]]:
     """The labelled candidate groups at the last ``cuts`` training cuts (module docstring)."""
     val_cut = int(val.case_time.max())
     step = int(step_days * DAY_MS)
@@ -118,8 +133,14 @@ def training_groups(inter: Interactions, val: Split, item_vecs: np.ndarray | Non
     return groups
 
 
-def fit_stacker(inter: Interactions, val: Split, item_vecs: np.ndarray | None, max_seq_len: int, step_days: float,
-                make_scorer: Callable[[PointSet], CandidateScorer]) -> StackFit | None:
+def fit_stacker(
+    inter: Interactions,
+    val: Split,
+    item_vecs: np.ndarray | None,
+    max_seq_len: int,
+    step_days: float,
+    make_scorer: Callable[[PointSet], CandidateScorer],
+) -> StackFit | None:
     """The stacked score's weights, or None where there is nothing to fit (no training cut with
     targets among the candidates, or a leave-one-out split: no cuts)."""
     if val.protocol == "loo" or val.cut is None:
@@ -128,6 +149,11 @@ def fit_stacker(inter: Interactions, val: Split, item_vecs: np.ndarray | None, m
     if len(groups) < 10:
         return None
     fit = fit_listwise(groups)
-    log.info("stacked score: %d groups, %d candidate rows, loss %.4f; weights %s", fit.groups, fit.rows, fit.loss,
-             ", ".join(f"{n} {w:+.3g}" for n, w in zip(STACK_FEATURES, fit.weights)))
+    log.info(
+        "stacked score: %d groups, %d candidate rows, loss %.4f; weights %s",
+        fit.groups,
+        fit.rows,
+        fit.loss,
+        ", ".join(f"{n} {w:+.3g}" for n, w in zip(STACK_FEATURES, fit.weights)),
+    )
     return fit

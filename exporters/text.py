@@ -39,7 +39,11 @@ def tokenize(tok: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarr
 
 @torch.inference_mode()
 def encode_texts(
-    encoder: ItemEncoder, tok: Tokenizer, texts: Sequence[str], batch_size: int = 256, device: torch.device | None = None
+    encoder: ItemEncoder,
+    tok: Tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """Encode texts in length-sorted batches (little padding, so CPU time goes to real tokens).
 

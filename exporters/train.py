@@ -75,7 +75,9 @@ class RankerTrainConfig:
     max_examples: int | None = None  # cap (tests, quick runs)
     examples_per_epoch: int | None = 20_000  # budget: a fresh seeded sample per epoch when there are more (None: all)
     val_cases: int | None = 2_000  # budget: early stopping on a seeded sample of validation cases (None: all)
-    head_k: int = 0  # >0: softmax over each example's current top head_k items plus its targets (a loss for the top of the list)
+    head_k: int = (
+        0  # >0: softmax over each example's current top head_k items plus its targets (a loss for the top of the list)
+    )
     val_every: int = 0  # also validate (and checkpoint if better) every N steps inside an epoch; 0: epoch ends only
 
 
@@ -119,7 +121,9 @@ class TrainStep(nn.Module):
         self.ranker = ranker
         self.tower = tower
 
-    def forward(self, seq_rows: torch.Tensor, seq_types: torch.Tensor, feats: torch.Tensor, cand_rows: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, seq_rows: torch.Tensor, seq_types: torch.Tensor, feats: torch.Tensor, cand_rows: torch.Tensor | None
+    ) -> torch.Tensor:
         mask = (seq_rows >= 0).long()
         if cand_rows is None:
             vecs = self.tower()
@@ -133,7 +137,9 @@ class TrainStep(nn.Module):
         return self.ranker.score_catalog(user, cands, feats)
 
 
-def _batch_inputs(points: PointSet, idx: np.ndarray, vecs: np.ndarray, device: torch.device, items: np.ndarray | None = None):
+def _batch_inputs(
+    points: PointSet, idx: np.ndarray, vecs: np.ndarray, device: torch.device, items: np.ndarray | None = None
+):
     feats = torch.from_numpy(points.features(idx, vecs, items)).to(device)
     return torch.from_numpy(points.seq_items[idx]).to(device), torch.from_numpy(points.seq_types[idx]).to(device), feats
 
@@ -180,13 +186,17 @@ class NegativeSampler:
         self.k, self.n_pop = k, int(round(k * share))
         self.cdf = np.cumsum(pop)
         self.cdf[-1] = 1.0
-        self.q = (self.n_pop * pop + (k - self.n_pop) / n)  # expected draws per item
+        self.q = self.n_pop * pop + (k - self.n_pop) / n  # expected draws per item
         self.n = n
 
     def sample(self, rng: np.random.Generator, forced: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(candidate rows, additive logit correction per candidate: 0 for forced rows)."""
-        drawn = np.concatenate([np.searchsorted(self.cdf, rng.random(self.n_pop), side="right"),
-                                rng.integers(0, self.n, self.k - self.n_pop)]).clip(max=self.n - 1)
+        drawn = np.concatenate(
+            [
+                np.searchsorted(self.cdf, rng.random(self.n_pop), side="right"),
+                rng.integers(0, self.n, self.k - self.n_pop),
+            ]
+        ).clip(max=self.n - 1)
         cands = np.unique(np.concatenate([forced, drawn]))
         # P(row in the set) for k independent draws ~= 1 - exp(-expected draws).
         p_in = -np.expm1(-self.q[cands])
@@ -194,8 +204,14 @@ class NegativeSampler:
         return cands, -corr.astype(np.float32)
 
 
-def _loss(logits: torch.Tensor, targets: list[np.ndarray], cand_pos: dict[int, int] | None, aux: float, device,
-          head_k: int = 0) -> torch.Tensor:
+def _loss(
+    logits: torch.Tensor,
+    targets: list[np.ndarray],
+    cand_pos: dict[int, int] | None,
+    aux: float,
+    device,
+    head_k: int = 0,
+) -> torch.Tensor:
     """Weighted cross-entropy: each example's target weight 1, its basket mates ``aux``;
     with ``head_k``, over the head of each row only (``head_mask``)."""
     if head_k > 0:
@@ -242,20 +258,33 @@ def fit_ranker(
     n_examples = len(train.points) if cfg.max_examples is None else min(cfg.max_examples, len(train.points))
     if cfg.examples_per_epoch is not None:
         n_examples = min(n_examples, cfg.examples_per_epoch)
-    sampler = None if full else NegativeSampler(np.bincount(inter.items[val.fit], minlength=n_items).astype(np.float64),
-                                                cfg.sampled_negatives, cfg.popularity_share)
+    sampler = (
+        None
+        if full
+        else NegativeSampler(
+            np.bincount(inter.items[val.fit], minlength=n_items).astype(np.float64),
+            cfg.sampled_negatives,
+            cfg.popularity_share,
+        )
+    )
     val_idx = np.arange(len(val))
     if cfg.val_cases is not None and len(val) > cfg.val_cases:
         val_idx = np.sort(np.random.default_rng(cfg.seed).choice(len(val), cfg.val_cases, replace=False))
     result = RankerTrainResult()
-    mode = val.modes[0]
-    log.info("ranker: %d of %d examples per epoch, %s, early stopping on %d of %d validation cases", n_examples,
-             len(train.points), "softmax over the catalog" if full else f"sampled softmax ({cfg.sampled_negatives} negatives)",
-             len(val_idx), len(val))
+    log.info(
+        "ranker: %d of %d examples per epoch, %s, early stopping on %d of %d validation cases",
+        n_examples,
+        len(train.points),
+        "softmax over the catalog" if full else f"sampled softmax ({cfg.sampled_negatives} negatives)",
+        len(val_idx),
+        len(val),
+    )
 
     def validate(at: float) -> tuple[float, bool]:
         """Validation NDCG@10 now (rank 0; others 0.0); checkpoint and record when it is the best."""
-        ndcg = float(case_ndcg(model_scorer(step, val_points, device), inter, val, val_idx).mean()) if rank == 0 else 0.0
+        ndcg = (
+            float(case_ndcg(model_scorer(step, val_points, device), inter, val, val_idx).mean()) if rank == 0 else 0.0
+        )
         better = ndcg > result.best_val_ndcg
         if better:
             result.best_val_ndcg, result.best_epoch = ndcg, at
@@ -273,7 +302,13 @@ def fit_ranker(
         step.train()
         order = rng.permutation(len(train.points))[:n_examples][rank::world]
         total, seen = 0.0, 0
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"ranker epoch {epoch}", leave=False, mininterval=5, disable=None if rank == 0 else True)
+        bar = tqdm(
+            range(0, len(order), cfg.batch_size),
+            desc=f"ranker epoch {epoch}",
+            leave=False,
+            mininterval=5,
+            disable=None if rank == 0 else True,
+        )
         n_steps = len(bar)
         improved_inside = False
         last_line = t0
@@ -290,7 +325,9 @@ def fit_ranker(
                 cand_rows, corr = sampler.sample(rng, forced)
                 cand_pos = {int(c): i for i, c in enumerate(cand_rows)}
             seq_rows, seq_types, feats = _batch_inputs(train.points, idx, vecs, device, cand_rows)
-            logits = model(seq_rows, seq_types, feats, None if cand_rows is None else torch.from_numpy(cand_rows).to(device))
+            logits = model(
+                seq_rows, seq_types, feats, None if cand_rows is None else torch.from_numpy(cand_rows).to(device)
+            )
             if corr is not None:
                 logits = logits + torch.from_numpy(corr).to(device=device, dtype=logits.dtype)
             loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device, cfg.head_k)
@@ -302,8 +339,14 @@ def fit_ranker(
             bar.set_postfix(loss=f"{total / seen:.4f}")
             if rank == 0 and time.perf_counter() - last_line >= PROGRESS_EVERY_S:
                 last_line = time.perf_counter()
-                log.info("ranker epoch %d: step %d/%d, loss %.4f, %.1f examples/s", epoch, step_no, n_steps, total / seen,
-                         seen / (last_line - t0))
+                log.info(
+                    "ranker epoch %d: step %d/%d, loss %.4f, %.1f examples/s",
+                    epoch,
+                    step_no,
+                    n_steps,
+                    total / seen,
+                    seen / (last_line - t0),
+                )
             if cfg.val_every and rank == 0 and step_no % cfg.val_every == 0 and step_no < n_steps:
                 # A check inside the epoch: checkpoint when better; stopping is decided at epoch ends
                 # only, so every rank of a distributed run stops at the same step.
@@ -311,7 +354,13 @@ def fit_ranker(
                 inner, better = validate(at)
                 improved_inside |= better
                 result.history.append(EpochLog(at, total / max(seen, 1), inner, time.perf_counter() - t0))
-                log.info("epoch %.2f: loss %.4f, validation NDCG@10 %.4f (best %.4f)", at, total / max(seen, 1), inner, result.best_val_ndcg)
+                log.info(
+                    "epoch %.2f: loss %.4f, validation NDCG@10 %.4f (best %.4f)",
+                    at,
+                    total / max(seen, 1),
+                    inner,
+                    result.best_val_ndcg,
+                )
                 step.train()
         train_s = time.perf_counter() - t0
         val_ndcg, improved = validate(epoch)
@@ -322,9 +371,19 @@ def fit_ranker(
         entry = EpochLog(epoch, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
         result.history.append(entry)
         if rank == 0:
-            log.info("epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs (%d examples, %.1f examples/s training, "
-                     "%.1f incl. validation)", epoch, entry.loss, val_ndcg, result.best_val_ndcg, result.best_epoch, entry.seconds, seen,
-                     seen / max(train_s, 1e-9), seen / max(entry.seconds, 1e-9))
+            log.info(
+                "epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs (%d examples, %.1f examples/s training, "
+                "%.1f incl. validation)",
+                epoch,
+                entry.loss,
+                val_ndcg,
+                result.best_val_ndcg,
+                result.best_epoch,
+                entry.seconds,
+                seen,
+                seen / max(train_s, 1e-9),
+                seen / max(entry.seconds, 1e-9),
+            )
         stop = torch.tensor([int(bad_epochs >= cfg.patience)])
         if world > 1:
             dist.broadcast(stop, src=0)
@@ -338,4 +397,3 @@ def fit_ranker(
 
 def config_dict(*cfgs) -> dict:
     return {type(c).__name__: asdict(c) for c in cfgs}
-

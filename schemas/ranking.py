@@ -69,6 +69,7 @@ def feature_params(half_life_days: float = DEFAULT_HALF_LIFE_DAYS) -> dict[str, 
     """The parameters behind FEATURE_NAMES, as written to a manifest's ``feature_params``."""
     return {"covis_window": COVIS_WINDOW, "half_life_days": half_life_days, "recency_days": RECENCY_DAYS}
 
+
 # ONNX signatures (dynamic axes: B batch, L sequence, C candidates, T tokens, N items).
 ITEM_ENCODER_INPUTS = ("input_ids", "attention_mask")  # int64 [N, T], int64 [N, T]
 ITEM_ENCODER_OUTPUT = "item_vec"  # float32 [N, D], L2-normalised

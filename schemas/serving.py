@@ -70,10 +70,15 @@ class ListParams:
         params = manifest.get(LIST_PARAMS_KEY) or {}
         stack = params.get("stack") or {}  # type: ignore[union-attr]
         if stack and tuple(stack.get("features", ())) != STACK_FEATURES:
-            raise ValueError(f"list_params.stack expects features {stack.get('features')}, this code computes {list(STACK_FEATURES)}")
-        return cls(size=size, min_new=min(int(params.get("min_new", 0)), size),  # type: ignore[union-attr]
-                   knn_weight=float(params.get("knn_weight", 0.0)),  # type: ignore[union-attr]
-                   stack=tuple(float(w) for w in stack.get("weights", ())))
+            raise ValueError(
+                f"list_params.stack expects features {stack.get('features')}, this code computes {list(STACK_FEATURES)}"
+            )
+        return cls(
+            size=size,
+            min_new=min(int(params.get("min_new", 0)), size),  # type: ignore[union-attr]
+            knn_weight=float(params.get("knn_weight", 0.0)),  # type: ignore[union-attr]
+            stack=tuple(float(w) for w in stack.get("weights", ())),
+        )
 
     def as_dict(self) -> dict[str, object]:
         from schemas.stacking import STACK_FEATURES
@@ -89,9 +94,16 @@ def discovery(params: ListParams) -> bool:
     return bool(params.stack) or params.knn_weight != 0.0
 
 
-def list_scores(scores: np.ndarray, knn: np.ndarray | None, params: ListParams, new: np.ndarray | None = None,
-                feats: np.ndarray | None = None, src: np.ndarray | None = None, profile_items: int = 0,
-                stacked: np.ndarray | None = None) -> np.ndarray:
+def list_scores(
+    scores: np.ndarray,
+    knn: np.ndarray | None,
+    params: ListParams,
+    new: np.ndarray | None = None,
+    feats: np.ndarray | None = None,
+    src: np.ndarray | None = None,
+    profile_items: int = 0,
+    stacked: np.ndarray | None = None,
+) -> np.ndarray:
     """The scores the list is assembled by. Plain (no ``stack``, ``knn_weight`` 0): the ranker's.
     Otherwise rebuys and discovery are ordered apart: the user's own items keep the ranker's
     score; the items ``new`` to the user are ordered by their discovery score — the ranker's (or,
@@ -247,8 +259,9 @@ def assemble(scores: np.ndarray, new: np.ndarray | None, params: ListParams) -> 
     return [int(j) for j in chosen[np.argsort(-scores[chosen], kind="stable")]]
 
 
-def order_with_search(scores: np.ndarray, query_sim: np.ndarray | None, order: list[int], size: int,
-                      search_slots: int) -> tuple[list[int], np.ndarray]:
+def order_with_search(
+    scores: np.ndarray, query_sim: np.ndarray | None, order: list[int], size: int, search_slots: int
+) -> tuple[list[int], np.ndarray]:
     """Search pins on top of an assembled ``order``; returns the final order and published scores.
 
     With an active search the ``search_slots`` candidates closest to the query (cosine of item

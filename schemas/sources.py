@@ -42,7 +42,16 @@ NON_PRODUCT_CODES = frozenset(
     {"POST", "DOT", "M", "C2", "D", "S", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS", "B", "m"}
 )
 NON_PRODUCT_PREFIX = "gift_"
-ONLINE_RETAIL_COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"]
+ONLINE_RETAIL_COLUMNS = [
+    "InvoiceNo",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+    "Country",
+]
 
 TAOBAO_TYPES = {"pv": "view", "cart": "add_to_cart", "fav": "favorite", "buy": "purchase"}
 # The data set documents 2017-11-25 .. 2017-12-03 in China time (UTC+8).
@@ -364,7 +373,14 @@ def _load_movielens(root: Path, limit_rows: int | None) -> Dataset:
             seen.add(event_id)
             event = _event(
                 stats,
-                {"event_id": event_id, "user_id": user_id, "type": "rating", "item_id": item_id, "ts": ts, "rating": rating},
+                {
+                    "event_id": event_id,
+                    "user_id": user_id,
+                    "type": "rating",
+                    "item_id": item_id,
+                    "ts": ts,
+                    "rating": rating,
+                },
             )
             if event is not None:
                 events.append(event)

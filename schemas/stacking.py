@@ -37,7 +37,9 @@ _POP = FEATURE_NAMES.index("log_popularity")
 _SIM = FEATURE_NAMES.index("embedding_sim")
 
 
-def stack_features(ranker: np.ndarray, feats: np.ndarray, knn: np.ndarray | None, src: np.ndarray, profile_items: int) -> np.ndarray:
+def stack_features(
+    ranker: np.ndarray, feats: np.ndarray, knn: np.ndarray | None, src: np.ndarray, profile_items: int
+) -> np.ndarray:
     """float64 [C, len(STACK_FEATURES)] for one user's C candidates: ranker scores [C], ranker
     features [C, F] (``FEATURE_NAMES``), item-kNN scores [C] (None: zeros), source index [C]
     (into ``SOURCES``), the number of items in the user's profile."""
@@ -48,13 +50,29 @@ def stack_features(ranker: np.ndarray, feats: np.ndarray, knn: np.ndarray | None
     new = (feats[:, _RECENCY] <= 0).astype(np.float64)
     src_flags = np.zeros((c, len(SOURCES)))
     src_flags[np.arange(c), np.asarray(src, dtype=np.int64)] = 1.0
-    return np.column_stack([
-        ranker, feats, log_knn, new, new * log_knn, new * feats[:, _POP], new * feats[:, _SIM], new * ranker,
-        np.full(c, np.log1p(max(profile_items, 0))), src_flags,
-    ])
+    return np.column_stack(
+        [
+            ranker,
+            feats,
+            log_knn,
+            new,
+            new * log_knn,
+            new * feats[:, _POP],
+            new * feats[:, _SIM],
+            new * ranker,
+            np.full(c, np.log1p(max(profile_items, 0))),
+            src_flags,
+        ]
+    )
 
 
-def stacked_scores(weights: tuple[float, ...], ranker: np.ndarray, feats: np.ndarray, knn: np.ndarray | None, src: np.ndarray,
-                   profile_items: int) -> np.ndarray:
+def stacked_scores(
+    weights: tuple[float, ...],
+    ranker: np.ndarray,
+    feats: np.ndarray,
+    knn: np.ndarray | None,
+    src: np.ndarray,
+    profile_items: int,
+) -> np.ndarray:
     """The stacked score of one user's candidates (``weights`` in ``STACK_FEATURES`` order)."""
     return stack_features(ranker, feats, knn, src, profile_items) @ np.asarray(weights, dtype=np.float64)

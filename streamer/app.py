@@ -74,6 +74,8 @@ class FaustTableStore:
 
 
 EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a batch raised; nothing of it was committed
+
+
 class Worker:
     """Owns the faust app, the pipeline, the Redis client and the side feeds."""
 
@@ -119,8 +121,14 @@ class Worker:
             key_serializer="raw",
             value_serializer="raw",
         )
-        events = app.topic(s.events_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-                           value_serializer="raw", partitions=s.partitions)
+        events = app.topic(
+            s.events_topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.partitions,
+        )
         self.recs_topic = app.topic(s.recs_topic, key_serializer="raw", value_serializer="raw")
         self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
         self.table = app.Table("user-state", default=None, key_type=bytes, value_type=bytes, partitions=s.partitions)
@@ -145,8 +153,13 @@ class Worker:
     async def _startup(self) -> None:
         import redis.asyncio as aioredis
 
-        self.redis = aioredis.from_url(self.s.redis_url, **redis_client_kwargs(self.s),
-                                       socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
+        self.redis = aioredis.from_url(
+            self.s.redis_url,
+            **redis_client_kwargs(self.s),
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            health_check_interval=10,
+        )
         await self.probe.start()
         bundle, self._preloaded = self._preloaded, None
         if bundle is None:
@@ -155,16 +168,22 @@ class Worker:
         self.publisher = Publisher(self.redis, self._send_rec, prefix=self.s.redis_prefix, ttl_s=self.s.redis_ttl_s)
         # runtime A/B split from Redis; the versions it names are loaded with ``ModelLoader.load`` (streamer.variants)
         self._variant_poller = start_variant_poller(self.redis, self.pipeline, self.s, load=self.models.load)
-        log.info("serving model %s (%s on %s), %d catalog items", bundle.version, bundle.ranker_file,
-                 bundle.provider, len(self.pipeline.index))
+        log.info(
+            "serving model %s (%s on %s), %d catalog items",
+            bundle.version,
+            bundle.ranker_file,
+            bundle.provider,
+            len(self.pipeline.index),
+        )
         self.feeds = self._side_feeds()
         self._spawn(self.feeds.run())
         # The lost-log watchdog (streamer/watchdog.py) exists for a memory-only broker that loses
         # its logs on restart: wired only when STREAMREC_LOST_LOG_CHECK_S > 0 (the embedded stack).
         if self.s.lost_log_check_s > 0:
             self._record_probe = watchdog.RecordProbe(self.s.kafka_bootstrap, **kafka_client_kwargs(self.s))
-        self._consumer_handle = watchdog.FaustConsumerHandle(self.app.consumer, [self.s.events_topic],
-                                                             last_seen=self._last_seen, probe=self._record_probe)
+        self._consumer_handle = watchdog.FaustConsumerHandle(
+            self.app.consumer, [self.s.events_topic], last_seen=self._last_seen, probe=self._record_probe
+        )
         self._watchdog = watchdog.start(self._consumer_handle, self.s.lost_log_check_s)
         for task in (self._variant_poller, self._watchdog):
             if task is not None:
@@ -205,7 +224,7 @@ class Worker:
             msgs.append(RawMessage(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000)))
             by_msg[(m.partition, m.offset)] = m
             last[(m.topic, m.partition)] = m
-        for key, m in (last.items() if self._record_probe is not None else ()):
+        for key, m in last.items() if self._record_probe is not None else ():
             self._last_seen[key] = (m.offset, watchdog.fingerprint(round(m.timestamp * 1000), m.key, m.value))
         async with self.lock:
             result = await self.pipeline.process(msgs, FaustTableStore(self.table, by_msg))
@@ -217,7 +236,9 @@ class Worker:
                 t0 = time.perf_counter()
                 await self.publisher.publish(result.recs)
                 if result.stats:  # per-variant online metrics for `streamrec-report`
-                    await self.publisher._retry(lambda: write_stats(self.redis, result.stats, self.s.redis_meta_prefix), "stats")
+                    await self.publisher._retry(
+                        lambda: write_stats(self.redis, result.stats, self.s.redis_meta_prefix), "stats"
+                    )
                 metrics.STAGE.labels("publish").observe(time.perf_counter() - t0)
                 wall = time.time() * 1000
                 for rec in result.recs:
@@ -235,8 +256,12 @@ class Worker:
         commits nothing: the supervisor restarts the worker, everything after the last commit is
         redelivered, and the idempotent state makes the redelivery harmless.
         """
-        log.critical("event batch failed, exiting (code %d) without committing it: %s: %s",
-                     EXIT_BATCH_FAILED, type(exc).__name__, exc)
+        log.critical(
+            "event batch failed, exiting (code %d) without committing it: %s: %s",
+            EXIT_BATCH_FAILED,
+            type(exc).__name__,
+            exc,
+        )
         self.probe.ready = False
         for handler in logging.getLogger().handlers + log.handlers:
             with contextlib.suppress(Exception):
@@ -256,15 +281,28 @@ class Worker:
 
     def _side_feeds(self) -> SideFeeds:
         s = self.s
-        return SideFeeds(s, [
-            # At least 100 ms between empty fetches: with the embedded stack's 10 ms (its broker does
-            # not answer a waiting fetch early) side-feed fetches were 6 % of the event loop's py-spy
-            # samples, 1 % after (BENCHMARKS.md, issue 15 step 2).
-            Feed("items", s.items_topic, from_start=True, fetch_max_wait_ms=max(s.fetch_max_wait_ms, 100),
-                 handle=self._on_items),
-            Feed("model-updates", s.model_updates_topic, from_start=False,
-                 fetch_max_wait_ms=max(s.fetch_max_wait_ms, 100), handle=self._on_model_updates),
-        ])
+        return SideFeeds(
+            s,
+            [
+                # At least 100 ms between empty fetches: with the embedded stack's 10 ms (its broker does
+                # not answer a waiting fetch early) side-feed fetches were 6 % of the event loop's py-spy
+                # samples, 1 % after (BENCHMARKS.md, issue 15 step 2).
+                Feed(
+                    "items",
+                    s.items_topic,
+                    from_start=True,
+                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 100),
+                    handle=self._on_items,
+                ),
+                Feed(
+                    "model-updates",
+                    s.model_updates_topic,
+                    from_start=False,
+                    fetch_max_wait_ms=max(s.fetch_max_wait_ms, 100),
+                    handle=self._on_model_updates,
+                ),
+            ],
+        )
 
     async def _on_items(self, msgs) -> None:
         """Catalog records: validated (bad ones to the DLQ), encoded off the event loop, applied
@@ -326,21 +364,31 @@ class Worker:
                 flags = faust_compat.delivery_flags(consumer, tp)
                 if getattr(self.app, "rebalancing", False) or flags["paused"]:
                     continue  # paused on purpose (recovery, a rewind in progress): not a stall
-                log.warning("partition %s:%d stalled: read offset %s, high watermark %s, no progress and an idle agent "
-                            "for %.0f s (faust %s): seeking it back to the group's committed offset",
-                            tp.topic, tp.partition, pos, hw, stalls.after_s,
-                            " ".join(f"{k}={v}" for k, v in flags.items()))
+                log.warning(
+                    "partition %s:%d stalled: read offset %s, high watermark %s, no progress and an idle agent "
+                    "for %.0f s (faust %s): seeking it back to the group's committed offset",
+                    tp.topic,
+                    tp.partition,
+                    pos,
+                    hw,
+                    stalls.after_s,
+                    " ".join(f"{k}={v}" for k, v in flags.items()),
+                )
                 try:
                     await self._consumer_handle.rewind(tp.topic, tp.partition, to_committed=True)
                     metrics.STALL_RESEEKS.labels(tp.topic).inc()
                 except Exception as exc:  # noqa: BLE001 - broker away: tried again after another period
-                    log.warning("partition %s:%d: reseek failed: %s: %s", tp.topic, tp.partition, type(exc).__name__, exc)
+                    log.warning(
+                        "partition %s:%d: reseek failed: %s: %s", tp.topic, tp.partition, type(exc).__name__, exc
+                    )
             metrics.LAG.set(lag)
 
     async def close(self) -> None:
         await cancel_all(list(self._feeds))  # each feed stops its consumer in ``finally``
         if self._record_probe is not None:
-            await self._record_probe.close()  # the lost-log watchdog's consumer (left open: "Unclosed AIOKafkaConsumer")
+            await (
+                self._record_probe.close()
+            )  # the lost-log watchdog's consumer (left open: "Unclosed AIOKafkaConsumer")
         await self.probe.stop()
         if self.redis is not None:
             await self.redis.aclose()
@@ -359,8 +407,11 @@ async def cancel_all(tasks: list[asyncio.Task], timeout_s: float = 10.0, every_s
             task.cancel()
         _done, pending = await asyncio.wait(pending, timeout=every_s)
     if pending:
-        log.warning("shutdown: still running after %.0f s, left behind: %s", timeout_s,
-                    ", ".join(repr(t.get_coro()) for t in pending))
+        log.warning(
+            "shutdown: still running after %.0f s, left behind: %s",
+            timeout_s,
+            ", ".join(repr(t.get_coro()) for t in pending),
+        )
 
 
 class _Shutdown(faust.Service):

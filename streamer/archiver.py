@@ -45,11 +45,19 @@ from streamer.settings import Settings, SettingsError
 
 log = logging.getLogger("streamrec.archiver")
 
-RECORDS = Counter("streamrec_archive_records_total", "Messages seen by the archiver, by topic and outcome "
-                  "(archived, invalid, already_archived)", ["topic", "outcome"], registry=REGISTRY)
+RECORDS = Counter(
+    "streamrec_archive_records_total",
+    "Messages seen by the archiver, by topic and outcome (archived, invalid, already_archived)",
+    ["topic", "outcome"],
+    registry=REGISTRY,
+)
 FILES = Counter("streamrec_archive_files_total", "Archive files written, by topic", ["topic"], registry=REGISTRY)
-FLUSH = Histogram("streamrec_archive_flush_seconds", "Time to write (and fsync) one partition's batch",
-                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)
+FLUSH = Histogram(
+    "streamrec_archive_flush_seconds",
+    "Time to write (and fsync) one partition's batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
 
 
 @dataclass
@@ -190,8 +198,15 @@ class Archiver:
             self.counts["files"] += len(paths)
         seconds = time.perf_counter() - started
         FLUSH.observe(seconds)
-        log.debug("flushed %s:%d up to offset %s: %d records, %d files, %.3f s",
-                  tp.topic, tp.partition, next_offset, len(records), len(paths), seconds)
+        log.debug(
+            "flushed %s:%d up to offset %s: %d records, %d files, %.3f s",
+            tp.topic,
+            tp.partition,
+            next_offset,
+            len(records),
+            len(paths),
+            seconds,
+        )
         buf.records, buf.since = [], None
         if self.buffers.get(tp) is not buf:
             return  # revoked meanwhile: the files are durable, the next owner skips them
@@ -200,8 +215,13 @@ class Archiver:
             buf.committed = next_offset
             buf.archived = {o: i for o, i in buf.archived.items() if o >= next_offset}
         except KafkaError as exc:  # the files prove what was written; a restart skips it
-            log.warning("commit of %s:%d at %d failed (%r); the archive files cover it", tp.topic, tp.partition,
-                        next_offset, exc)
+            log.warning(
+                "commit of %s:%d at %d failed (%r); the archive files cover it",
+                tp.topic,
+                tp.partition,
+                next_offset,
+                exc,
+            )
 
     # -- rebalancing --------------------------------------------------------------------------------
 
@@ -217,8 +237,13 @@ class Archiver:
                 archived = await asyncio.to_thread(archived_ids, self.root, kind, tp.topic, tp.partition, start)
             self.buffers[tp] = _Buffer(kind, committed=committed, archived=archived)
             if archived:
-                log.info("%s:%d: files hold %d records past the committed offset %s; they will not be written again",
-                         tp.topic, tp.partition, len(archived), committed)
+                log.info(
+                    "%s:%d: files hold %d records past the committed offset %s; they will not be written again",
+                    tp.topic,
+                    tp.partition,
+                    len(archived),
+                    committed,
+                )
         log.info("assigned partitions: %s", ", ".join(f"{tp.topic}:{tp.partition}" for tp in sorted(tps)))
 
     def revoked(self, tps) -> None:

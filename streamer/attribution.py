@@ -58,19 +58,33 @@ KINDS: dict[str, tuple[str, str, int]] = {
 }
 FIELDS = ("lists", "users", "clicks", "add_to_carts", "purchases", "lists_clicked", "lists_carted", "lists_purchased")
 
-IMPRESSIONS = Counter("streamrec_ab_lists_total", "Fresh lists published (impressions), by variant", ["variant"], registry=REGISTRY)
-USERS = Counter("streamrec_ab_users_total", "Users shown a list of the variant for the first time", ["variant"], registry=REGISTRY)
-ATTRIBUTED = Counter("streamrec_ab_attributed_total", "Events on an item of the user's live list within the attribution window, by variant and type",
-                     ["variant", "type"], registry=REGISTRY)
-CONVERTED = Counter("streamrec_ab_converted_lists_total", "Lists with at least one attributed event of the type, by variant and type",
-                    ["variant", "type"], registry=REGISTRY)
+IMPRESSIONS = Counter(
+    "streamrec_ab_lists_total", "Fresh lists published (impressions), by variant", ["variant"], registry=REGISTRY
+)
+USERS = Counter(
+    "streamrec_ab_users_total", "Users shown a list of the variant for the first time", ["variant"], registry=REGISTRY
+)
+ATTRIBUTED = Counter(
+    "streamrec_ab_attributed_total",
+    "Events on an item of the user's live list within the attribution window, by variant and type",
+    ["variant", "type"],
+    registry=REGISTRY,
+)
+CONVERTED = Counter(
+    "streamrec_ab_converted_lists_total",
+    "Lists with at least one attributed event of the type, by variant and type",
+    ["variant", "type"],
+    registry=REGISTRY,
+)
 
 
 @dataclass
 class Stats:
     """Counters of one micro-batch: variant -> field -> count."""
 
-    by_variant: dict[str, collections.Counter] = field(default_factory=lambda: collections.defaultdict(collections.Counter))
+    by_variant: dict[str, collections.Counter] = field(
+        default_factory=lambda: collections.defaultdict(collections.Counter)
+    )
 
     def add(self, variant: str, name: str, n: int = 1) -> None:
         self.by_variant[variant][name] += n

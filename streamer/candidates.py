@@ -172,8 +172,14 @@ def source_plan(n: int) -> dict[str, tuple[int, int]]:
     ``SOURCES`` order each source adds its proposals that are not picked yet, in its own order, up
     to its limit, until ``n`` are picked."""
     q = CandidateQuota(n)
-    return {"history": (q.history, n), "search": (q.per_source, q.per_source), "knn": (q.per_source, q.per_source),
-            "covis": (q.per_source, q.per_source), "ann": (q.per_source, q.per_source), "trending": (n, n)}
+    return {
+        "history": (q.history, n),
+        "search": (q.per_source, q.per_source),
+        "knn": (q.per_source, q.per_source),
+        "covis": (q.per_source, q.per_source),
+        "ann": (q.per_source, q.per_source),
+        "trending": (n, n),
+    }
 
 
 @dataclass(frozen=True)
@@ -254,9 +260,17 @@ class CandidateBatch:
 
     def user(self, u: int) -> Candidates:
         a, b = int(self.offsets[u]), int(self.offsets[u + 1])
-        return Candidates(rows=self.rows[a:b], src=self.src[a:b], ev_row=self.ev_row[a:b], ev_count=self.ev_count[a:b],
-                          feats=self.feats[a:b], knn=self.knn[a:b] if self.knn is not None else None, query=self.queries[u], trending_evidence=self.trending_evidence,
-                          query_sim=self.query_sim[a:b] if self.has_query[u] else None)
+        return Candidates(
+            rows=self.rows[a:b],
+            src=self.src[a:b],
+            ev_row=self.ev_row[a:b],
+            ev_count=self.ev_count[a:b],
+            feats=self.feats[a:b],
+            knn=self.knn[a:b] if self.knn is not None else None,
+            query=self.queries[u],
+            trending_evidence=self.trending_evidence,
+            query_sim=self.query_sim[a:b] if self.has_query[u] else None,
+        )
 
 
 def gather(
@@ -275,8 +289,15 @@ def gather(
 ) -> Candidates:
     """Candidates for one user (``gather_batch`` of one)."""
     req = UserRequest(user, now_ms, trigger_item, trigger_type, query_vec)
-    return gather_batch([req], index, covis, cfg, trending_rows=trending_rows, trending_evidence=trending_evidence,
-                        meaningful=meaningful).user(0)
+    return gather_batch(
+        [req],
+        index,
+        covis,
+        cfg,
+        trending_rows=trending_rows,
+        trending_evidence=trending_evidence,
+        meaningful=meaningful,
+    ).user(0)
 
 
 # ---- how: every user of the batch at once ----------------------------------------------------------
@@ -308,7 +329,9 @@ def gather_batch(
     for r in users:
         st = r.state
         rows = np.fromiter((pos.get(k, -1) for k in st.items), dtype=np.int64, count=len(st.items))
-        vals = np.fromiter(chain.from_iterable(st.items.values()), dtype=np.float64, count=3 * len(st.items)).reshape(-1, 3)
+        vals = np.fromiter(chain.from_iterable(st.items.values()), dtype=np.float64, count=3 * len(st.items)).reshape(
+            -1, 3
+        )
         prof_rows.append(rows)
         prof_vals.append(vals)
         recent.append([pos[i] for i, _t, _ts in list(st.seq)[-COVIS_WINDOW:] if i in pos])
@@ -352,8 +375,11 @@ def gather_batch(
     ann = np.full((n_users, k_a), -1, dtype=np.int64)
     ann_anchor = np.full((n_users, k_a), -1, dtype=np.int64)
     anchors = [[r for r in rec if meaningful(r)] if meaningful is not None else rec for rec in recent]
-    with_ann = [u for u in range(n_users) if uvecs[u] is not None and n_items
-                and (bool(anchors[u]) or meaningful is None or not recent[u])]
+    with_ann = [
+        u
+        for u in range(n_users)
+        if uvecs[u] is not None and n_items and (bool(anchors[u]) or meaningful is None or not recent[u])
+    ]
     if with_ann:
         labels, _ = index.nearest(np.stack([uvecs[u] for u in with_ann]), k_a)
         k = labels.shape[1]
@@ -393,15 +419,19 @@ def gather_batch(
     sel_u = u_idx[keep]
     sel_s = col_src[keep]
     rows = np.concatenate([b[1] for b in blocks], axis=1)[keep]
-    ev_row = np.concatenate([b[2] if b[2] is not None else np.full(b[1].shape, -1, np.int64) for b in blocks], axis=1)[keep]
+    ev_row = np.concatenate([b[2] if b[2] is not None else np.full(b[1].shape, -1, np.int64) for b in blocks], axis=1)[
+        keep
+    ]
     ev_count = np.concatenate([b[3] if b[3] is not None else np.zeros(b[1].shape) for b in blocks], axis=1)[keep]
 
     # filters
     ok = (rows < n_items) & index.available[np.minimum(rows, len(index.available) - 1)]
     drop_keys = []
     if cfg.filter_purchased:
-        drop_keys += [u * key_base + rows_u[(vals[:, 2] > 0) & (rows_u >= 0)]
-                      for u, (rows_u, vals) in enumerate(zip(prof_rows, prof_vals))]
+        drop_keys += [
+            u * key_base + rows_u[(vals[:, 2] > 0) & (rows_u >= 0)]
+            for u, (rows_u, vals) in enumerate(zip(prof_rows, prof_vals))
+        ]
     if cfg.filter_last_viewed:
         for u, r in enumerate(users):
             if r.trigger_item is not None and r.trigger_type in ("view", "click") and r.trigger_item in pos:
@@ -446,9 +476,20 @@ def gather_batch(
             a, b = offsets[u], offsets[u + 1]
             knn_score[a:b] = neighbours.score_at(agg, rows[a:b])
     has_q = np.asarray([r.query_vec is not None for r in users], dtype=bool)
-    return CandidateBatch(offsets=offsets, rows=rows, src=sel_s.astype(np.int8), ev_row=ev_row, ev_count=ev_count,
-                          feats=feats, knn=knn_score, vecs=cand_vecs, query_sim=qsim, queries=[r.state.last_query for r in users], has_query=has_q,
-                          trending_evidence=trending_evidence)
+    return CandidateBatch(
+        offsets=offsets,
+        rows=rows,
+        src=sel_s.astype(np.int8),
+        ev_row=ev_row,
+        ev_count=ev_count,
+        feats=feats,
+        knn=knn_score,
+        vecs=cand_vecs,
+        query_sim=qsim,
+        queries=[r.state.last_query for r in users],
+        has_query=has_q,
+        trending_evidence=trending_evidence,
+    )
 
 
 def _lookup(sorted_or_not: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -514,7 +555,7 @@ def _merge(blocks, limits: list[int], n: int, key_base: int):
     total = np.zeros(n_users, dtype=np.int64)
     picked = np.zeros(0, dtype=np.int64)
     col = 0
-    for (src, props, *_ev), limit, w in zip(blocks, limits, widths):
+    for (_src, props, *_ev), limit, w in zip(blocks, limits, widths):
         if w == 0:
             continue
         keys = np.arange(n_users, dtype=np.int64)[:, None] * key_base + props
@@ -530,7 +571,7 @@ def _merge(blocks, limits: list[int], n: int, key_base: int):
         new &= firsts.reshape(props.shape)
         allowed = np.minimum(limit, np.maximum(n - total, 0))
         take = new & (np.cumsum(new, axis=1) <= allowed[:, None])
-        keep[:, col:col + w] = take
+        keep[:, col : col + w] = take
         total += take.sum(axis=1)
         picked = np.concatenate([picked, keys[take]])
         col += w

@@ -51,15 +51,21 @@ def _get(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamrec-demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=30_000, help="online_retail rows to replay (from the start of the file)")
+    ap.add_argument(
+        "--rows", type=int, default=30_000, help="online_retail rows to replay (from the start of the file)"
+    )
     ap.add_argument("--rate", type=float, default=500.0, help="events per second produced")
     ap.add_argument("--model-root", default=os.environ.get("STREAMREC_MODEL_ROOT", "var/models"))
-    ap.add_argument("--loop", action="store_true", help="the learning loop: replay, archive, retrain, swap, replay (see above)")
+    ap.add_argument(
+        "--loop", action="store_true", help="the learning loop: replay, archive, retrain, swap, replay (see above)"
+    )
     ap.add_argument("--loop-dir", default="var/loop", help="(--loop) fresh model root and archive under this folder")
     ap.add_argument("--retrain-at", default="2011-06-01", help="(--loop) replay events before this date, then retrain")
     ap.add_argument("--next-days", type=float, default=21.0, help="(--loop) then replay this many days more")
     ap.add_argument("--loop-rate", type=float, default=3000.0, help="(--loop) events per second produced")
-    ap.add_argument("--retrain-args", default="", help="(--loop) extra streamrec-retrain train options, e.g. '--epochs 1'")
+    ap.add_argument(
+        "--retrain-args", default="", help="(--loop) extra streamrec-retrain train options, e.g. '--epochs 1'"
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.loop:
@@ -67,9 +73,21 @@ def main(argv: list[str] | None = None) -> int:
 
     model_root = Path(args.model_root)
     if not (model_root / "LATEST").exists():
-        print(f"[demo] no model under {model_root}: building the bootstrap version from the pretrained BERT", flush=True)
-        subprocess.run([sys.executable, "-m", "exporters.bootstrap", "--model-root", str(model_root),
-                        "--dataset", "online_retail"], check=True)
+        print(
+            f"[demo] no model under {model_root}: building the bootstrap version from the pretrained BERT", flush=True
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "exporters.bootstrap",
+                "--model-root",
+                str(model_root),
+                "--dataset",
+                "online_retail",
+            ],
+            check=True,
+        )
 
     ds = load_dataset("online_retail", limit_rows=args.rows)
     print(f"[demo] online_retail first {args.rows} rows: {len(ds.events)} events, {len(ds.items)} items", flush=True)
@@ -79,8 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     with LocalStack.from_env(partitions=4) as stack:
         print(f"[demo] broker {stack.bootstrap}  redis {stack.redis_url}", flush=True)
-        env = dict(os.environ, **stack.client_env(), STREAMREC_MODEL_ROOT=str(model_root), STREAMREC_STATE_DIR=str(state_dir),
-                   STREAMREC_METRICS_PORT=str(port), STREAMREC_APP_ID=f"demo-{os.getpid()}")
+        env = dict(
+            os.environ,
+            **stack.client_env(),
+            STREAMREC_MODEL_ROOT=str(model_root),
+            STREAMREC_STATE_DIR=str(state_dir),
+            STREAMREC_METRICS_PORT=str(port),
+            STREAMREC_APP_ID=f"demo-{os.getpid()}",
+        )
         worker = subprocess.Popen([sys.executable, "-m", "streamer.app"], env=env, start_new_session=True)
         try:
             deadline = time.monotonic() + 120
@@ -101,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             deadline = time.monotonic() + 300
             while True:
                 m = _get(f"http://127.0.0.1:{port}/metrics")
-                seen = sum(_metric(m, "streamrec_events_total", outcome=o, topic="events")
-                           for o in ("valid", "duplicate", "dead_letter", "erased"))
+                seen = sum(
+                    _metric(m, "streamrec_events_total", outcome=o, topic="events")
+                    for o in ("valid", "duplicate", "dead_letter", "erased")
+                )
                 if seen >= total or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
@@ -121,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-async def event_to_publish_latencies(bootstrap: str, events_topic: str = "events", recs_topic: str = "recommendations") -> np.ndarray:
+async def event_to_publish_latencies(
+    bootstrap: str, events_topic: str = "events", recs_topic: str = "recommendations"
+) -> np.ndarray:
     """Seconds from each triggering event's Kafka timestamp to its list's Kafka timestamp.
 
     The list is produced right after its Redis write, so this is event -> Redis (+ the producer
@@ -174,8 +202,13 @@ def report(stack: LocalStack, ds, sent: dict, metrics_text: str) -> None:
         ("events in (valid)", int(_metric(m, "streamrec_events_total", outcome="valid", topic="events"))),
         ("events in (duplicate)", int(_metric(m, "streamrec_events_total", outcome="duplicate", topic="events"))),
         ("dead letters", int(_metric(m, "streamrec_events_total", outcome="dead_letter", topic="events"))),
-        ("lists published", int(_metric(m, "streamrec_lists_published_total", variant="ranker")
-                                + _metric(m, "streamrec_lists_published_total", variant="control"))),
+        (
+            "lists published",
+            int(
+                _metric(m, "streamrec_lists_published_total", variant="ranker")
+                + _metric(m, "streamrec_lists_published_total", variant="control")
+            ),
+        ),
         ("users with a list in Redis", len(lists)),
         ("event->Redis p50 (ms)", f"{np.percentile(lat, 50) * 1000:.1f}" if len(lat) else "n/a"),
         ("event->Redis p99 (ms)", f"{np.percentile(lat, 99) * 1000:.1f}" if len(lat) else "n/a"),
@@ -183,7 +216,12 @@ def report(stack: LocalStack, ds, sent: dict, metrics_text: str) -> None:
     for stage in ("ingest_state", "candidates_ranking", "publish"):
         n = _metric(m, "streamrec_stage_seconds_count", stage=stage)
         if n:
-            rows.append((f"mean {stage} per batch (ms)", f"{_metric(m, 'streamrec_stage_seconds_sum', stage=stage) / n * 1000:.1f}"))
+            rows.append(
+                (
+                    f"mean {stage} per batch (ms)",
+                    f"{_metric(m, 'streamrec_stage_seconds_sum', stage=stage) / n * 1000:.1f}",
+                )
+            )
     width = max(len(k) for k, _ in rows)
     print("\n== demo summary ==")
     for k, v in rows:
@@ -200,7 +238,9 @@ def report(stack: LocalStack, ds, sent: dict, metrics_text: str) -> None:
         rec = lists[u]
         print(f"   list (model {rec['model_version']}, variant {rec['variant']}):")
         for i, it in enumerate(rec["items"][:10], 1):
-            print(f"   {i:>2}. {it['score']:+.3f}  {it['item_id']:<8} {(it.get('title') or '')[:36]:<36}  {it['reason']}")
+            print(
+                f"   {i:>2}. {it['score']:+.3f}  {it['item_id']:<8} {(it.get('title') or '')[:36]:<36}  {it['reason']}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +313,10 @@ def _metrics_of(proc: subprocess.Popen, port: int, name: str) -> str:
 
 def _worker_seen(worker: subprocess.Popen, port: int) -> float:
     m = _metrics_of(worker, port, "worker")
-    return sum(_metric(m, "streamrec_events_total", outcome=o, topic="events") for o in ("valid", "duplicate", "dead_letter", "erased"))
+    return sum(
+        _metric(m, "streamrec_events_total", outcome=o, topic="events")
+        for o in ("valid", "duplicate", "dead_letter", "erased")
+    )
 
 
 def _delta(after: dict, before: dict) -> dict:
@@ -294,39 +337,77 @@ def loop(args: argparse.Namespace) -> int:
     model_root, archive, state_dir = base / "models", base / "archive", base / "worker-state"
     base.mkdir(parents=True)
     print(f"[loop] building the bootstrap version under {model_root} (pretrained BERT)", flush=True)
-    subprocess.run([sys.executable, "-m", "exporters.bootstrap", "--model-root", str(model_root), "--dataset", "online_retail"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "exporters.bootstrap", "--model-root", str(model_root), "--dataset", "online_retail"],
+        check=True,
+    )
 
     ds = load_dataset("online_retail")
     cut = int(datetime.fromisoformat(args.retrain_at).replace(tzinfo=timezone.utc).timestamp() * 1000)
     end = cut + int(args.next_days * 86_400_000)
     first = dataclasses.replace(ds, events=[e for e in ds.events if e.ts < cut])
     then = dataclasses.replace(ds, events=[e for e in ds.events if cut <= e.ts < end])
-    print(f"[loop] online_retail: {len(first.events):,} events before {args.retrain_at}, {len(then.events):,} in the "
-          f"{args.next_days:g} days after; {len(ds.items):,} items", flush=True)
+    print(
+        f"[loop] online_retail: {len(first.events):,} events before {args.retrain_at}, {len(then.events):,} in the "
+        f"{args.next_days:g} days after; {len(ds.items):,} items",
+        flush=True,
+    )
 
     worker = archiver = None
     wport, aport = free_port(), free_port()
     with LocalStack.from_env(partitions=4) as stack:
         print(f"[loop] broker {stack.bootstrap}  redis {stack.redis_url}", flush=True)
-        env = dict(os.environ, **stack.client_env(), STREAMREC_MODEL_ROOT=str(model_root), STREAMREC_STATE_DIR=str(state_dir),
-                   STREAMREC_APP_ID=f"loop-{os.getpid()}", STREAMREC_ARCHIVE_DIR=str(archive), STREAMREC_ARCHIVE_FLUSH_S="2")
+        env = dict(
+            os.environ,
+            **stack.client_env(),
+            STREAMREC_MODEL_ROOT=str(model_root),
+            STREAMREC_STATE_DIR=str(state_dir),
+            STREAMREC_APP_ID=f"loop-{os.getpid()}",
+            STREAMREC_ARCHIVE_DIR=str(archive),
+            STREAMREC_ARCHIVE_FLUSH_S="2",
+        )
         try:
-            worker = _start([sys.executable, "-m", "streamer.app"], dict(env, STREAMREC_METRICS_PORT=str(wport)), base / "worker.log")
-            archiver = _start([sys.executable, "-m", "streamer.archiver"], dict(env, STREAMREC_METRICS_PORT=str(aport)), base / "archiver.log")
+            worker = _start(
+                [sys.executable, "-m", "streamer.app"],
+                dict(env, STREAMREC_METRICS_PORT=str(wport)),
+                base / "worker.log",
+            )
+            archiver = _start(
+                [sys.executable, "-m", "streamer.archiver"],
+                dict(env, STREAMREC_METRICS_PORT=str(aport)),
+                base / "archiver.log",
+            )
             _wait_ready(worker, wport, "worker")
             _wait_ready(archiver, aport, "archiver")
             r = redis.Redis.from_url(stack.redis_url)
             prefix = env.get("STREAMREC_REDIS_META_PREFIX", "streamrec:")
 
-            print(f"[loop] 1/4 replaying the first months ({len(first.events):,} events) to the worker and the archiver", flush=True)
+            print(
+                f"[loop] 1/4 replaying the first months ({len(first.events):,} events) to the worker and the archiver",
+                flush=True,
+            )
             sent = asyncio.run(replay(first, stack.bootstrap, rate=args.loop_rate, progress=False))
-            _wait_for("the worker and the archive to hold every event",
-                      lambda: _worker_seen(worker, wport) >= sent["events"] and _archived_events(archive) >= sent["events"], 1800)
+            _wait_for(
+                "the worker and the archive to hold every event",
+                lambda: _worker_seen(worker, wport) >= sent["events"] and _archived_events(archive) >= sent["events"],
+                1800,
+            )
             before = read_stats(r, prefix)
 
             print("[loop] 2/4 retraining from the archive (streamrec-retrain train --source ...)", flush=True)
-            cmd = [sys.executable, "-m", "exporters.cli", "train", "--source", str(archive), "--model-root", str(model_root),
-                   "--kafka", stack.bootstrap, *args.retrain_args.split()]
+            cmd = [
+                sys.executable,
+                "-m",
+                "exporters.cli",
+                "train",
+                "--source",
+                str(archive),
+                "--model-root",
+                str(model_root),
+                "--kafka",
+                stack.bootstrap,
+                *args.retrain_args.split(),
+            ]
             print("[loop]   " + " ".join(cmd[1:]), flush=True)
             t0 = time.monotonic()
             job = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -334,21 +415,31 @@ def loop(args: argparse.Namespace) -> int:
             print(f"[loop]   retrain exit {job.returncode} after {time.monotonic() - t0:.0f} s", flush=True)
             latest = (model_root / "LATEST").read_text().strip()
             if job.returncode == 0 and "bootstrap" not in latest:
-                _wait_for(f"the worker to swap to {latest}",
-                          lambda: _metric(_metrics_of(worker, wport, "worker"), "streamrec_model_swaps_total") >= 1, 300)
+                _wait_for(
+                    f"the worker to swap to {latest}",
+                    lambda: _metric(_metrics_of(worker, wport, "worker"), "streamrec_model_swaps_total") >= 1,
+                    300,
+                )
                 print(f"[loop] 3/4 the worker now serves {latest}", flush=True)
             else:
-                print(f"[loop] 3/4 no new version published (LATEST is {latest}): the worker keeps the bootstrap model", flush=True)
+                print(
+                    f"[loop] 3/4 no new version published (LATEST is {latest}): the worker keeps the bootstrap model",
+                    flush=True,
+                )
 
             print(f"[loop] 4/4 replaying the next {args.next_days:g} days ({len(then.events):,} events)", flush=True)
             seen = _worker_seen(worker, wport)
             sent2 = asyncio.run(replay(then, stack.bootstrap, items_topic=None, rate=args.loop_rate, progress=False))
-            _wait_for("the worker to read every event", lambda: _worker_seen(worker, wport) >= seen + sent2["events"], 1800)
+            _wait_for(
+                "the worker to read every event", lambda: _worker_seen(worker, wport) >= seen + sent2["events"], 1800
+            )
             time.sleep(2.0)
             after = read_stats(r, prefix)
             print(f"\n== online report, first months (model: the bootstrap version) ==\n{render(summarize(before))}")
-            print(f"\n== online report, the next {args.next_days:g} days (model: {latest}; counts of this period only, "
-                  f"'users' = users new to the counters) ==\n{render(summarize(_delta(after, before)))}")
+            print(
+                f"\n== online report, the next {args.next_days:g} days (model: {latest}; counts of this period only, "
+                f"'users' = users new to the counters) ==\n{render(summarize(_delta(after, before)))}"
+            )
             report_md = model_root / latest / "report.md"
             if report_md.is_file():
                 print(f"\n== offline evaluation of {latest} ({report_md}) ==\n{report_md.read_text()}")

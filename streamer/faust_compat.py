@@ -42,8 +42,12 @@ def check_version() -> str:
     """The installed faust-streaming version; a WARNING when it is outside ``FAUST_PIN``."""
     v = _dist_version("faust-streaming")
     if tuple(int(p) for p in v.split(".")[:2]) != FAUST_PIN:
-        log.warning("faust-streaming %s installed; streamer/faust_compat.py was written against %d.%d: "
-                    "run tests/unit/streamer/test_faust_compat.py and the reliability suites", v, *FAUST_PIN)
+        log.warning(
+            "faust-streaming %s installed; streamer/faust_compat.py was written against %d.%d: "
+            "run tests/unit/streamer/test_faust_compat.py and the reliability suites",
+            v,
+            *FAUST_PIN,
+        )
     return v
 
 
@@ -52,7 +56,9 @@ def patch_fetch_wait(max_wait_ms: int) -> None:
     STREAMREC_FETCH_MAX_WAIT_MS instead (before the consumer starts its fetcher)."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    original = getattr(AIOKafkaConsumerThread._create_worker_consumer, "__wrapped__", AIOKafkaConsumerThread._create_worker_consumer)
+    original = getattr(
+        AIOKafkaConsumerThread._create_worker_consumer, "__wrapped__", AIOKafkaConsumerThread._create_worker_consumer
+    )
 
     def create(self, transport):
         consumer = original(self, transport)
@@ -96,15 +102,20 @@ def patch_recovery(settings: Settings) -> None:
         try:
             fetched = await watchdog.fetch_highwaters(settings.kafka_bootstrap, tps, **kafka_client_kwargs(settings))
         except Exception as exc:  # noqa: BLE001 - broker away: faust's own answer, as before
-            log.warning("recovery: cannot read changelog high watermarks by fetch (%s: %s); using ListOffsets",
-                        type(exc).__name__, exc)
+            log.warning(
+                "recovery: cannot read changelog high watermarks by fetch (%s: %s); using ListOffsets",
+                type(exc).__name__,
+                exc,
+            )
             fetched = {}
         out = {}
         for tp in tps:
             a, b = listed.get(tp), fetched.get(tp)
             out[tp] = max(v for v in (a, b) if v is not None) if (a is not None or b is not None) else None
-        log.info("recovery: changelog ends (ListOffsets, fetch high watermark): %s",
-                 ", ".join(f"{tp.topic}:{tp.partition}={listed.get(tp)},{fetched.get(tp)}" for tp in sorted(tps)))
+        log.info(
+            "recovery: changelog ends (ListOffsets, fetch high watermark): %s",
+            ", ".join(f"{tp.topic}:{tp.partition}={listed.get(tp)},{fetched.get(tp)}" for tp in sorted(tps)),
+        )
         return out
 
     original_hw = getattr(Recovery._build_highwaters, "__wrapped__", Recovery._build_highwaters)
@@ -123,17 +134,25 @@ def patch_recovery(settings: Settings) -> None:
 
     async def build_offsets(self, consumer, tps, destination, title):
         ahead = [tp for tp in tps if destination.get(tp) is not None and destination[tp] >= 0]
-        log.info("recovery: %s changelog offsets in the local store: %s", title,
-                 ", ".join(f"{tp.topic}:{tp.partition}={destination.get(tp)}" for tp in sorted(tps)))
+        log.info(
+            "recovery: %s changelog offsets in the local store: %s",
+            title,
+            ", ".join(f"{tp.topic}:{tp.partition}={destination.get(tp)}" for tp in sorted(tps)),
+        )
         if ahead:
             highwaters = await true_highwaters(consumer, ahead)
             for tp in ahead:
                 hw = highwaters.get(tp)
                 last = (hw - 1) if hw is not None else -1
                 if destination[tp] > last:
-                    log.warning("changelog %s:%d ends at offset %d but local state has seen %d: the broker lost "
-                                "data; reading the changelog from its start over the local state",
-                                tp.topic, tp.partition, last, destination[tp])
+                    log.warning(
+                        "changelog %s:%d ends at offset %d but local state has seen %d: the broker lost "
+                        "data; reading the changelog from its start over the local state",
+                        tp.topic,
+                        tp.partition,
+                        last,
+                        destination[tp],
+                    )
                     destination[tp] = None
         await original(self, consumer, tps, destination, title)
 
@@ -154,15 +173,19 @@ def patch_recovery(settings: Settings) -> None:
         self.log.info("Restore complete!")
         await self.app.on_rebalance_complete.send()
         self._set_recovery_ended()
-        callbacks = [asyncio.ensure_future(table.on_recovery_completed(self.actives_for_table[table],
-                                                                      self.standbys_for_table[table]))
-                     for table in self.tables.values()]
+        callbacks = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(self.actives_for_table[table], self.standbys_for_table[table])
+            )
+            for table in self.tables.values()
+        ]
         if callbacks:
             await asyncio.wait(callbacks)
         assignment = consumer.assignment()
         if self.app.consumer_generation_id != generation_id:
-            self.log.warning("Recovery rebalancing again app id %s param %s", self.app.consumer_generation_id,
-                             generation_id)
+            self.log.warning(
+                "Recovery rebalancing again app id %s param %s", self.app.consumer_generation_id, generation_id
+            )
             return
         if assignment:
             self.log.info("Seek stream partitions to committed offsets.")
@@ -214,8 +237,12 @@ def read_offset(consumer, tp):
 
 def delivery_flags(consumer, tp) -> dict:
     """faust's private view of whether it delivers ``tp`` (for the stalled-partition log line)."""
-    return {"active": tp in (consumer._active_partitions or ()), "buffered": tp in consumer._buffered_partitions,
-            "paused": tp in consumer._paused_partitions, "flow_active": consumer.flow_active}
+    return {
+        "active": tp in (consumer._active_partitions or ()),
+        "buffered": tp in consumer._buffered_partitions,
+        "paused": tp in consumer._paused_partitions,
+        "flow_active": consumer.flow_active,
+    }
 
 
 class _Current:

@@ -80,9 +80,13 @@ class SideFeeds:
                 await asyncio.sleep(RESTART_AFTER_S)
 
     async def _run(self, feed: Feed) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest" if feed.from_start else "latest",
-                                    fetch_max_wait_ms=feed.fetch_max_wait_ms, **kafka_client_kwargs(self.s))
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.s.kafka_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if feed.from_start else "latest",
+            fetch_max_wait_ms=feed.fetch_max_wait_ms,
+            **kafka_client_kwargs(self.s),
+        )
         await consumer.start()
         guard = None
         try:

@@ -63,6 +63,12 @@ def parse_item(msg: RawMessage, worker: str) -> Item | DeadLetter:
 
 def dead_letter(exc: BaseException, msg: RawMessage, worker: str) -> DeadLetter:
     return DeadLetter.for_message(
-        exc, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value,
-        ts=int(time.time() * 1000), worker=worker,
+        exc,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        ts=int(time.time() * 1000),
+        worker=worker,
     )

@@ -104,7 +104,9 @@ class ItemIndex:
             return row
         return self.add_many([item_id], hash_vector(item_id, self.dim)[None, :])[0]
 
-    def upsert_items(self, items: list[Item], text_vecs: np.ndarray | None, category_vecs: dict[str, np.ndarray]) -> list[int]:
+    def upsert_items(
+        self, items: list[Item], text_vecs: np.ndarray | None, category_vecs: dict[str, np.ndarray]
+    ) -> list[int]:
         """Apply catalog records; ``text_vecs`` holds the encoder output for the items with text,
         in order. Returns the rows touched."""
         vecs = np.empty((len(items), self.dim), dtype=np.float32)
@@ -159,5 +161,7 @@ class ItemIndex:
         k = min(k, n)
         if k == 0:
             return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
-        labels, dist = self.ann.knn_query(queries, k=k, num_threads=1)  # a batch's queries: threads cost more than they save
+        labels, dist = self.ann.knn_query(
+            queries, k=k, num_threads=1
+        )  # a batch's queries: threads cost more than they save
         return labels.astype(np.int64), (1.0 - dist).astype(np.float32)

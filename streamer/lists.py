@@ -30,8 +30,15 @@ def _clip(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-_VERBS = {1: "you viewed this", 2: "you clicked this", 3: "you added this to your cart", 4: "you saved this",
-          5: "you bought this", 6: "you cancelled this", 7: "you rated this"}
+_VERBS = {
+    1: "you viewed this",
+    2: "you clicked this",
+    3: "you added this to your cart",
+    4: "you saved this",
+    5: "you bought this",
+    6: "you cancelled this",
+    7: "you rated this",
+}
 
 
 def _day(ts_ms: int) -> str:

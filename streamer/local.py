@@ -46,8 +46,13 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         logf = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=logf,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env=self.env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         logf.close()
         return self
 
@@ -129,7 +134,9 @@ async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None,
         await p.stop()
 
 
-async def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30, idle: float = 2.0) -> list:
+async def read_all(
+    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30, idle: float = 2.0
+) -> list:
     """Every message of ``topic`` from the beginning: until ``expect`` messages arrived, or until
     nothing new came for ``idle`` seconds (end offsets are not trusted: see LocalStack.client_env)."""
     from aiokafka import AIOKafkaConsumer

@@ -89,8 +89,15 @@ class ModelBundle:
     neighbours: ItemNeighbours | None = None  # the ``knn`` source's lists (manifest NEIGHBOURS_KEY), if shipped
 
     @classmethod
-    def load(cls, path: Path, *, device: str = "auto", variant: str = "auto", threads: int = 0,
-             manifest_sha256: str | None = None) -> ModelBundle:
+    def load(
+        cls,
+        path: Path,
+        *,
+        device: str = "auto",
+        variant: str = "auto",
+        threads: int = 0,
+        manifest_sha256: str | None = None,
+    ) -> ModelBundle:
         """Verify and load the version at ``path``; ``manifest_sha256`` (from a ``model-updates``
         message) must then match the manifest file, so a folder rewritten after the announcement
         is refused."""
@@ -139,7 +146,11 @@ class ModelBundle:
         # the pool shares the cores with the event loop: a spinning thread would take its CPU
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            encoder = None if encoder_file is None else ort.InferenceSession(str(path / encoder_file), opts, providers=providers)
+            encoder = (
+                None
+                if encoder_file is None
+                else ort.InferenceSession(str(path / encoder_file), opts, providers=providers)
+            )
             ranker = ort.InferenceSession(str(path / ranker_file), opts, providers=providers)
             tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         except Exception as exc:  # onnxruntime raises several unrelated types for bad files
@@ -154,7 +165,10 @@ class ModelBundle:
             raise ModelRefused(f"{path}: item_vecs.npy shape {item_vecs.shape} != ({len(item_ids)}, {dim})")
         cats = {}
         if (path / "category_vecs.json").exists():
-            cats = {k: np.asarray(v, dtype=np.float32) for k, v in orjson.loads((path / "category_vecs.json").read_bytes()).items()}
+            cats = {
+                k: np.asarray(v, dtype=np.float32)
+                for k, v in orjson.loads((path / "category_vecs.json").read_bytes()).items()
+            }
         try:
             ListParams.from_manifest(manifest, 1)  # a stacked list score over features this code computes
         except ValueError as exc:
@@ -166,17 +180,32 @@ class ModelBundle:
                 if name not in files:
                     raise ModelRefused(f"{path}: manifest does not list {name}")
             try:
-                neighbours = ItemNeighbours(np.load(path / names[0]).astype(np.int32, copy=False),
-                                            np.load(path / names[1]).astype(np.float32, copy=False))
+                neighbours = ItemNeighbours(
+                    np.load(path / names[0]).astype(np.int32, copy=False),
+                    np.load(path / names[1]).astype(np.float32, copy=False),
+                )
             except ValueError as exc:
                 raise ModelRefused(f"{path}: item neighbours: {exc}") from None
-            if len(neighbours.rows) > len(item_ids) or (neighbours.rows.size and int(neighbours.rows.max()) >= len(item_ids)):
+            if len(neighbours.rows) > len(item_ids) or (
+                neighbours.rows.size and int(neighbours.rows.max()) >= len(item_ids)
+            ):
                 raise ModelRefused(f"{path}: item neighbours point outside the {len(item_ids)} catalog items")
         bundle = cls(
-            version=str(manifest["version"]), path=path, manifest=manifest, dim=dim,
-            max_seq_len=int(manifest["max_seq_len"]), max_text_len=max_text_len, tokenizer=tokenizer,
-            encoder=encoder, ranker=ranker, ranker_file=ranker_file, provider=providers[0],
-            item_ids=list(item_ids), item_vecs=item_vecs, category_vecs=cats, neighbours=neighbours,
+            version=str(manifest["version"]),
+            path=path,
+            manifest=manifest,
+            dim=dim,
+            max_seq_len=int(manifest["max_seq_len"]),
+            max_text_len=max_text_len,
+            tokenizer=tokenizer,
+            encoder=encoder,
+            ranker=ranker,
+            ranker_file=ranker_file,
+            provider=providers[0],
+            item_ids=list(item_ids),
+            item_vecs=item_vecs,
+            category_vecs=cats,
+            neighbours=neighbours,
         )
         bundle.smoke_test()
         return bundle
@@ -196,8 +225,13 @@ class ModelBundle:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def score(self, seq_vecs, seq_types, seq_mask, cand_vecs, cand_feats) -> np.ndarray:
-        feeds = {"seq_vecs": seq_vecs, "seq_types": seq_types, "seq_mask": seq_mask,
-                 "cand_vecs": cand_vecs, "cand_feats": cand_feats}
+        feeds = {
+            "seq_vecs": seq_vecs,
+            "seq_types": seq_types,
+            "seq_mask": seq_mask,
+            "cand_vecs": cand_vecs,
+            "cand_feats": cand_feats,
+        }
         if self.provider == "CUDAExecutionProvider":
             return self.score_bound(feeds)
         (scores,) = self.ranker.run([RANKER_OUTPUT], feeds)
@@ -248,8 +282,6 @@ def _pick_ranker_file(files: dict, variant: str, on_cuda: bool) -> str:
     if not on_cuda and names["int8"] in files:
         return names["int8"]
     return names["fp32"]
-
-
 
 
 # ---- several versions in one worker (the A/B split's ranker@<version> arms) ---------------------
@@ -323,8 +355,8 @@ class AlignedIndex:
                 v = compose_item_vector(None, cat)
                 out[k] = v if v is not None else hash_vector(base.ids[r], self.dim)
         for start in range(0, len(texts), 256):
-            vecs = b.encode_texts(texts[start:start + 256])
-            for k, v in zip(at[start:start + 256], vecs):
+            vecs = b.encode_texts(texts[start : start + 256])
+            for k, v in zip(at[start : start + 256], vecs):
                 r = rows[k]
                 cat = b.category_vecs.get(base.categories[r]) if base.categories[r] else None
                 out[k] = compose_item_vector(v, cat)
@@ -385,8 +417,9 @@ class ServedVersion:
 
 
 # ---- loading for the worker, and the hot swap beside it -------------------------------------
-def load_verified(path: Path, *, device: str = "auto", variant: str = "auto", threads: int = 0,
-                  manifest_sha256: str | None = None) -> ModelBundle:
+def load_verified(
+    path: Path, *, device: str = "auto", variant: str = "auto", threads: int = 0, manifest_sha256: str | None = None
+) -> ModelBundle:
     """Verify and load a version; every failure is a ``ModelRefused``.
 
     ``ModelBundle.load`` raises ``ModelRefused`` for what it checks, but a version whose
@@ -397,7 +430,9 @@ def load_verified(path: Path, *, device: str = "auto", variant: str = "auto", th
     bytes under a resealed manifest load fine and would turn every score into NaN.
     """
     try:
-        bundle = ModelBundle.load(path, device=device, variant=variant, threads=threads, manifest_sha256=manifest_sha256)
+        bundle = ModelBundle.load(
+            path, device=device, variant=variant, threads=threads, manifest_sha256=manifest_sha256
+        )
     except ModelRefused:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to load is a refusal, never a crash
@@ -415,8 +450,13 @@ class ModelLoader:
         self.s = settings
 
     def load(self, path: Path, manifest_sha256: str | None = None) -> ModelBundle:
-        return load_verified(path, device=self.s.device, variant=self.s.ranker_variant, threads=self.s.ort_threads,
-                             manifest_sha256=manifest_sha256)
+        return load_verified(
+            path,
+            device=self.s.device,
+            variant=self.s.ranker_variant,
+            threads=self.s.ort_threads,
+            manifest_sha256=manifest_sha256,
+        )
 
     def load_latest(self) -> ModelBundle:
         """The newest version under STREAMREC_MODEL_ROOT; ``SystemExit`` naming the setting if
@@ -426,8 +466,10 @@ class ModelLoader:
         root = self.s.model_path
         path = latest_version_dir(root)
         if path is None:
-            raise SystemExit(f"STREAMREC_MODEL_ROOT: no model version under {root} (LATEST missing): "
-                             f"build one with `streamrec-bootstrap --model-root {root}`")
+            raise SystemExit(
+                f"STREAMREC_MODEL_ROOT: no model version under {root} (LATEST missing): "
+                f"build one with `streamrec-bootstrap --model-root {root}`"
+            )
         try:
             return self.load(path)
         except ModelRefused as exc:

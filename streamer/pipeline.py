@@ -130,8 +130,12 @@ class Pipeline:
 
             new_items = []
             for iid, r in previous.pos.items():
-                record = Item(item_id=iid, title=previous.titles[r], category=previous.categories[r],
-                              available=bool(previous.available[r]))
+                record = Item(
+                    item_id=iid,
+                    title=previous.titles[r],
+                    category=previous.categories[r],
+                    available=bool(previous.available[r]),
+                )
                 row = index.pos.get(iid)
                 if row is None:
                     new_items.append(record)  # not in the new catalog: re-encode in the new space
@@ -156,8 +160,13 @@ class Pipeline:
             self.recent.remap(mapping)
         trained = (bundle.manifest.get("feature_params") or {}).get("half_life_days")
         if trained is not None and float(trained) != self.settings.half_life_days:
-            log.warning("model %s was trained with half_life_days=%s, this worker uses STREAMREC_HALF_LIFE_DAYS=%s: "
-                        "its features will differ from training", bundle.version, trained, self.settings.half_life_days)
+            log.warning(
+                "model %s was trained with half_life_days=%s, this worker uses STREAMREC_HALF_LIFE_DAYS=%s: "
+                "its features will differ from training",
+                bundle.version,
+                trained,
+                self.settings.half_life_days,
+            )
         self.bundle, self.index = bundle, index
         self._query_cache.clear()  # query vectors belong to the old encoder's space
         self.versions.pop(bundle.version, None)  # a promoted canary is production now
@@ -330,9 +339,15 @@ class Pipeline:
         if ev.type == "search" and ev.query:
             vec = space.query_vectors([ev.query]).get(ev.query)
         applied = st.apply(
-            ev.event_id, ev.type, ev.item_id, ev.ts, vec,
-            max_seq_len=self.settings.max_seq_len, dedup_window=self.settings.dedup_window,
-            half_life_ms=self.half_life_ms, query=ev.query,
+            ev.event_id,
+            ev.type,
+            ev.item_id,
+            ev.ts,
+            vec,
+            max_seq_len=self.settings.max_seq_len,
+            dedup_window=self.settings.dedup_window,
+            half_life_ms=self.half_life_ms,
+            query=ev.query,
         )
         if applied and row is not None:
             # against the list that was live when the event happened (``apply`` leaves it alone)
@@ -376,8 +391,12 @@ class Pipeline:
         trending_evidence = self.recent.counts(trending)
         users = list(touched)
         ts = [touched[u] for u in users]
-        intents = [t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms)
-                   if space.bundle.encoder is not None else None for t in ts]
+        intents = [
+            t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms)
+            if space.bundle.encoder is not None
+            else None
+            for t in ts
+        ]
         qvecs = space.query_vectors([t.state.last_query for t, k in zip(ts, intents) if k is not None])
         variants = [t.variant for t in ts]
         use_ranker = [s.ranking and v != "control" for v in variants]
@@ -386,19 +405,39 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         work = []  # per chunk: (user indices, candidates, pending ranker scores or None)
         for part in parts:
-            reqs = [UserRequest(ts[i].state, max(ts[i].last_event.ts, ts[i].state.emb_ts), ts[i].last_event.item_id,
-                                ts[i].last_event.type, qvecs[ts[i].state.last_query] if intents[i] is not None else None)
-                    for i in part]
-            batch = gather_batch(reqs, index, self.covis, self.cand_cfg, trending_rows=trending,
-                                 trending_evidence=trending_evidence, meaningful=self._meaningful)
+            reqs = [
+                UserRequest(
+                    ts[i].state,
+                    max(ts[i].last_event.ts, ts[i].state.emb_ts),
+                    ts[i].last_event.item_id,
+                    ts[i].last_event.type,
+                    qvecs[ts[i].state.last_query] if intents[i] is not None else None,
+                )
+                for i in part
+            ]
+            batch = gather_batch(
+                reqs,
+                index,
+                self.covis,
+                self.cand_cfg,
+                trending_rows=trending,
+                trending_evidence=trending_evidence,
+                meaningful=self._meaningful,
+            )
             off = batch.offsets
             rankable = [k for k, i in enumerate(part) if use_ranker[i] and off[k + 1] > off[k]]
             pending = None
             if rankable:
                 seqs = [self._seq_rows(ts[part[k]].state) for k in rankable]
                 pending = loop.run_in_executor(
-                    self._ranker_thread, space.ranker.score_rows, index.vecs, [r for r, _ in seqs], [t for _, t in seqs],
-                    [batch.vecs[off[k]:off[k + 1]] for k in rankable], [batch.feats[off[k]:off[k + 1]] for k in rankable])
+                    self._ranker_thread,
+                    space.ranker.score_rows,
+                    index.vecs,
+                    [r for r, _ in seqs],
+                    [t for _, t in seqs],
+                    [batch.vecs[off[k] : off[k + 1]] for k in rankable],
+                    [batch.feats[off[k] : off[k + 1]] for k in rankable],
+                )
             work.append((part, batch, rankable, pending))
         recs: dict[int, Recommendation] = {}
         for part, batch, rankable, pending in work:
@@ -408,7 +447,7 @@ class Pipeline:
                 flat = self.control.score_feats(batch.feats)
                 for k, i in enumerate(part):
                     if not use_ranker[i]:
-                        scores[k] = flat[off[k]:off[k + 1]]
+                        scores[k] = flat[off[k] : off[k + 1]]
             if pending is not None:
                 for k, sc in zip(rankable, await pending):
                     scores[k] = sc
@@ -416,10 +455,20 @@ class Pipeline:
                 t = ts[i]
                 version = space.bundle.version if use_ranker[i] else f"{self.bundle.version}+control"
                 recs[i] = build_list(
-                    users[i], t.state, batch.user(k), scores[k], index, size=s.list_size,
-                    model_version=version, variant=variants[i], event_id=t.last_event.event_id, event_ts=t.last_event.ts,
-                    search_slots=self.search_slots(intents[i]), min_new=space.list_params.min_new,
-                    knn_weight=space.list_params.knn_weight, stack=space.list_params.stack,
+                    users[i],
+                    t.state,
+                    batch.user(k),
+                    scores[k],
+                    index,
+                    size=s.list_size,
+                    model_version=version,
+                    variant=variants[i],
+                    event_id=t.last_event.event_id,
+                    event_ts=t.last_event.ts,
+                    search_slots=self.search_slots(intents[i]),
+                    min_new=space.list_params.min_new,
+                    knn_weight=space.list_params.knn_weight,
+                    stack=space.list_params.stack,
                 )
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]

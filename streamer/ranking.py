@@ -59,8 +59,14 @@ class OnnxRanker:
     def _seq_len(self, lens: list[int]) -> int:
         return max(min(_bucket(max(max(lens), 1)), self.max_seq_len), max(lens), 1)
 
-    def score_rows(self, vecs: np.ndarray, seq_rows: list[np.ndarray], seq_types: list[np.ndarray],
-                   cand_vecs: list[np.ndarray], cand_feats: list[np.ndarray]) -> list[np.ndarray]:
+    def score_rows(
+        self,
+        vecs: np.ndarray,
+        seq_rows: list[np.ndarray],
+        seq_types: list[np.ndarray],
+        cand_vecs: list[np.ndarray],
+        cand_feats: list[np.ndarray],
+    ) -> list[np.ndarray]:
         """Scores per user: each user's sequence as item rows of ``vecs`` (the item index) and
         type ids, oldest first, and its candidates' vectors [C, D] and features [C, F]."""
         if not cand_vecs:

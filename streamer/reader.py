@@ -64,17 +64,29 @@ def render(rec, *, key: str, now_ms: int, ttl_s: int | None) -> str:
     wid = max(4, max(len(i.item_id) for i in rec.items))
     lines.append(f"{'#':>3}  {'item':<{wid}}  {'score':>9}  {'title':<36}  {'source':<8}  reason")
     for n, it in enumerate(rec.items, 1):
-        lines.append(f"{n:>3}  {it.item_id:<{wid}}  {it.score:>9.4f}  {_cut(it.title, 36):<36}  {_cut(it.source, 8):<8}  {it.reason}")
+        lines.append(
+            f"{n:>3}  {it.item_id:<{wid}}  {it.score:>9.4f}  {_cut(it.title, 36):<36}  {_cut(it.source, 8):<8}  {it.reason}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None, now_ms: int | None = None) -> int:
-    p = argparse.ArgumentParser(prog="streamrec-reader", description="Print a user's current recommendation list from Redis.")
+    p = argparse.ArgumentParser(
+        prog="streamrec-reader", description="Print a user's current recommendation list from Redis."
+    )
     p.add_argument("user_id")
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    p.add_argument("--prefix", default=os.environ.get("STREAMREC_REDIS_PREFIX", "rec:"), help="key prefix of the lists (STREAMREC_REDIS_PREFIX)")
+    p.add_argument(
+        "--prefix",
+        default=os.environ.get("STREAMREC_REDIS_PREFIX", "rec:"),
+        help="key prefix of the lists (STREAMREC_REDIS_PREFIX)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON: the list plus key, age_s, ttl_s")
-    p.add_argument("--no-pseudonymize", action="store_true", help="use USER_ID as stored even when STREAMREC_PSEUDONYMIZE_KEY is set")
+    p.add_argument(
+        "--no-pseudonymize",
+        action="store_true",
+        help="use USER_ID as stored even when STREAMREC_PSEUDONYMIZE_KEY is set",
+    )
     args = p.parse_args(argv)
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
@@ -97,9 +109,11 @@ def main(argv: list[str] | None = None, now_ms: int | None = None) -> int:
         if args.json:
             print(orjson.dumps({"found": False, "key": key}).decode())
         else:
-            print(f"no list for user {args.user_id!r}: key {key!r} does not exist in {_safe_url(args.redis_url)}.\n"
-                  f"The worker publishes a list after the user's first event; it may not have seen one yet, the list "
-                  f"may have expired (STREAMREC_REDIS_TTL_S), or the prefix differs (--prefix, STREAMREC_REDIS_PREFIX).")
+            print(
+                f"no list for user {args.user_id!r}: key {key!r} does not exist in {_safe_url(args.redis_url)}.\n"
+                f"The worker publishes a list after the user's first event; it may not have seen one yet, the list "
+                f"may have expired (STREAMREC_REDIS_TTL_S), or the prefix differs (--prefix, STREAMREC_REDIS_PREFIX)."
+            )
         return 1
     try:
         rec = decode_recommendation(raw)
@@ -108,8 +122,13 @@ def main(argv: list[str] | None = None, now_ms: int | None = None) -> int:
         return 3
     ttl_s = ttl if isinstance(ttl, int) and ttl >= 0 else None
     if args.json:
-        out = {"found": True, "key": key, "age_s": round((now_ms - rec.published_ts) / 1000, 3), "ttl_s": ttl_s,
-               "recommendation": rec.to_dict()}
+        out = {
+            "found": True,
+            "key": key,
+            "age_s": round((now_ms - rec.published_ts) / 1000, 3),
+            "ttl_s": ttl_s,
+            "recommendation": rec.to_dict(),
+        }
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     else:
         print(render(rec, key=key, now_ms=now_ms, ttl_s=ttl_s))

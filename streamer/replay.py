@@ -60,8 +60,12 @@ async def replay(
     produced: collections.Counter[str] = collections.Counter(dict.fromkeys(topics, 0))
     n_items = len(dataset.items) if items_topic else 0
     # disable=None: the bar shows on a terminal and stays out of logs and pipes.
-    bar = tqdm(total=n_items + len(dataset.events), unit="msg", desc=f"replay {dataset.name}",
-               disable=None if progress else True)
+    bar = tqdm(
+        total=n_items + len(dataset.events),
+        unit="msg",
+        desc=f"replay {dataset.name}",
+        disable=None if progress else True,
+    )
     try:
         await producer.start()
         start = time.perf_counter()
@@ -119,18 +123,28 @@ def main(argv: list[str] | None = None) -> int:
         "order (key user_id), as contract JSON. Prints the data-quality table and the produced counts.",
     )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--data-dir", type=Path, help="shared data folder (default: $STREAMREC_DATA_DIR or ../shared/data)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="shared data folder (default: $STREAMREC_DATA_DIR or ../shared/data)"
+    )
     parser.add_argument("--limit", type=int, metavar="N", help="read only the first N data rows")
-    parser.add_argument("--rate", type=float, metavar="EVENTS_PER_S", help="throttle events (default: as fast as possible)")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), metavar="HOST:PORT",
-                        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument(
+        "--rate", type=float, metavar="EVENTS_PER_S", help="throttle events (default: as fast as possible)"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)",
+    )
     parser.add_argument("--events-topic", default="events")
     parser.add_argument("--items-topic", default="items")
     parser.add_argument("--no-items", action="store_true", help="produce only the events")
     args = parser.parse_args(argv)
     if not args.bootstrap:
-        parser.error("no Kafka address: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap HOST:PORT "
-                     "(streamrec-stack starts a local broker and prints it)")
+        parser.error(
+            "no Kafka address: set KAFKA_BOOTSTRAP_SERVERS or pass --bootstrap HOST:PORT "
+            "(streamrec-stack starts a local broker and prints it)"
+        )
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be positive")
 
@@ -141,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"streamrec-replay: cannot load {args.dataset}: {exc}", file=sys.stderr)
         return 1
     load_s = time.perf_counter() - started
-    print(f"loaded {args.dataset} in {load_s:.1f} s ({dataset.stats.rows / max(load_s, 1e-9):,.0f} rows/s)", file=sys.stderr)
+    print(
+        f"loaded {args.dataset} in {load_s:.1f} s ({dataset.stats.rows / max(load_s, 1e-9):,.0f} rows/s)",
+        file=sys.stderr,
+    )
 
     items_topic = None if args.no_items else args.items_topic
     try:

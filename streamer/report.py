@@ -39,7 +39,11 @@ import orjson
 from streamer.attribution import read_stats
 
 Z95 = 1.959963984540054
-RATES = (("ctr", "lists_clicked", "CTR"), ("cart_rate", "lists_carted", "cart rate"), ("conversion", "lists_purchased", "conversion"))
+RATES = (
+    ("ctr", "lists_clicked", "CTR"),
+    ("cart_rate", "lists_carted", "cart rate"),
+    ("conversion", "lists_purchased", "conversion"),
+)
 
 
 def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float, float]:
@@ -85,8 +89,13 @@ def compare(a: dict[str, int], b: dict[str, int], level: float = 0.95) -> dict[s
     out = {}
     for name, field, _label in RATES:
         d, lo, hi = newcombe(a[field], a["lists"], b[field], b["lists"], z)
-        out[name] = {"diff": d, "low": lo, "high": hi, "p_value": two_proportion_p(a[field], a["lists"], b[field], b["lists"]),
-                     "significant": bool(lo > 0 or hi < 0)}
+        out[name] = {
+            "diff": d,
+            "low": lo,
+            "high": hi,
+            "p_value": two_proportion_p(a[field], a["lists"], b[field], b["lists"]),
+            "significant": bool(lo > 0 or hi < 0),
+        }
     return out
 
 
@@ -133,10 +142,29 @@ def render(summary: dict[str, dict], level: float = 0.95) -> str:
     if not summary:
         return "no A/B counters yet: no worker has published a list under this prefix (or the workers run without the stats hook)"
     ci = f"{100 * level:g}% CI"
-    head = ["variant", "lists", "users", "clicks", "carts", "purchases", f"CTR [{ci}]", f"cart rate [{ci}]", f"conversion [{ci}]"]
+    head = [
+        "variant",
+        "lists",
+        "users",
+        "clicks",
+        "carts",
+        "purchases",
+        f"CTR [{ci}]",
+        f"cart rate [{ci}]",
+        f"conversion [{ci}]",
+    ]
     rows = [
-        [v, str(r["lists"]), str(r["users"]), str(r["clicks"]), str(r["add_to_carts"]), str(r["purchases"]),
-         _rate(r["ctr"]), _rate(r["cart_rate"]), _rate(r["conversion"])]
+        [
+            v,
+            str(r["lists"]),
+            str(r["users"]),
+            str(r["clicks"]),
+            str(r["add_to_carts"]),
+            str(r["purchases"]),
+            _rate(r["ctr"]),
+            _rate(r["cart_rate"]),
+            _rate(r["conversion"]),
+        ]
         for v, r in sorted(summary.items())
     ]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
@@ -150,22 +178,40 @@ def render(summary: dict[str, dict], level: float = 0.95) -> str:
             parts = []
             for name, _field, label in RATES:
                 x = d[name]
-                verdict = ("significant, better" if x["low"] > 0 else "significant, worse") if x["significant"] else "not significant"
-                parts.append(f"{label} {100 * x['diff']:+.2f} [{100 * x['low']:+.2f}, {100 * x['high']:+.2f}] p={x['p_value']:.3g} {verdict}")
+                verdict = (
+                    ("significant, better" if x["low"] > 0 else "significant, worse")
+                    if x["significant"]
+                    else "not significant"
+                )
+                parts.append(
+                    f"{label} {100 * x['diff']:+.2f} [{100 * x['low']:+.2f}, {100 * x['high']:+.2f}] p={x['p_value']:.3g} {verdict}"
+                )
             lines.append(f"  {v}: " + "; ".join(parts))
     lines.append("")
-    lines.append("rates are per list (lists with >= 1 attributed event / lists); clicks, carts, purchases count attributed events")
+    lines.append(
+        "rates are per list (lists with >= 1 attributed event / lists); clicks, carts, purchases count attributed events"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="streamrec-report", description="Online A/B metrics per variant, from the workers' counters in Redis.")
+    p = argparse.ArgumentParser(
+        prog="streamrec-report", description="Online A/B metrics per variant, from the workers' counters in Redis."
+    )
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    p.add_argument("--prefix", default=os.environ.get("STREAMREC_REDIS_META_PREFIX", "streamrec:"),
-                   help="STREAMREC_REDIS_META_PREFIX of the workers (keys <prefix>stats:<variant>)")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals and the significance verdict")
-    p.add_argument("--baseline", default=None,
-                   help="variant the others are compared with (default: production during a canary, else control)")
+    p.add_argument(
+        "--prefix",
+        default=os.environ.get("STREAMREC_REDIS_META_PREFIX", "streamrec:"),
+        help="STREAMREC_REDIS_META_PREFIX of the workers (keys <prefix>stats:<variant>)",
+    )
+    p.add_argument(
+        "--level", type=float, default=0.95, help="confidence level of the intervals and the significance verdict"
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="variant the others are compared with (default: production during a canary, else control)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not 0 < args.level < 1:

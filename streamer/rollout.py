@@ -83,7 +83,9 @@ def canary_split(base: Split, version: str, share: float) -> Split:
         raise RolloutError(f"--share must be between 0 and 1, got {share}")
     prod = [w for label, w in base if arm_version(label) == PRODUCTION]
     if not prod:
-        raise RolloutError(f"the split {format_split(base)} has no production arm (ranker) to take the canary's users from")
+        raise RolloutError(
+            f"the split {format_split(base)} has no production arm (ranker) to take the canary's users from"
+        )
     if any(arm_version(label) == version for label, _w in base):
         raise RolloutError(f"{version} is already an arm of {format_split(base)}")
     if share > prod[0] + 1e-9:
@@ -103,9 +105,18 @@ def pinned_split(base: Split, version: str) -> Split:
 class Rollout:
     """The rollout commands over a sync Redis client and the model store."""
 
-    def __init__(self, redis, prefix: str, model_root: Path | None, *, kafka: str | None = None,
-                 topic: str = "model-updates", location: str | None = None, default_split: str = "ranker:1.0",
-                 out=print) -> None:
+    def __init__(
+        self,
+        redis,
+        prefix: str,
+        model_root: Path | None,
+        *,
+        kafka: str | None = None,
+        topic: str = "model-updates",
+        location: str | None = None,
+        default_split: str = "ranker:1.0",
+        out=print,
+    ) -> None:
         self.r = redis
         self.prefix = prefix
         self.model_root = Path(model_root) if model_root else None
@@ -178,12 +189,16 @@ class Rollout:
         set_latest(self.model_root, version)
         self.out(f"LATEST -> {version}")
         if not self.kafka:
-            self.out("no --kafka (KAFKA_BOOTSTRAP_SERVERS): not announced on model-updates; workers switch at their next start")
+            self.out(
+                "no --kafka (KAFKA_BOOTSTRAP_SERVERS): not announced on model-updates; workers switch at their next start"
+            )
             return
         from exporters.publish import publish_model_update
 
         location = f"{self.location.rstrip('/')}/{version}" if self.location else None
-        publish_model_update(self.kafka, self.model_root / version, self.topic, location=location, note="streamrec-rollout")
+        publish_model_update(
+            self.kafka, self.model_root / version, self.topic, location=location, note="streamrec-rollout"
+        )
         self.out(f"announced {version} on {self.topic}")
 
     def _wait(self, what: str, done, wait_s: float, poll_s: float = 0.5, abort=None) -> dict[str, dict] | None:
@@ -192,12 +207,16 @@ class Rollout:
         deadline = time.monotonic() + wait_s
         while True:
             live = {w: rep for w, rep in self.workers().items() if rep["live"]}
-            if live and (all(done(rep) for rep in live.values()) or (abort and any(abort(rep) for rep in live.values()))):
+            if live and (
+                all(done(rep) for rep in live.values()) or (abort and any(abort(rep) for rep in live.values()))
+            ):
                 return live
             if time.monotonic() >= deadline:
                 pending = sorted(w for w, rep in live.items() if not done(rep))
-                self.out(f"not confirmed after {wait_s:g} s: {what}; "
-                         f"{'no worker reported' if not live else 'waiting for ' + ', '.join(pending)}")
+                self.out(
+                    f"not confirmed after {wait_s:g} s: {what}; "
+                    f"{'no worker reported' if not live else 'waiting for ' + ', '.join(pending)}"
+                )
                 return None
             time.sleep(poll_s)
 
@@ -206,12 +225,16 @@ class Rollout:
         if not valid_version(version):
             raise RolloutError(f"{version!r} is not a version name")
         if self.model_root is None:
-            raise RolloutError("--model-root (STREAMREC_MODEL_ROOT) is needed: the canary is compared with production (LATEST)")
+            raise RolloutError(
+                "--model-root (STREAMREC_MODEL_ROOT) is needed: the canary is compared with production (LATEST)"
+            )
         if not (self.model_root / version / "manifest.json").is_file():
             raise RolloutError(f"no version {version} in the model store {self.model_root}")
         state = self.state()
         if state and state["status"] in ("canary", "promoting"):
-            raise RolloutError(f"a rollout is in progress ({state['status']} {state['version']}): promote or roll it back first")
+            raise RolloutError(
+                f"a rollout is in progress ({state['status']} {state['version']}): promote or roll it back first"
+            )
         refused = self.refused()
         if version in refused:
             raise RolloutError(f"{version} was refused by a worker ({refused[version]}); fix it as a new version")
@@ -220,14 +243,27 @@ class Rollout:
             raise RolloutError(f"{version} is production already")
         split, source = (parse_split(base, "--base"), "override") if base else self.current_split()
         new = canary_split(split, version, share)
-        self._write_state({"status": "canary", "version": version, "share": share, "base": format_split(split),
-                           "base_from": source, "production": production, "started_at": _now()})
+        self._write_state(
+            {
+                "status": "canary",
+                "version": version,
+                "share": share,
+                "base": format_split(split),
+                "base_from": source,
+                "production": production,
+                "started_at": _now(),
+            }
+        )
         self._write_split(new)
         self.out(f"canary {version} on {share:.1%} of users (production {production or '?'})")
         if wait_s <= 0:
             return 0
-        live = self._wait(f"workers serving {version}", lambda rep: version in rep["loaded"] or rep["production"] == version,
-                          wait_s, abort=lambda rep: version in rep["refused"])
+        live = self._wait(
+            f"workers serving {version}",
+            lambda rep: version in rep["loaded"] or rep["production"] == version,
+            wait_s,
+            abort=lambda rep: version in rep["refused"],
+        )
         reports = live if live is not None else {w: rep for w, rep in self.workers().items() if rep["live"]}
         refusals = {w: rep["refused"][version] for w, rep in reports.items() if version in rep["refused"]}
         if not refusals and version in self.refused():  # refused by a worker that is gone since
@@ -293,10 +329,18 @@ class Rollout:
 
     def status(self) -> dict:
         split, source = self.current_split()
-        return {"state": self.state(), "split": format_split(split), "split_from": source, "latest": self.latest(),
-                "workers": self.workers(), "refused": self.refused()}
+        return {
+            "state": self.state(),
+            "split": format_split(split),
+            "split_from": source,
+            "latest": self.latest(),
+            "workers": self.workers(),
+            "refused": self.refused(),
+        }
 
-    def decide(self, *, min_lists: int, level: float, metric: str = "conversion", apply: bool = False) -> tuple[str, str]:
+    def decide(
+        self, *, min_lists: int, level: float, metric: str = "conversion", apply: bool = False
+    ) -> tuple[str, str]:
         """The automatic rule after ``min_lists`` lists per arm: the canary's ``metric`` minus
         production's, with its interval at ``level``: above 0 -> promote, below 0 -> rollback,
         else wait (returns the action and why; with ``apply`` it is carried out)."""
@@ -312,8 +356,10 @@ class Rollout:
             return "wait", f"no lists yet from {canary if canary not in stats else prod}"
         c = compare(stats[canary], stats[prod], level)[metric]
         n = min(stats[canary]["lists"], stats[prod]["lists"])
-        why = (f"{metric} {canary} - {prod} = {100 * c['diff']:+.2f} pp [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] "
-               f"at {level:.0%}, p = {c['p_value']:.3g}, {n} lists in the smaller arm")
+        why = (
+            f"{metric} {canary} - {prod} = {100 * c['diff']:+.2f} pp [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] "
+            f"at {level:.0%}, p = {c['p_value']:.3g}, {n} lists in the smaller arm"
+        )
         if n < min_lists:
             action = "wait"
             why += f" (< {min_lists})"
@@ -335,11 +381,15 @@ def render_status(st: dict) -> str:
     lines = []
     s = st["state"]
     if s:
-        lines.append(f"rollout: {s['status']} {s['version']} (share {s['share']:g}, production at start {s['production']}, "
-                     f"started {s['started_at']}, split before {s['base']})")
+        lines.append(
+            f"rollout: {s['status']} {s['version']} (share {s['share']:g}, production at start {s['production']}, "
+            f"started {s['started_at']}, split before {s['base']})"
+        )
     else:
         lines.append("rollout: none")
-    lines.append(f"split: {st['split']} ({'Redis override' if st['split_from'] == 'override' else 'STREAMREC_VARIANTS, no override'})")
+    lines.append(
+        f"split: {st['split']} ({'Redis override' if st['split_from'] == 'override' else 'STREAMREC_VARIANTS, no override'})"
+    )
     lines.append(f"LATEST: {st['latest'] or '(model store not given)'}")
     for v, why in sorted(st["refused"].items()):
         lines.append(f"REFUSED {v}: {why}")
@@ -347,20 +397,41 @@ def render_status(st: dict) -> str:
     for w, rep in sorted(st["workers"].items()):
         serving = ", ".join(f"{label}:{wt:g}" for label, wt in rep["serving"].items())
         refused = f"; refused {', '.join(rep['refused'])}" if rep["refused"] else ""
-        lines.append(f"  {w}: production {rep['production']}, also loaded {', '.join(rep['loaded']) or '-'}, serving {serving}"
-                     f"{refused} ({rep['age_s']:.0f} s ago{'' if rep['live'] else ', GONE?'})")
+        lines.append(
+            f"  {w}: production {rep['production']}, also loaded {', '.join(rep['loaded']) or '-'}, serving {serving}"
+            f"{refused} ({rep['age_s']:.0f} s ago{'' if rep['live'] else ', GONE?'})"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
-    p = argparse.ArgumentParser(prog="streamrec-rollout", description="Canary, promote or roll back a model version on all workers.")
+    p = argparse.ArgumentParser(
+        prog="streamrec-rollout", description="Canary, promote or roll back a model version on all workers."
+    )
     p.add_argument("--redis-url", default=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
-    p.add_argument("--prefix", default=env.get("STREAMREC_REDIS_META_PREFIX", "streamrec:"), help="the workers' STREAMREC_REDIS_META_PREFIX")
-    p.add_argument("--model-root", type=Path, default=env.get("STREAMREC_MODEL_ROOT"), help="the model store (LATEST and version folders)")
-    p.add_argument("--kafka", default=env.get("KAFKA_BOOTSTRAP_SERVERS"), help="bootstrap servers, to announce a new production version")
+    p.add_argument(
+        "--prefix",
+        default=env.get("STREAMREC_REDIS_META_PREFIX", "streamrec:"),
+        help="the workers' STREAMREC_REDIS_META_PREFIX",
+    )
+    p.add_argument(
+        "--model-root",
+        type=Path,
+        default=env.get("STREAMREC_MODEL_ROOT"),
+        help="the model store (LATEST and version folders)",
+    )
+    p.add_argument(
+        "--kafka",
+        default=env.get("KAFKA_BOOTSTRAP_SERVERS"),
+        help="bootstrap servers, to announce a new production version",
+    )
     p.add_argument("--topic", default=env.get("STREAMREC_MODEL_UPDATES_TOPIC", "model-updates"))
-    p.add_argument("--location", default=None, help="the model store as the workers see it, for model-updates (default: --model-root)")
+    p.add_argument(
+        "--location",
+        default=None,
+        help="the model store as the workers see it, for model-updates (default: --model-root)",
+    )
     p.add_argument("--json", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("canary", help="serve VERSION to a share of users")
@@ -369,7 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--base", default=None, help="the split to take the share from (default: the one in force)")
     c.add_argument("--wait", type=float, default=60.0, help="seconds to wait for every worker to serve it (0: don't)")
     sub.add_parser("status", help="the rollout, the split, and what every worker serves or refused")
-    for name, help_ in (("promote", "make the canary production on every worker"), ("rollback", "everyone back on production")):
+    for name, help_ in (
+        ("promote", "make the canary production on every worker"),
+        ("rollback", "everyone back on production"),
+    ):
         q = sub.add_parser(name, help=help_)
         q.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the workers' confirmation")
     d = sub.add_parser("decide", help="the automatic rule: promote or roll back once the difference is significant")
@@ -385,8 +459,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         r = tool_redis_client(args.redis_url, socket_connect_timeout=5, socket_timeout=5)
-        ro = Rollout(r, args.prefix, args.model_root, kafka=args.kafka, topic=args.topic, location=args.location,
-                     default_split=env.get("STREAMREC_VARIANTS", "ranker:1.0"))
+        ro = Rollout(
+            r,
+            args.prefix,
+            args.model_root,
+            kafka=args.kafka,
+            topic=args.topic,
+            location=args.location,
+            default_split=env.get("STREAMREC_VARIANTS", "ranker:1.0"),
+        )
         if args.cmd == "canary":
             return ro.canary(args.version, args.share, args.wait, args.base)
         if args.cmd == "promote":

@@ -18,7 +18,14 @@ from streamer.settings import Settings
 
 log = logging.getLogger("streamrec.worker")
 
-__all__ = ["check_redis_credentials", "faust_credentials", "kafka_client_kwargs", "kafka_ssl_context", "redis_client_kwargs", "tool_redis_client"]
+__all__ = [
+    "check_redis_credentials",
+    "faust_credentials",
+    "kafka_client_kwargs",
+    "kafka_ssl_context",
+    "redis_client_kwargs",
+    "tool_redis_client",
+]
 
 
 def faust_credentials(s: Settings):
@@ -30,8 +37,12 @@ def faust_credentials(s: Settings):
         return None
     ctx = kafka_ssl_context(s)
     if s.kafka_security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
-                                     mechanism=s.kafka_sasl_mechanism, ssl_context=ctx)
+        return faust.SASLCredentials(
+            username=s.kafka_sasl_username,
+            password=s.kafka_sasl_password,
+            mechanism=s.kafka_sasl_mechanism,
+            ssl_context=ctx,
+        )
     return faust.SSLCredentials(ctx)
 
 
@@ -88,9 +99,15 @@ def check_redis_credentials(s: Settings) -> str | None:
         return f"REDIS_PASSWORD / REDIS_URL: Redis refused the credentials ({exc})"
     except (RedisConnectionError, RedisTimeout, OSError) as exc:
         text = str(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text.lower() or "hostname mismatch" in text.lower():
-            return (f"REDIS_SSL_CAFILE / REDIS_SSL_CHECK_HOSTNAME / REDIS_URL: the Redis server's certificate was "
-                    f"refused ({text[:300]})")
+        if (
+            "CERTIFICATE_VERIFY_FAILED" in text
+            or "certificate verify failed" in text.lower()
+            or "hostname mismatch" in text.lower()
+        ):
+            return (
+                f"REDIS_SSL_CAFILE / REDIS_SSL_CHECK_HOSTNAME / REDIS_URL: the Redis server's certificate was "
+                f"refused ({text[:300]})"
+            )
         if "SSL" in text and s.redis_url.startswith("rediss://"):
             return f"REDIS_URL / REDIS_SSL_*: TLS to Redis failed ({text[:300]})"
         log.warning("redis not reachable at start (%s); list writes will wait for it", type(exc).__name__)

@@ -59,8 +59,17 @@ async def _wait_for_lists(redis_url: str, prefix: str, last_event: dict[str, str
     return out
 
 
-def run(events_file: Path, model_root: Path, out_file: Path, *, items_file: Path | None = None, exact: bool = True,
-        timeout: float = 600.0, ranker_variant: str = "auto", stack=None) -> dict:
+def run(
+    events_file: Path,
+    model_root: Path,
+    out_file: Path,
+    *,
+    items_file: Path | None = None,
+    exact: bool = True,
+    timeout: float = 600.0,
+    ranker_variant: str = "auto",
+    stack=None,
+) -> dict:
     """Replay and collect; starts (and stops) an embedded stack unless ``stack`` is given.
     Returns {"events", "users", "lists", "seconds"}; a user without a list after ``timeout`` raises."""
     from streamer.local import WorkerProcess, produce
@@ -89,16 +98,22 @@ def run(events_file: Path, model_root: Path, out_file: Path, *, items_file: Path
         if items:
             asyncio.run(produce(stack.bootstrap, topics["items"], [(None, raw) for raw in items]))
         env = dict(EXACT_ENV) if exact else {}
-        env.update(STREAMREC_PARTITIONS=str(partitions), STREAMREC_VARIANTS="ranker:1.0", STREAMREC_VARIANTS_POLL_S="0",
-                   STREAMREC_RANKER_VARIANT=ranker_variant)
+        env.update(
+            STREAMREC_PARTITIONS=str(partitions),
+            STREAMREC_VARIANTS="ranker:1.0",
+            STREAMREC_VARIANTS_POLL_S="0",
+            STREAMREC_RANKER_VARIANT=ranker_variant,
+        )
         worker = WorkerProcess(stack, model_root, tmp / "state", app_id=tag, topics=topics, **env).start()
         worker.wait_ready(120)
         asyncio.run(produce(stack.bootstrap, topics["events"], keyed))
         lists = asyncio.run(_wait_for_lists(stack.redis_url, topics["prefix"], last_event, timeout))
         missing = [u for u in last_event if u not in lists]
         if missing:
-            raise RuntimeError(f"{len(missing)} of {len(last_event)} users have no list for their last event after "
-                               f"{timeout:.0f} s (e.g. {missing[:3]}); worker log tail:\n{worker.tail()}")
+            raise RuntimeError(
+                f"{len(missing)} of {len(last_event)} users have no list for their last event after "
+                f"{timeout:.0f} s (e.g. {missing[:3]}); worker log tail:\n{worker.tail()}"
+            )
         with open(out_file, "wb") as f:
             for u in last_event:
                 f.write(lists[u] + b"\n")
@@ -107,7 +122,12 @@ def run(events_file: Path, model_root: Path, out_file: Path, *, items_file: Path
             worker.stop()
         if own_stack:
             stack.stop()
-    return {"events": len(events), "users": len(last_event), "lists": len(last_event), "seconds": time.perf_counter() - started}
+    return {
+        "events": len(events),
+        "users": len(last_event),
+        "lists": len(last_event),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,11 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON lines of the published lists, one per user")
     p.add_argument("--batched", action="store_true", help="the worker's usual batching instead of one-event batches")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the last lists")
-    p.add_argument("--ranker-variant", default="auto", choices=("auto", "fp32", "fp16", "int8"), help="STREAMREC_RANKER_VARIANT of the worker")
+    p.add_argument(
+        "--ranker-variant",
+        default="auto",
+        choices=("auto", "fp32", "fp16", "int8"),
+        help="STREAMREC_RANKER_VARIANT of the worker",
+    )
     args = p.parse_args(argv)
     try:
-        res = run(args.events, args.model_root, args.out, items_file=args.items, exact=not args.batched,
-                  timeout=args.timeout, ranker_variant=args.ranker_variant)
+        res = run(
+            args.events,
+            args.model_root,
+            args.out,
+            items_file=args.items,
+            exact=not args.batched,
+            timeout=args.timeout,
+            ranker_variant=args.ranker_variant,
+        )
     except (RuntimeError, OSError, ValueError, ValidationError) as exc:
         print(f"served_replay: {exc}", file=sys.stderr)
         return 1

@@ -69,7 +69,9 @@ def _wait_tcp(host: str, port: int, proc: subprocess.Popen, what: str, timeout: 
     raise StackError(f"{what} did not accept connections on {host}:{port} within {timeout:.0f} s")
 
 
-async def ensure_topics(bootstrap: str, topics: tuple[str, ...] | list[str], partitions: int, timeout: float = 20.0) -> None:
+async def ensure_topics(
+    bootstrap: str, topics: tuple[str, ...] | list[str], partitions: int, timeout: float = 20.0
+) -> None:
     """Create the topics that do not exist yet (idempotent), retrying until the broker answers."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -150,7 +152,9 @@ class LocalStack:
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(Path(self._tmp or ".") / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
         self._procs.append((name, proc))
         return proc
@@ -160,8 +164,16 @@ class LocalStack:
         url = f"tcp://127.0.0.1:{port}"
         proc = self._spawn(
             "broker",
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
         )
         _wait_tcp("127.0.0.1", port, proc, "Kafka broker (tansu)", timeout)
         return f"127.0.0.1:{port}"
@@ -173,8 +185,21 @@ class LocalStack:
         port = free_port()
         proc = self._spawn(
             "redis",
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self._tmp or ".", "--daemonize", "no"],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._tmp or ".",
+                "--daemonize",
+                "no",
+            ],
         )
         _wait_tcp("127.0.0.1", port, proc, "redis-server", timeout)
         return f"redis://127.0.0.1:{port}/0"
@@ -214,8 +239,19 @@ class LocalStack:
                 self._procs.remove((name, proc))
         host, port = self.bootstrap.rsplit(":", 1)
         url = f"tcp://{host}:{port}"
-        proc = self._spawn("broker", [str(tansu_binary()), "broker", "--listener-url", url,
-                                      "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"])
+        proc = self._spawn(
+            "broker",
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+        )
         _wait_tcp(host, int(port), proc, "Kafka broker (tansu)", timeout)
         asyncio.run(ensure_topics(self.bootstrap, self.topics, self.partitions, timeout))
         by_count: dict[int, list[str]] = {}

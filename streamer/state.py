@@ -170,8 +170,9 @@ class UserState:
                 "n": self.events_applied,
                 "qt": self.query_ts,
                 "qk": self.since_query,
-                "rl": None if self.rec_variant is None else
-                {"i": self.rec_items, "v": self.rec_variant, "t": self.rec_ts, "h": self.rec_hits},
+                "rl": None
+                if self.rec_variant is None
+                else {"i": self.rec_items, "v": self.rec_variant, "t": self.rec_ts, "h": self.rec_hits},
                 "ab": self.ab_seen,
             }
         )

@@ -37,15 +37,18 @@ def acquire(state_dir: str | os.PathLike) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise StateDirUnusable(f"STREAMREC_STATE_DIR: cannot use the state folder {folder}: "
-                               f"{exc.strerror or exc}") from None
+        raise StateDirUnusable(
+            f"STREAMREC_STATE_DIR: cannot use the state folder {folder}: {exc.strerror or exc}"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise StateDirInUse(f"STREAMREC_STATE_DIR: the state folder {folder} is in use by another worker "
-                            f"(pid {holder}); give each worker its own STREAMREC_STATE_DIR") from None
+        raise StateDirInUse(
+            f"STREAMREC_STATE_DIR: the state folder {folder} is in use by another worker "
+            f"(pid {holder}); give each worker its own STREAMREC_STATE_DIR"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -74,13 +74,26 @@ RANKER, CONTROL, PRODUCTION = "ranker", "control", "production"
 # the model store's version names (exporters.registry.check_version_name)
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-WEIGHT = Gauge("streamrec_variant_weight", "A/B split in force (share of users per variant)", ["variant"], registry=REGISTRY)
-REJECTED = Counter("streamrec_variant_config_rejected_total", "Runtime A/B split values refused (bad syntax or weights)", registry=REGISTRY)
-VERSION_REFUSED = Counter("streamrec_variant_version_refused_total",
-                          "Model versions named by the A/B split and refused (load, checksum or smoke test failed here or on another worker)",
-                          ["version"], registry=REGISTRY)
-VERSION_LOADED = Gauge("streamrec_variant_version_loaded", "Model versions held next to production for the A/B split (value 1)",
-                       ["version"], registry=REGISTRY)
+WEIGHT = Gauge(
+    "streamrec_variant_weight", "A/B split in force (share of users per variant)", ["variant"], registry=REGISTRY
+)
+REJECTED = Counter(
+    "streamrec_variant_config_rejected_total",
+    "Runtime A/B split values refused (bad syntax or weights)",
+    registry=REGISTRY,
+)
+VERSION_REFUSED = Counter(
+    "streamrec_variant_version_refused_total",
+    "Model versions named by the A/B split and refused (load, checksum or smoke test failed here or on another worker)",
+    ["version"],
+    registry=REGISTRY,
+)
+VERSION_LOADED = Gauge(
+    "streamrec_variant_version_loaded",
+    "Model versions held next to production for the A/B split (value 1)",
+    ["version"],
+    registry=REGISTRY,
+)
 
 
 def config_key(prefix: str) -> str:
@@ -138,8 +151,10 @@ def parse_variants(name: str, raw: str) -> Split:
         kind, at, version = label.partition("@")
         ok = (label == CONTROL) or (kind == RANKER and (not at or version == PRODUCTION or valid_version(version)))
         if not ok or not math.isfinite(w) or w < 0:
-            raise SettingsError(f"{name}: variant must be ranker, ranker@<version>, ranker@production or control "
-                                f"with a weight >= 0, got {part!r}")
+            raise SettingsError(
+                f"{name}: variant must be ranker, ranker@<version>, ranker@production or control "
+                f"with a weight >= 0, got {part!r}"
+            )
         arm = arm_version(label)
         if arm in arms:
             raise SettingsError(f"{name}: {label!r} names an arm already in the split (ranker = ranker@production)")
@@ -190,7 +205,9 @@ class VersionLoader:
     ``drop_version`` / ``versions``). ``load`` verifies, loads and smoke-tests a version folder
     (``Worker._load``: raises ``ModelRefused``); it runs off the event loop."""
 
-    def __init__(self, pipeline, load, *, model_root, redis=None, prefix: str = "streamrec:", worker_id: str = "") -> None:
+    def __init__(
+        self, pipeline, load, *, model_root, redis=None, prefix: str = "streamrec:", worker_id: str = ""
+    ) -> None:
         from pathlib import Path
 
         self.pipeline = pipeline
@@ -206,8 +223,13 @@ class VersionLoader:
             return
         self.refused[version] = reason
         VERSION_REFUSED.labels(version).inc()
-        log.error("model version %s named by the A/B split refused%s; its users are served by production %s: %s",
-                  version, "" if here else " (by another worker)", self.pipeline.bundle.version, reason)
+        log.error(
+            "model version %s named by the A/B split refused%s; its users are served by production %s: %s",
+            version,
+            "" if here else " (by another worker)",
+            self.pipeline.bundle.version,
+            reason,
+        )
 
     async def prepare(self, split: Split, refused_elsewhere: dict[str, str]) -> None:
         """Load every version ``split`` names that is neither production, loaded nor refused."""
@@ -232,8 +254,12 @@ class VersionLoader:
                     await self.redis.hsetnx(refused_key(self.prefix), version, f"{self.worker_id}: {exc}"[:2000])
                 continue
             VERSION_LOADED.labels(version).set(1)
-            log.info("model version %s loaded next to production %s for the A/B split (%s)", version,
-                     self.pipeline.bundle.version, bundle.ranker_file)
+            log.info(
+                "model version %s loaded next to production %s for the A/B split (%s)",
+                version,
+                self.pipeline.bundle.version,
+                bundle.ranker_file,
+            )
 
     def drop(self, version: str) -> None:
         if self.pipeline.drop_version(version):
@@ -252,9 +278,15 @@ class VersionLoader:
         serving: dict[str, float] = {}
         for label, w in p.serving_split():  # a refused arm's band adds to production's
             serving[label] = round(serving.get(label, 0.0) + w, 12)
-        return {"worker": self.worker_id, "ts": time.time(), "production": p.bundle.version,
-                "loaded": sorted(p.versions), "refused": dict(self.refused), "split": format_split(requested),
-                "serving": serving}
+        return {
+            "worker": self.worker_id,
+            "ts": time.time(),
+            "production": p.bundle.version,
+            "loaded": sorted(p.versions),
+            "refused": dict(self.refused),
+            "split": format_split(requested),
+            "serving": serving,
+        }
 
 
 class VariantPoller:
@@ -262,7 +294,9 @@ class VariantPoller:
     ``set_variants``: the ``Pipeline``); with a ``loader``, the versions it names are loaded first
     and what the worker serves is reported to Redis."""
 
-    def __init__(self, redis, target, *, default: Split, key: str, interval_s: float, loader: VersionLoader | None = None) -> None:
+    def __init__(
+        self, redis, target, *, default: Split, key: str, interval_s: float, loader: VersionLoader | None = None
+    ) -> None:
         self.redis = redis
         self.target = target
         self.default = default
@@ -286,8 +320,13 @@ class VariantPoller:
         except SettingsError as exc:
             if raw_b != self._last_bad:  # once per distinct bad value, not every poll
                 REJECTED.inc()
-                log.error("runtime A/B split %s=%r refused (%s); keeping %s", self.key, raw_b[:200],
-                          str(exc).split(": ", 1)[-1], format_split(self.target.variants))
+                log.error(
+                    "runtime A/B split %s=%r refused (%s); keeping %s",
+                    self.key,
+                    raw_b[:200],
+                    str(exc).split(": ", 1)[-1],
+                    format_split(self.target.variants),
+                )
                 self._last_bad = raw_b
             return None
         self._last_bad = None
@@ -326,12 +365,19 @@ class VariantPoller:
                 pipe.get(self.key)
                 pipe.hgetall(refused_key(self.loader.prefix))
                 raw, refused_raw = await pipe.execute()
-                refused = {k.decode() if isinstance(k, bytes) else k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                           for k, v in refused_raw.items()}
+                refused = {
+                    k.decode() if isinstance(k, bytes) else k: v.decode("utf-8", "replace")
+                    if isinstance(v, bytes)
+                    else v
+                    for k, v in refused_raw.items()
+                }
         except (RedisConnectionError, RedisTimeout, OSError) as exc:
             if not self._redis_down:
-                log.warning("cannot read the A/B split from Redis (%s); keeping %s", type(exc).__name__,
-                            format_split(self.target.variants))
+                log.warning(
+                    "cannot read the A/B split from Redis (%s); keeping %s",
+                    type(exc).__name__,
+                    format_split(self.target.variants),
+                )
             self._redis_down = True
             return
         self._redis_down = False
@@ -396,17 +442,35 @@ async def wait_first_poll(task: asyncio.Task | None, timeout_s: float = 120.0) -
     try:
         await asyncio.wait_for(event.wait(), timeout_s)
     except TimeoutError:
-        log.warning("the A/B split's versions were not loaded within %.0f s; serving production for them meanwhile", timeout_s)
+        log.warning(
+            "the A/B split's versions were not loaded within %.0f s; serving production for them meanwhile", timeout_s
+        )
 
 
 def start_variant_poller(redis, pipeline, settings, load=None) -> asyncio.Task | None:
     """Start polling (hook for the worker's startup, after the pipeline exists); None when
     ``STREAMREC_VARIANTS_POLL_S`` is 0. ``load`` (``Worker._load``) lets splits name versions."""
     export_split(pipeline.variants)
-    loader = None if load is None else VersionLoader(pipeline, load, model_root=settings.model_path, redis=redis,
-                                                     prefix=settings.redis_meta_prefix, worker_id=settings.worker_id)
-    poller = VariantPoller(redis, pipeline, default=settings.variants, key=config_key(settings.redis_meta_prefix),
-                           interval_s=settings.variants_poll_s, loader=loader)
+    loader = (
+        None
+        if load is None
+        else VersionLoader(
+            pipeline,
+            load,
+            model_root=settings.model_path,
+            redis=redis,
+            prefix=settings.redis_meta_prefix,
+            worker_id=settings.worker_id,
+        )
+    )
+    poller = VariantPoller(
+        redis,
+        pipeline,
+        default=settings.variants,
+        key=config_key(settings.redis_meta_prefix),
+        interval_s=settings.variants_poll_s,
+        loader=loader,
+    )
     if settings.variants_poll_s <= 0:
         if loader is None or not named_versions(settings.variants):
             return None
@@ -436,7 +500,9 @@ def missing_versions(split: Split, model_root) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streamer.variants", description="Show, set or clear the runtime A/B split.")
+    p = argparse.ArgumentParser(
+        prog="python -m streamer.variants", description="Show, set or clear the runtime A/B split."
+    )
     p.add_argument("action", choices=("show", "set", "clear"))
     p.add_argument("split", nargs="?", help="for set: e.g. ranker:0.5,control:0.5")
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))

@@ -199,9 +199,17 @@ async def _collect(consumer, tps: list, with_committed: bool, position_timeout: 
             pos = None
         hw = consumer.highwater(tp)
         om = committed.get(tp)
-        out.append(Observation(tp.topic, tp.partition, pos, hw, ends.get(tp),
-                               committed=(om.offset if om is not None and om.offset >= 0 else None),
-                               committed_known=known))
+        out.append(
+            Observation(
+                tp.topic,
+                tp.partition,
+                pos,
+                hw,
+                ends.get(tp),
+                committed=(om.offset if om is not None and om.offset >= 0 else None),
+                committed_known=known,
+            )
+        )
     return out
 
 
@@ -211,8 +219,14 @@ class FaustConsumerHandle(_Handle):
     own bookkeeping of the partition (read offset: faust drops messages below it; committed offset
     and acks: faust ignores acks below the committed offset and would never commit again)."""
 
-    def __init__(self, consumer, topics: Iterable[str], position_timeout: float = 2.0,
-                 last_seen: dict | None = None, probe: "RecordProbe | None" = None) -> None:
+    def __init__(
+        self,
+        consumer,
+        topics: Iterable[str],
+        position_timeout: float = 2.0,
+        last_seen: dict | None = None,
+        probe: "RecordProbe | None" = None,
+    ) -> None:
         self.consumer = consumer
         self.topics = set(topics)
         self.position_timeout = position_timeout
@@ -235,8 +249,10 @@ class FaustConsumerHandle(_Handle):
             # rewind during the rejoin after a broker restart was overwritten by the stale
             # commit). The anchors stay, so the check after the rebalance still sees the loss.
             return []
-        tps = sorted((tp for tp in self.consumer.assignment() if tp.topic in self.topics),
-                     key=lambda tp: (tp.topic, tp.partition))
+        tps = sorted(
+            (tp for tp in self.consumer.assignment() if tp.topic in self.topics),
+            key=lambda tp: (tp.topic, tp.partition),
+        )
         if not tps:
             return []
         aio = self._aio()
@@ -252,8 +268,9 @@ class FaustConsumerHandle(_Handle):
         for o in obs:
             ok = verdict.get(o.key)
             if ok is False:
-                o = Observation(o.topic, o.partition, o.position, o.highwater, o.end, o.committed,
-                                o.committed_known, replaced=True)
+                o = Observation(
+                    o.topic, o.partition, o.position, o.highwater, o.end, o.committed, o.committed_known, replaced=True
+                )
             elif ok is True or o.key not in self.anchor:
                 # verified (or nothing to verify yet): the next check verifies the latest record
                 # handled now. The anchor only moves after a verification against the live log, so
@@ -291,14 +308,17 @@ class FaustConsumerHandle(_Handle):
                 # read offset that no longer moves means faust has nothing left to deliver.
                 return
             await asyncio.sleep(0.1)
-        log.warning("watchdog: records of %s:%d still in flight after %.0f s; rewinding anyway",
-                    tp.topic, tp.partition, self.drain_timeout_s)
+        log.warning(
+            "watchdog: records of %s:%d still in flight after %.0f s; rewinding anyway",
+            tp.topic,
+            tp.partition,
+            self.drain_timeout_s,
+        )
 
     async def rewind(self, topic: str, partition: int, to_committed: bool = False) -> None:
         """Re-read the partition: from the beginning of the log (a lost log), or from the group's
         committed offset (``to_committed``: a stalled partition; the beginning if none)."""
         from aiokafka import TopicPartition
-
         from faust.types import TP
 
         tp = TopicPartition(topic, partition)
@@ -339,8 +359,7 @@ async def _position(consumer, tp) -> int:
     return await consumer.position(tp)
 
 
-async def fetch_highwaters(bootstrap: str, tps: Iterable[Any], timeout_s: float = 5.0,
-                           **client_kwargs: Any) -> dict:
+async def fetch_highwaters(bootstrap: str, tps: Iterable[Any], timeout_s: float = 5.0, **client_kwargs: Any) -> dict:
     """{tp: high watermark} as the broker states it in *fetch* responses (``tp`` is any
     ``(topic, partition)`` pair: faust's TP or aiokafka's TopicPartition; result keys are the ones
     passed in). Missing where no fetch answer came within ``timeout_s``.
@@ -358,8 +377,14 @@ async def fetch_highwaters(bootstrap: str, tps: Iterable[Any], timeout_s: float 
     wanted = {TopicPartition(tp[0], tp[1]): tp for tp in tps}
     if not wanted:
         return {}
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                         fetch_max_wait_ms=50, max_partition_fetch_bytes=65536, **client_kwargs)
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=65536,
+        **client_kwargs,
+    )
     await c.start()
     try:
         c.assign(list(wanted))
@@ -395,9 +420,14 @@ class RecordProbe:
         if self._consumer is None:
             from aiokafka import AIOKafkaConsumer
 
-            c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                 auto_offset_reset="none", fetch_max_wait_ms=100, max_partition_fetch_bytes=65536,
-                                 **self.client_kwargs)
+            c = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                auto_offset_reset="none",
+                fetch_max_wait_ms=100,
+                max_partition_fetch_bytes=65536,
+                **self.client_kwargs,
+            )
             await c.start()
             self._consumer = c
         return self._consumer
@@ -486,8 +516,13 @@ class AIOKafkaHandle(_Handle):
 class LostLogWatchdog:
     """Checks one consumer every ``interval_s`` seconds; rewinds partitions whose log was lost."""
 
-    def __init__(self, handle: _Handle, interval_s: float, confirmations: int = 2,
-                 on_rewind: Callable[[str, int], Awaitable[None] | None] | None = None) -> None:
+    def __init__(
+        self,
+        handle: _Handle,
+        interval_s: float,
+        confirmations: int = 2,
+        on_rewind: Callable[[str, int], Awaitable[None] | None] | None = None,
+    ) -> None:
         self.handle = handle
         self.interval_s = interval_s
         self.detector = LostLogDetector(confirmations)
@@ -507,21 +542,39 @@ class LostLogWatchdog:
             reason = self.detector.observe(obs)
             if reason is None:
                 continue
-            why = {REPLACED: "the record consumed last is gone from the broker's log or replaced by another",
-                   BEYOND_LOG: "the position is beyond the end of the broker's log",
-                   COMMITTED_GONE: "the group's committed offset vanished from the broker"}[reason]
+            why = {
+                REPLACED: "the record consumed last is gone from the broker's log or replaced by another",
+                BEYOND_LOG: "the position is beyond the end of the broker's log",
+                COMMITTED_GONE: "the group's committed offset vanished from the broker",
+            }[reason]
             try:
                 await self.handle.rewind(obs.topic, obs.partition)
             except Exception as exc:  # noqa: BLE001 - the anchor stays: seen again on the next check
-                log.warning("watchdog (%s): lost log on %s:%d (reason %s) but the rewind failed, retrying at the "
-                            "next check: %s: %s", self.handle.name, obs.topic, obs.partition, reason,
-                            type(exc).__name__, exc)
+                log.warning(
+                    "watchdog (%s): lost log on %s:%d (reason %s) but the rewind failed, retrying at the "
+                    "next check: %s: %s",
+                    self.handle.name,
+                    obs.topic,
+                    obs.partition,
+                    reason,
+                    type(exc).__name__,
+                    exc,
+                )
                 continue
             log.error(
                 "lost log: %s:%d at position %s (high watermark %s, end offset %s, group committed offset %s): %s "
                 "(reason %s): the broker lost this partition (restart of a memory-only broker?); %s rewound it to "
-                "the beginning of the new log", obs.topic, obs.partition, obs.position, obs.highwater, obs.end,
-                obs.committed if obs.committed_known else "n/a", why, reason, self.handle.name)
+                "the beginning of the new log",
+                obs.topic,
+                obs.partition,
+                obs.position,
+                obs.highwater,
+                obs.end,
+                obs.committed if obs.committed_known else "n/a",
+                why,
+                reason,
+                self.handle.name,
+            )
             metrics.LOST_LOG_RESETS.labels(obs.topic, reason).inc()
             self.rewinds += 1
             if self.on_rewind is not None:

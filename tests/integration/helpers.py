@@ -17,7 +17,9 @@ def unique_topics(stack, prefix: str) -> dict[str, str]:
     return names
 
 
-def event(i: int, user: str, item: str | None, etype: str = "purchase", ts: int | None = None, **extra) -> tuple[bytes, bytes]:
+def event(
+    i: int, user: str, item: str | None, etype: str = "purchase", ts: int | None = None, **extra
+) -> tuple[bytes, bytes]:
     d = {"event_id": f"ev-{user}-{i}", "user_id": user, "type": etype, "ts": ts or 1_320_000_000_000 + i * 1000}
     if item is not None:
         d["item_id"] = item

@@ -63,10 +63,14 @@ def test_sigkilled_archiver_keeps_every_valid_event_exactly_once(stack, tmp_path
     want = {e.event_id for e in retail.events}
     # The log is produced while the archiver runs (about 12 s), and the archiver writes small,
     # frequent files: a kill lands among writes, renames and commits.
-    producer = threading.Thread(target=lambda: asyncio.run(
-        replay(retail, stack.bootstrap, topics["events"], topics["items"], rate=300, progress=False)))
-    settings = dict(STREAMREC_ARCHIVE_FLUSH_RECORDS="37", STREAMREC_ARCHIVE_FLUSH_S="0.2",
-                    STREAMREC_SESSION_TIMEOUT_S="3")
+    producer = threading.Thread(
+        target=lambda: asyncio.run(
+            replay(retail, stack.bootstrap, topics["events"], topics["items"], rate=300, progress=False)
+        )
+    )
+    settings = dict(
+        STREAMREC_ARCHIVE_FLUSH_RECORDS="37", STREAMREC_ARCHIVE_FLUSH_S="0.2", STREAMREC_SESSION_TIMEOUT_S="3"
+    )
     rng = random.Random()
     kills = []
     for round_ in range(3):
@@ -99,8 +103,10 @@ def test_sigkilled_archiver_keeps_every_valid_event_exactly_once(stack, tmp_path
     finally:
         assert proc.stop() == 0, proc.tail()
     resumed = proc.log.read_text().count("they will not be written again")
-    print(f"kills (delay s, events archived at the kill): {kills}; final {len(events)} rows; "
-          f"partitions resumed past their committed offset: {resumed}")
+    print(
+        f"kills (delay s, events archived at the kill): {kills}; final {len(events)} rows; "
+        f"partitions resumed past their committed offset: {resumed}"
+    )
     assert len(events) == len(set(events)), "an event was archived twice"
     assert set(events) == want
     assert sorted(items) == sorted(retail.items)
@@ -120,7 +126,9 @@ def test_files_written_before_a_lost_commit_are_not_written_again(stack, tmp_pat
     # "already written, commit lost": the first half of every partition, as the archiver writes it
     by_partition: dict[int, list] = {}
     for m in sorted(records, key=lambda m: (m.partition, m.offset)):
-        by_partition.setdefault(m.partition, []).append(Located(decode_event(m.value), m.partition, m.offset, m.timestamp))
+        by_partition.setdefault(m.partition, []).append(
+            Located(decode_event(m.value), m.partition, m.offset, m.timestamp)
+        )
     pre = 0
     for located in by_partition.values():
         half = located[: len(located) // 2]
@@ -128,8 +136,14 @@ def test_files_written_before_a_lost_commit_are_not_written_again(stack, tmp_pat
             write_batch(archive, EVENTS, topics["events"], half)
             pre += len(half)
     assert pre > 0
-    proc = ArchiverProcess(stack, archive, app_id="lost-test", topics=topics,
-                           STREAMREC_ARCHIVE_FLUSH_RECORDS="10", STREAMREC_ARCHIVE_FLUSH_S="0.2").start()
+    proc = ArchiverProcess(
+        stack,
+        archive,
+        app_id="lost-test",
+        topics=topics,
+        STREAMREC_ARCHIVE_FLUSH_RECORDS="10",
+        STREAMREC_ARCHIVE_FLUSH_S="0.2",
+    ).start()
     try:
         wait_archived(archive, len(messages), 0, proc)
         time.sleep(1.0)
@@ -150,8 +164,14 @@ def test_read_log_from_kafka_equals_read_log_from_the_archive(stack, tmp_path, r
     from schemas import encode
 
     asyncio.run(produce(stack.bootstrap, topics["events"], [(again.user_id.encode(), encode(again))]))
-    proc = ArchiverProcess(stack, archive, app_id="logs-test", topics=topics,
-                           STREAMREC_ARCHIVE_FLUSH_RECORDS="500", STREAMREC_ARCHIVE_FLUSH_S="0.5").start()
+    proc = ArchiverProcess(
+        stack,
+        archive,
+        app_id="logs-test",
+        topics=topics,
+        STREAMREC_ARCHIVE_FLUSH_RECORDS="500",
+        STREAMREC_ARCHIVE_FLUSH_S="0.5",
+    ).start()
     try:
         wait_archived(archive, len(retail.events) + 1, len(retail.items), proc)
     finally:

@@ -51,19 +51,28 @@ class Phase:
             got = {u: orjson.loads(v) for u, v in zip(self.users, vals) if v is not None}
             return got if all(u in got and got[u]["event_id"] == last[u] for u in self.users) else None
 
-        return wait_until(current, 120, f"lists for phase {self.n}",
-                          on_fail=lambda: "\n-----\n".join(w.tail() for w in self.workers))
+        return wait_until(
+            current, 120, f"lists for phase {self.n}", on_fail=lambda: "\n-----\n".join(w.tail() for w in self.workers)
+        )
 
 
 def test_canary_promote_rollback_and_a_corrupted_version(stack, store, tmp_path):
     topics = unique_topics(stack, "canary")
     prefix = f"canary-{uuid.uuid4().hex[:8]}:"
     r = redis.Redis.from_url(stack.redis_url)
-    env = {"STREAMREC_VARIANTS_POLL_S": "0.5", "STREAMREC_REDIS_META_PREFIX": prefix, "STREAMREC_VARIANTS": "ranker:1.0"}
-    workers = [WorkerProcess(stack, store, tmp_path / name, app_id="canary", topics=topics, STREAMREC_WORKER_ID=name, **env)
-               for name in ("w1", "w2")]
+    env = {
+        "STREAMREC_VARIANTS_POLL_S": "0.5",
+        "STREAMREC_REDIS_META_PREFIX": prefix,
+        "STREAMREC_VARIANTS": "ranker:1.0",
+    }
+    workers = [
+        WorkerProcess(stack, store, tmp_path / name, app_id="canary", topics=topics, STREAMREC_WORKER_ID=name, **env)
+        for name in ("w1", "w2")
+    ]
     log: list[str] = []
-    ro = Rollout(r, prefix, store, kafka=stack.bootstrap, topic=topics["updates"], default_split="ranker:1.0", out=log.append)
+    ro = Rollout(
+        r, prefix, store, kafka=stack.bootstrap, topic=topics["updates"], default_split="ranker:1.0", out=log.append
+    )
     phase = Phase(stack, topics, r, workers)
     try:
         for w in workers:
@@ -130,16 +139,23 @@ def test_canary_promote_rollback_and_a_corrupted_version(stack, store, tmp_path)
         # ---- rollback of the promotion: back to v1 everywhere
         assert ro.rollback(wait_s=120) == 0, log
         assert (store / "LATEST").read_text().strip() == "v1"
-        wait_until(lambda: all(rep["production"] == "v1" and rep["loaded"] == [] for rep in ro.workers().values()), 30,
-                   "v1 production everywhere")
+        wait_until(
+            lambda: all(rep["production"] == "v1" and rep["loaded"] == [] for rep in ro.workers().values()),
+            30,
+            "v1 production everywhere",
+        )
         lists = phase.run()
         assert {lst["model_version"] for lst in lists.values()} == {"v1"}
 
         # ---- a corrupted version named in a split: refused on both workers, the others served
         bad_split = "ranker@v3-corrupt:0.2,ranker@v2:0.3,ranker@production:0.5"
         r.set(config_key(prefix), bad_split)
-        wait_until(lambda: all("v3-corrupt" in rep["refused"] and rep["loaded"] == ["v2"] for rep in ro.workers().values()),
-                   60, "v3-corrupt refused, v2 loaded", on_fail=lambda: "\n".join(w.tail() for w in workers))
+        wait_until(
+            lambda: all("v3-corrupt" in rep["refused"] and rep["loaded"] == ["v2"] for rep in ro.workers().values()),
+            60,
+            "v3-corrupt refused, v2 loaded",
+            on_fail=lambda: "\n".join(w.tail() for w in workers),
+        )
         split = parse_split(bad_split)
         lists = phase.run()
         for u, lst in lists.items():
@@ -162,17 +178,22 @@ def test_canary_promote_rollback_and_a_corrupted_version(stack, store, tmp_path)
             w.stop()
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("ranker@nope:0.1,ranker:0.9", "no version nope in the model store"),
-    ("ranker@v2:0.5,ranker:0.6", "weights must sum to 1"),
-    ("ranker@v2:0.5,ranker@v2:0.5", "already in the split"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("ranker@nope:0.1,ranker:0.9", "no version nope in the model store"),
+        ("ranker@v2:0.5,ranker:0.6", "weights must sum to 1"),
+        ("ranker@v2:0.5,ranker@v2:0.5", "already in the split"),
+    ],
+)
 def test_bad_variants_stop_the_worker_at_start(stack, store, tmp_path, spec, words):
     """A bad STREAMREC_VARIANTS: exit 2 and one line naming it, before the worker joins anything."""
     import subprocess
 
     topics = unique_topics(stack, "badvariants")
-    w = WorkerProcess(stack, store, tmp_path / "w", app_id="badvariants", topics=topics, STREAMREC_VARIANTS=spec).start()
+    w = WorkerProcess(
+        stack, store, tmp_path / "w", app_id="badvariants", topics=topics, STREAMREC_VARIANTS=spec
+    ).start()
     try:
         code = w.proc.wait(60)
     except subprocess.TimeoutExpired:

@@ -35,8 +35,13 @@ def make_events(n_users: int, per_user: int, seed: int) -> tuple[list, dict[str,
     for i in range(n_users * per_user):
         u = f"user{rng.randrange(n_users)}"
         expected[u] = expected.get(u, 0) + 1
-        ev = event(i, u, rng.choice(ITEMS), etype=rng.choice(["view", "click", "add_to_cart", "purchase"]),
-                   ts=1_320_000_000_000 + i * 60_000)
+        ev = event(
+            i,
+            u,
+            rng.choice(ITEMS),
+            etype=rng.choice(["view", "click", "add_to_cart", "purchase"]),
+            ts=1_320_000_000_000 + i * 60_000,
+        )
         evs.append(ev)
         if rng.random() < 0.05:
             evs.append(ev)  # duplicate delivery
@@ -59,8 +64,14 @@ async def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, t
         await c.stop()
 
 
-def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout: float = 120,
-                 worker=None, events_topic: str | None = None) -> dict[str, dict]:
+def final_states(
+    bootstrap: str,
+    app_id: str,
+    expected: dict[str, int],
+    timeout: float = 120,
+    worker=None,
+    events_topic: str | None = None,
+) -> dict[str, dict]:
     """Last changelog value per user, once every user's state has applied all its events."""
     deadline = time.monotonic() + timeout
     while True:
@@ -100,8 +111,14 @@ def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout:
                 for m in msgs:
                     if m.value and m.key.decode() in lacking:
                         history.setdefault(m.key.decode(), set()).update(UserState.from_bytes(m.value).seen_set)
-                ever = {u: sum(1 for p, o in offs if event_hash(orjson.loads(ev_by_off[(p, o)])["event_id"]) in history.get(u, ()))
-                        for u, offs in lacking.items()}
+                ever = {
+                    u: sum(
+                        1
+                        for p, o in offs
+                        if event_hash(orjson.loads(ev_by_off[(p, o)])["event_id"]) in history.get(u, ())
+                    )
+                    for u, offs in lacking.items()
+                }
                 detail += f"\nof those, found in an earlier changelog record of the user: {ever}"
                 from streamer.watchdog import fetch_highwaters
 
@@ -112,8 +129,10 @@ def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout:
             if worker is not None:
                 try:
                     detail += "\nworker metrics:\n" + "\n".join(
-                        line for line in worker.metrics().splitlines()
-                        if line.startswith(("streamrec_events_total", "streamrec_consumer_lag", "streamrec_lists")))
+                        line
+                        for line in worker.metrics().splitlines()
+                        if line.startswith(("streamrec_events_total", "streamrec_consumer_lag", "streamrec_lists"))
+                    )
                 except OSError as exc:
                     detail += f"\nworker metrics unavailable: {exc}"
                 import os
@@ -122,8 +141,9 @@ def final_states(bootstrap: str, app_id: str, expected: dict[str, int], timeout:
                 os.kill(worker.proc.pid, signal.SIGUSR1)  # mode's worker logs every task's stack
                 time.sleep(3)
                 detail += f"\nworker log:\n{worker.tail(150)}"
-            raise AssertionError(f"state incomplete or over-applied for {len(missing)} users: "
-                                 f"{list(missing.items())[:5]}{detail}")
+            raise AssertionError(
+                f"state incomplete or over-applied for {len(missing)} users: {list(missing.items())[:5]}{detail}"
+            )
         time.sleep(1)
 
 
@@ -146,7 +166,9 @@ def test_sigkill_and_restart_equals_clean_run(stack, model_root, tmp_path, produ
     state_dir = tmp_path / "crashy"
     kills = 0
     for _ in range(2):
-        w = WorkerProcess(stack, model_root, state_dir, app_id="crashy", topics=topics, STREAMREC_MAX_BATCH="32", **env).start()
+        w = WorkerProcess(
+            stack, model_root, state_dir, app_id="crashy", topics=topics, STREAMREC_MAX_BATCH="32", **env
+        ).start()
         w.wait_ready()
         time.sleep(rng.uniform(0.5, 2.5))
         w.kill()

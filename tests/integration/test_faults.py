@@ -62,8 +62,23 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
     def start(self) -> RedisServer:
-        argv = [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir), "--daemonize", "no"]
+        argv = [
+            shutil.which("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+        ]
         if self.password:
             argv += ["--requirepass", self.password]
         log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
@@ -119,13 +134,20 @@ def lists_current(r: redis.Redis, prefix: str, last_event: dict[str, str]) -> bo
     return all(v is not None and orjson.loads(v)["event_id"] == last_event[u] for u, v in zip(last_event, values))
 
 
-def make_stream(prefix: str, n_users: int, n: int, start: int, seed: int) -> tuple[list, dict[str, str], dict[str, int]]:
+def make_stream(
+    prefix: str, n_users: int, n: int, start: int, seed: int
+) -> tuple[list, dict[str, str], dict[str, int]]:
     rng = random.Random(seed)
     evs, last, counts = [], {}, {}
     for i in range(start, start + n):
         u = f"{prefix}{rng.randrange(n_users)}"
-        k, v = event(i, u, rng.choice(ITEMS), etype=rng.choice(["view", "click", "add_to_cart", "purchase"]),
-                     ts=1_320_000_000_000 + i * 60_000)
+        k, v = event(
+            i,
+            u,
+            rng.choice(ITEMS),
+            etype=rng.choice(["view", "click", "add_to_cart", "purchase"]),
+            ts=1_320_000_000_000 + i * 60_000,
+        )
         evs.append((k, v))
         last[u] = orjson.loads(v)["event_id"]
         counts[u] = counts.get(u, 0) + 1
@@ -160,8 +182,7 @@ def test_redis_outage_worker_backs_off_and_catches_up(stack, model_root, tmp_pat
     event's effect is in Redis: each user's list reflects their last event, nothing lost."""
     rs = RedisServer(tmp_path / "redis").start()
     topics = unique_topics(stack, "redisout")
-    w = WorkerProcess(stack, model_root, tmp_path / "w", app_id="redisout", topics=topics,
-                      REDIS_URL=rs.url).start()
+    w = WorkerProcess(stack, model_root, tmp_path / "w", app_id="redisout", topics=topics, REDIS_URL=rs.url).start()
     r = rs.client()
     try:
         w.wait_ready()
@@ -193,9 +214,11 @@ def test_redis_outage_worker_backs_off_and_catches_up(stack, model_root, tmp_pat
         warnings = re.findall(r"redis unavailable for write \(\w+\); retrying in ([\d.]+) s", w.log.read_text())
         delays = [float(d) for d in warnings]
         m = w.metrics()
-        print(f"\nREDIS OUTAGE: outage {outage_s:.1f} s, events {len(before)}+{len(during)}, users {len(last)}, "
-              f"retries {len(delays)} (metric {metric(m, 'streamrec_redis_retries_total'):.0f}), delays {delays}, "
-              f"worker CPU during outage {cpu_during:.2f} s, all lists current {recovery_s:.2f} s after Redis restart")
+        print(
+            f"\nREDIS OUTAGE: outage {outage_s:.1f} s, events {len(before)}+{len(during)}, users {len(last)}, "
+            f"retries {len(delays)} (metric {metric(m, 'streamrec_redis_retries_total'):.0f}), delays {delays}, "
+            f"worker CPU during outage {cpu_during:.2f} s, all lists current {recovery_s:.2f} s after Redis restart"
+        )
         assert w.proc.poll() is None
         retries = metric(m, "streamrec_redis_retries_total")
         assert 3 <= retries <= 15, retries  # backoff over 6 s, not a busy loop (nor no retry at all)
@@ -226,14 +249,25 @@ def wrong_shape_ranker(path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    ins = [helper.make_tensor_value_info(n, t, s) for n, t, s in (
-        ("seq_vecs", TensorProto.FLOAT, ["B", "L", "D"]), ("seq_types", TensorProto.INT64, ["B", "L"]),
-        ("seq_mask", TensorProto.INT64, ["B", "L"]), ("cand_vecs", TensorProto.FLOAT, ["B", "C", "D"]),
-        ("cand_feats", TensorProto.FLOAT, ["B", "C", "F"]))]
+    ins = [
+        helper.make_tensor_value_info(n, t, s)
+        for n, t, s in (
+            ("seq_vecs", TensorProto.FLOAT, ["B", "L", "D"]),
+            ("seq_types", TensorProto.INT64, ["B", "L"]),
+            ("seq_mask", TensorProto.INT64, ["B", "L"]),
+            ("cand_vecs", TensorProto.FLOAT, ["B", "C", "D"]),
+            ("cand_feats", TensorProto.FLOAT, ["B", "C", "F"]),
+        )
+    ]
     out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
-    graph = helper.make_graph([helper.make_node("ReduceSum", ["cand_vecs", "axes"], ["scores"], keepdims=0)],
-                              "wrong_shape", ins, [out], initializer=[axes])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["cand_vecs", "axes"], ["scores"], keepdims=0)],
+        "wrong_shape",
+        ins,
+        [out],
+        initializer=[axes],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -260,9 +294,15 @@ DAMAGE = {
     "wrong-shape-onnx-resealed": (lambda d: ([wrong_shape_ranker(d / f) for f in RANKERS], reseal(d)), "smoke test"),
     "wrong-checksum-manifest": (
         lambda d: (d / "manifest.json").write_text(
-            json.dumps({**(m := json.loads((d / "manifest.json").read_text())),
-                        "files": {**m["files"], "tokenizer.json": {**m["files"]["tokenizer.json"], "sha256": "0" * 64}}})),
-        "checksum mismatch for tokenizer.json"),
+            json.dumps(
+                {
+                    **(m := json.loads((d / "manifest.json").read_text())),
+                    "files": {**m["files"], "tokenizer.json": {**m["files"]["tokenizer.json"], "sha256": "0" * 64}},
+                }
+            )
+        ),
+        "checksum mismatch for tokenizer.json",
+    ),
     "truncated-item-vecs-resealed": (lambda d: (_truncate(d / "item_vecs.npy"), reseal(d)), "cannot load: ValueError"),
     "corrupt-item-ids-resealed": (lambda d: (_flip(d / "item_ids.json"), reseal(d)), "cannot load"),
 }
@@ -323,9 +363,15 @@ def test_bad_model_refused_at_swap_running_version_keeps_serving(stack, model_ro
 
     def update(folder: Path, sha: str | None = None) -> bytes:
         manifest = (folder / "manifest.json").read_bytes() if (folder / "manifest.json").exists() else b""
-        return encode(ModelUpdate(version=folder.name, location=str(folder),
-                                  manifest_sha256=sha or hashlib.sha256(manifest).hexdigest(),
-                                  created_at="2026-11-23T10:00:00Z", metrics={}))
+        return encode(
+            ModelUpdate(
+                version=folder.name,
+                location=str(folder),
+                manifest_sha256=sha or hashlib.sha256(manifest).hexdigest(),
+                created_at="2026-11-23T10:00:00Z",
+                metrics={},
+            )
+        )
 
     try:
         w.wait_ready()  # ready only once the model feed holds its position at the end of model-updates
@@ -333,8 +379,12 @@ def test_bad_model_refused_at_swap_running_version_keeps_serving(stack, model_ro
         bad = [update(f) for f in bad_versions.values()]
         bad += [b"{not json", update(model_root / "no-such-version"), update(v2, sha="ab" * 32)]
         asyncio.run(produce(stack.bootstrap, topics["updates"], [(b"bad", v) for v in bad]))
-        wait_until(lambda: metric(w.metrics(), "streamrec_model_refused_total") >= len(bad), 60,
-                   "every bad update refused", on_fail=w.tail)
+        wait_until(
+            lambda: metric(w.metrics(), "streamrec_model_refused_total") >= len(bad),
+            60,
+            "every bad update refused",
+            on_fail=w.tail,
+        )
         # still serving v1: a new event gets a list made by v1
         asyncio.run(produce(stack.bootstrap, topics["events"], [event(1, "after-bad", "71053")]))
         raw = wait_until(lambda: r.get(topics["prefix"] + "after-bad"), 30, "list after refusals", on_fail=w.tail)
@@ -402,12 +452,16 @@ def test_broker_unreachable_mid_stream_nothing_lost(private_stack, model_root, t
         resumed_at = time.monotonic()
         t.join(120)
         assert alive, "worker died while the broker was unreachable:\n" + w.tail()
-        wait_until(lambda: lists_current(r, topics["prefix"], last), 90, "lists after the broker came back", on_fail=w.tail)
+        wait_until(
+            lambda: lists_current(r, topics["prefix"], last), 90, "lists after the broker came back", on_fail=w.tail
+        )
         recovery_s = time.monotonic() - resumed_at
         states = final_states(s.bootstrap, "pause", counts)
-        print(f"\nBROKER UNREACHABLE: {resumed_at - paused_at:.1f} s, events {len(evs)} (half sent during the pause), "
-              f"users {len(counts)}, lost 0, applied twice 0, worker CPU while paused {cpu_during:.2f} s, "
-              f"all lists current {recovery_s:.1f} s after the broker answered again")
+        print(
+            f"\nBROKER UNREACHABLE: {resumed_at - paused_at:.1f} s, events {len(evs)} (half sent during the pause), "
+            f"users {len(counts)}, lost 0, applied twice 0, worker CPU while paused {cpu_during:.2f} s, "
+            f"all lists current {recovery_s:.1f} s after the broker answered again"
+        )
         assert states.keys() == counts.keys()
         assert w.proc.poll() is None
         assert cpu_during < 0.5 * 8, f"{cpu_during:.2f} s CPU in 8 s: busy loop"
@@ -483,15 +537,20 @@ def test_broker_restart_memory_storage_worker_survives_and_serves(model_root, tm
         exact = sum(applied.get(u) == total[u] for u in total)
         skipped = sum(total.values()) - sum(applied.get(u, 0) for u in total)
         lost_after = sum(max(n - applied.get(u, 0), 0) for u, n in counts2.items())  # produced after the restart
-        print(f"\nBROKER RESTART (memory storage): broker back in {restart_s:.1f} s; {len(before)} events before, "
-              f"{len(after) + len(final)} after; running worker: "
-              + (f"all {len(last2)} users' lists current {served_s:.1f} s after the kill "
-                 f"({served_s - produced_s:.1f} s after the last event was produced)" if served_s else
-                 f"lists NOT current {window:.0f} s after the kill")
-              + f"; lost-log rewinds {rewinds:.0f}; worker CPU {cpu:.2f} s in {window:.0f} s; state in the new changelog: "
-              f"{exact}/{len(total)} users exact, {skipped} events not (yet) applied ({lost_after} of them produced after "
-              f"the restart), 0 applied twice; every event produced after the restart applied "
-              + (f"{applied_s:.1f} s after the kill" if applied_s else "NOT within 30 s"))
+        print(
+            f"\nBROKER RESTART (memory storage): broker back in {restart_s:.1f} s; {len(before)} events before, "
+            f"{len(after) + len(final)} after; running worker: "
+            + (
+                f"all {len(last2)} users' lists current {served_s:.1f} s after the kill "
+                f"({served_s - produced_s:.1f} s after the last event was produced)"
+                if served_s
+                else f"lists NOT current {window:.0f} s after the kill"
+            )
+            + f"; lost-log rewinds {rewinds:.0f}; worker CPU {cpu:.2f} s in {window:.0f} s; state in the new changelog: "
+            f"{exact}/{len(total)} users exact, {skipped} events not (yet) applied ({lost_after} of them produced after "
+            f"the restart), 0 applied twice; every event produced after the restart applied "
+            + (f"{applied_s:.1f} s after the kill" if applied_s else "NOT within 30 s")
+        )
         for line in lost_lines:
             print("  worker:", line[:300])
         assert not over, f"events applied twice for {over}"
@@ -499,8 +558,10 @@ def test_broker_restart_memory_storage_worker_survives_and_serves(model_root, tm
             values = dict(zip(last2, r.mget([topics["prefix"] + u for u in last2])))
             stale = [u for u, e in last2.items() if values[u] is None or orjson.loads(values[u])["event_id"] != e]
             print(f"stale lists: {len(stale)} of {len(last2)}")
-        assert served_s is not None, (f"the running worker did not serve the events produced after the broker restart "
-                                      f"within {window:.0f} s\n" + w.tail(120))
+        assert served_s is not None, (
+            f"the running worker did not serve the events produced after the broker restart "
+            f"within {window:.0f} s\n" + w.tail(120)
+        )
         assert rewinds == len(lost_lines), (rewinds, lost_lines)
         assert lost_after == 0, f"{lost_after} events produced after the broker restart were never applied"
         # a worker restarted on the same state folder starts and serves new events
@@ -510,7 +571,9 @@ def test_broker_restart_memory_storage_worker_survives_and_serves(model_root, tm
         w.wait_ready()
         more, last3, _ = make_stream("bk", 40, 100, 30_000, seed=10)
         asyncio.run(produce(s.bootstrap, topics["events"], more))
-        wait_until(lambda: lists_current(r, topics["prefix"], last3), 60, "lists after the worker restart", on_fail=w.tail)
+        wait_until(
+            lambda: lists_current(r, topics["prefix"], last3), 60, "lists after the worker restart", on_fail=w.tail
+        )
         print(f"worker restarted on its state after the broker reset: serving again in {time.monotonic() - t1:.1f} s")
         assert w.proc.poll() is None and "ConsistencyError" not in w.log.read_text()
     finally:

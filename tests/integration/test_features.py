@@ -92,8 +92,14 @@ def latest(r, key, after_event: str | None = None):
 
 
 def run_cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], check=False, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def test_search_with_the_real_text_encoder_new_item_and_fading_intent(stack, real_model_root, real_catalog, tmp_path):
@@ -109,7 +115,11 @@ def test_search_with_the_real_text_encoder_new_item_and_fading_intent(stack, rea
         title = {it.item_id: it.title for it in real_catalog}
 
         # 1. a user with no history searches "red lantern": lanterns come first, saying why
-        asyncio.run(produce(stack.bootstrap, topics["events"], [event(1, "searcher", None, etype="search", query="red lantern")]))
+        asyncio.run(
+            produce(
+                stack.bootstrap, topics["events"], [event(1, "searcher", None, etype="search", query="red lantern")]
+            )
+        )
         rec = wait_for(lambda: latest(r, key + "searcher"), what="list after the search")
         top = rec.items[:5]
         assert all("LANTERN" in (i.title or "") for i in top), [i.title for i in rec.items]
@@ -132,7 +142,9 @@ def test_search_with_the_real_text_encoder_new_item_and_fading_intent(stack, rea
         new = {"item_id": "RPL-NEW-1", "title": "RED PAPER LANTERN", "available": True}
         asyncio.run(produce(stack.bootstrap, topics["items"], [(b"RPL-NEW-1", orjson.dumps(new))]))
         wait_for(lambda: items_valid(w) > before, what="new item applied")
-        asyncio.run(produce(stack.bootstrap, topics["events"], [event(1, "looker", None, etype="search", query="lantern")]))
+        asyncio.run(
+            produce(stack.bootstrap, topics["events"], [event(1, "looker", None, etype="search", query="lantern")])
+        )
         rec = wait_for(lambda: latest(r, key + "looker"), what="list of the second searcher")
         ids = [i.item_id for i in rec.items[:5]]
         assert "RPL-NEW-1" in ids, [(i.item_id, i.title) for i in rec.items]
@@ -160,14 +172,23 @@ def test_runtime_ab_switch_attribution_and_report(stack, tmp_path):
     key, meta = topics["prefix"], "feat-ab:"
     r = redis.Redis.from_url(stack.redis_url)
     asyncio.run(produce(stack.bootstrap, topics["items"], [(it.item_id.encode(), encode(it)) for it in CATALOG]))
-    w = WorkerProcess(stack, root, tmp_path / "w", app_id="feat-ab", topics=topics, STREAMREC_VARIANTS="ranker:1.0",
-                      STREAMREC_VARIANTS_POLL_S="0.2", STREAMREC_REDIS_META_PREFIX=meta).start()
+    w = WorkerProcess(
+        stack,
+        root,
+        tmp_path / "w",
+        app_id="feat-ab",
+        topics=topics,
+        STREAMREC_VARIANTS="ranker:1.0",
+        STREAMREC_VARIANTS_POLL_S="0.2",
+        STREAMREC_REDIS_META_PREFIX=meta,
+    ).start()
     send = lambda *evs: asyncio.run(produce(stack.bootstrap, topics["events"], list(evs)))
     try:
         w.wait_ready()
         assert "streamrec_variant_weight{" in w.metrics(), (
             "the worker does not run the A/B split poller: streamer/app.py needs the hooks "
-            "start_variant_poller (streamer.variants) and write_stats (streamer.attribution)")
+            "start_variant_poller (streamer.variants) and write_stats (streamer.attribution)"
+        )
         # ranker arm: a view gives a list; a click on its second item is attributed to it, a click
         # on an item that is not on the live list is not
         send(event(1, "a1", "71053", etype="view"))
@@ -205,8 +226,15 @@ def test_runtime_ab_switch_attribution_and_report(stack, tmp_path):
         # the counters in Redis and the report: exact numbers
         expected = {  # a1 3 lists + d1 1; b1 4 lists + c1 1
             "ranker": {"lists": 4, "users": 2, "clicks": 1, "lists_clicked": 1, "purchases": 0},
-            "control": {"lists": 5, "users": 2, "clicks": 0, "add_to_carts": 1, "lists_carted": 1, "purchases": 1,
-                        "lists_purchased": 1},
+            "control": {
+                "lists": 5,
+                "users": 2,
+                "clicks": 0,
+                "add_to_carts": 1,
+                "lists_carted": 1,
+                "purchases": 1,
+                "lists_purchased": 1,
+            },
         }
         out = run_cli("streamer.report", "--redis-url", stack.redis_url, "--prefix", meta, "--json")
         assert out.returncode == 0, out.stderr
@@ -220,7 +248,7 @@ def test_runtime_ab_switch_attribution_and_report(stack, tmp_path):
         m = w.metrics()
         assert 'streamrec_ab_attributed_total{type="click",variant="ranker"} 1.0' in m
         assert 'streamrec_ab_converted_lists_total{type="purchase",variant="control"} 1.0' in m
-        assert 'streamrec_variant_config_rejected_total 1.0' in m
+        assert "streamrec_variant_config_rejected_total 1.0" in m
     finally:
         code = w.stop()
     assert code in (0, -15), w.tail()

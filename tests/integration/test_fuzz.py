@@ -39,10 +39,43 @@ from tests.integration.test_faults import metric, shared_model_root, wait_until
 pytestmark = pytest.mark.integration
 
 SEED = 20261123
-BAD_VALUES = [None, "", [], {}, True, False, -1, 0, 1.5, "x" * 200, "x" * 600, {"a": [1, 2]}, [None], "null",
-              "2011-02-30T00:00:00Z", "2011-12-09T12:50:00", 10**16, -(2**53) - 2, 9.99e15, "\u0000", "\U0001f600"]
-FIELDS = ["schema_version", "event_id", "user_id", "type", "item_id", "query", "ts", "session_id", "quantity",
-          "price", "rating", "context"]
+BAD_VALUES = [
+    None,
+    "",
+    [],
+    {},
+    True,
+    False,
+    -1,
+    0,
+    1.5,
+    "x" * 200,
+    "x" * 600,
+    {"a": [1, 2]},
+    [None],
+    "null",
+    "2011-02-30T00:00:00Z",
+    "2011-12-09T12:50:00",
+    10**16,
+    -(2**53) - 2,
+    9.99e15,
+    "\u0000",
+    "\U0001f600",
+]
+FIELDS = [
+    "schema_version",
+    "event_id",
+    "user_id",
+    "type",
+    "item_id",
+    "query",
+    "ts",
+    "session_id",
+    "quantity",
+    "price",
+    "rating",
+    "context",
+]
 
 
 # ---- generators -------------------------------------------------------------------------------
@@ -60,8 +93,19 @@ def json_mutation(rng: random.Random, d: dict) -> bytes:
     elif kind == 5:
         d["type"] = rng.choice(["view", "click", "search", "erase_user", "favorite", "rating", "refund", "VIEW", ""])
     elif kind == 6:
-        d["ts"] = rng.choice([d.get("ts", 0) // 1000, d.get("ts", 0) * 1000, "2011-12-09T12:50:00Z", "2011-12-09T12:50:00+25:00",
-                              "1989-12-31T23:59:59Z", "2100-01-01T00:00:01Z", 4_102_444_800_000, 631_151_999_999, "now"])
+        d["ts"] = rng.choice(
+            [
+                d.get("ts", 0) // 1000,
+                d.get("ts", 0) * 1000,
+                "2011-12-09T12:50:00Z",
+                "2011-12-09T12:50:00+25:00",
+                "1989-12-31T23:59:59Z",
+                "2100-01-01T00:00:01Z",
+                4_102_444_800_000,
+                631_151_999_999,
+                "now",
+            ]
+        )
     elif kind == 7:
         d["user_id"] = rng.choice([12347, 12347.0, 12347.5, 2**53 + 1, "u" * 129, -5, True])
     elif kind == 8:
@@ -97,12 +141,12 @@ def byte_mutation(rng: random.Random, raw: bytes, other: bytes) -> bytes:
         b[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
     elif kind == 3:
         at = rng.randrange(len(b))
-        del b[at: at + rng.randint(1, 10)]
+        del b[at : at + rng.randint(1, 10)]
     elif kind == 4:
         at = rng.randrange(len(b))
-        b[at:at] = b[max(0, at - 12): at]
+        b[at:at] = b[max(0, at - 12) : at]
     elif kind == 5:
-        b = b[: len(b) // 2] + other[len(other) // 2:]
+        b = b[: len(b) // 2] + other[len(other) // 2 :]
     elif kind == 6:
         b = b.replace(b'"', b"\xff", 1)
     elif kind == 7:
@@ -117,9 +161,24 @@ def byte_mutation(rng: random.Random, raw: bytes, other: bytes) -> bytes:
 def specials() -> list[bytes | None]:
     """Extremes: tombstones, sizes around and far over the limit, deep nesting, bad encodings."""
     base = {"event_id": "sp", "user_id": "special-user", "type": "view", "item_id": "71053", "ts": 1_320_000_000_000}
-    out: list[bytes | None] = [None, b"", b" ", b"null", b"[]", b"{}", b'"text"', b"1e999", b"-0", b"true",
-                               b'{"user_id": "\\ud800"}', b"\xc0\xaf", b"\xff\xfe{\x00}\x00", b"{" * 10, b"}" * 10,
-                               b'{"event_id":"a","event_id":"b"}']
+    out: list[bytes | None] = [
+        None,
+        b"",
+        b" ",
+        b"null",
+        b"[]",
+        b"{}",
+        b'"text"',
+        b"1e999",
+        b"-0",
+        b"true",
+        b'{"user_id": "\\ud800"}',
+        b"\xc0\xaf",
+        b"\xff\xfe{\x00}\x00",
+        b"{" * 10,
+        b"}" * 10,
+        b'{"event_id":"a","event_id":"b"}',
+    ]
     for size in (MAX_MESSAGE_BYTES - 200, MAX_MESSAGE_BYTES + 1, 200_000, 900_000):
         pad = size - len(orjson.dumps({**base, "session_id": ""}))
         out.append(orjson.dumps({**base, "event_id": f"big-{size}", "session_id": "s" * max(pad, 0)}))
@@ -144,8 +203,14 @@ def hypothesis_messages(n: int) -> list[bytes | None]:
     )
     out: list[bytes] = []
 
-    @settings(max_examples=n, database=None, derandomize=True, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def collect(message: bytes) -> None:
         out.append(message)
@@ -190,8 +255,15 @@ def build_corpus(data_dir) -> tuple[list[tuple[bytes | None, bytes | None]], dic
             reasons[kept].add(reason)
             key = rng.choice([None, b"k", b"12347"])
             messages.append((key if value is not None else b"tombstone", value))  # Kafka needs one of the two
-    return messages, {"last": last, "invalid": invalid, "bad_values": bad_values, "reasons": reasons,
-                      "kinds": kinds, "real": len(real), "items": dataset.items}
+    return messages, {
+        "last": last,
+        "invalid": invalid,
+        "bad_values": bad_values,
+        "reasons": reasons,
+        "kinds": kinds,
+        "real": len(real),
+        "items": dataset.items,
+    }
 
 
 # ---- the test --------------------------------------------------------------------------------
@@ -251,12 +323,29 @@ def test_ten_thousand_bad_and_mutated_messages(stack, model_root, data_dir, tmp_
         drained_s = time.monotonic() - t0
         # a few more seconds: anything extra on the DLQ would show
         time.sleep(2)
-        dls += asyncio.run(read_all(stack.bootstrap, topics["dlq"], timeout=5))[len(dls):]
+        dls += asyncio.run(read_all(stack.bootstrap, topics["dlq"], timeout=5))[len(dls) :]
         # no stall: a fresh event after the storm is served promptly
         t1 = time.monotonic()
-        asyncio.run(produce(stack.bootstrap, topics["events"], [(b"after-fuzz", orjson.dumps(
-            {"event_id": "after-fuzz-1", "user_id": "after-fuzz", "type": "view", "item_id": "71053",
-             "ts": 1_320_000_000_000}))]))
+        asyncio.run(
+            produce(
+                stack.bootstrap,
+                topics["events"],
+                [
+                    (
+                        b"after-fuzz",
+                        orjson.dumps(
+                            {
+                                "event_id": "after-fuzz-1",
+                                "user_id": "after-fuzz",
+                                "type": "view",
+                                "item_id": "71053",
+                                "ts": 1_320_000_000_000,
+                            }
+                        ),
+                    )
+                ],
+            )
+        )
         wait_until(lambda: r.exists(prefix + "after-fuzz"), 30, "list after the fuzz", interval=0.05, on_fail=w.tail)
         after_s = time.monotonic() - t1
         m = w.metrics()
@@ -266,11 +355,15 @@ def test_ten_thousand_bad_and_mutated_messages(stack, model_root, data_dir, tmp_
 
     decoded = [decode_dead_letter(d.value) for d in dls]
     got_values = collections.Counter(dl.value() for dl in decoded)
-    wrong_reason = [(dl.value()[:60], dl.error_code) for dl in decoded if dl.error_code not in info["reasons"][dl.value()]]
-    print(f"\nFUZZ: {len(messages)} messages ({n_valid} valid, {n_invalid} invalid) built in {build_s:.1f} s; "
-          f"kinds {dict(info['kinds'])}; reasons {dict(info['invalid'])}; produced in {produced_s:.1f} s, "
-          f"all lists current {drained_s:.1f} s after the first send; DLQ {len(decoded)}; "
-          f"fresh event served {after_s:.2f} s after the storm; exit {code}")
+    wrong_reason = [
+        (dl.value()[:60], dl.error_code) for dl in decoded if dl.error_code not in info["reasons"][dl.value()]
+    ]
+    print(
+        f"\nFUZZ: {len(messages)} messages ({n_valid} valid, {n_invalid} invalid) built in {build_s:.1f} s; "
+        f"kinds {dict(info['kinds'])}; reasons {dict(info['invalid'])}; produced in {produced_s:.1f} s, "
+        f"all lists current {drained_s:.1f} s after the first send; DLQ {len(decoded)}; "
+        f"fresh event served {after_s:.2f} s after the storm; exit {code}"
+    )
     assert alive, "worker died during the fuzz"
     assert code in (0, -15), w.tail()
     assert len(decoded) == n_invalid, f"DLQ has {len(decoded)}, expected {n_invalid}"
@@ -280,8 +373,10 @@ def test_ten_thousand_bad_and_mutated_messages(stack, model_root, data_dir, tmp_
     cut = [dl for dl in decoded if "truncated to its first" in dl.reason]
     assert len(cut) == sum(1 for _k, v in messages if v is not None and len(v) > DLQ_VALUE_LIMIT) >= 1
     assert metric(m, 'streamrec_events_total{outcome="dead_letter",topic="events"}') == n_invalid
-    valid_seen = metric(m, 'streamrec_events_total{outcome="valid",topic="events"}') + \
-        metric(m, 'streamrec_events_total{outcome="duplicate",topic="events"}') + \
-        metric(m, 'streamrec_events_total{outcome="erased",topic="events"}')
+    valid_seen = (
+        metric(m, 'streamrec_events_total{outcome="valid",topic="events"}')
+        + metric(m, 'streamrec_events_total{outcome="duplicate",topic="events"}')
+        + metric(m, 'streamrec_events_total{outcome="erased",topic="events"}')
+    )
     assert valid_seen == n_valid + 1  # + the event after the fuzz
     assert after_s < 5

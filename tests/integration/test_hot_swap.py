@@ -37,8 +37,15 @@ def versions(tmp_path_factory):
 
 def update_for(folder) -> bytes:
     manifest = (folder / "manifest.json").read_bytes()
-    return encode(ModelUpdate(version=folder.name, location=str(folder), manifest_sha256=hashlib.sha256(manifest).hexdigest(),
-                              created_at="2026-11-23T10:00:00Z", metrics={}))
+    return encode(
+        ModelUpdate(
+            version=folder.name,
+            location=str(folder),
+            manifest_sha256=hashlib.sha256(manifest).hexdigest(),
+            created_at="2026-11-23T10:00:00Z",
+            metrics={},
+        )
+    )
 
 
 def random_stream(seed: int, users: list[str], n: int) -> tuple[list[tuple[bytes, bytes]], dict[str, int]]:
@@ -54,7 +61,7 @@ def random_stream(seed: int, users: list[str], n: int) -> tuple[list[tuple[bytes
 def wait_swapped_and_serving(stack, w, r, topics, user: str, version: str) -> None:
     """The worker swapped once, and an event of ``user`` sent now gets a list from ``version``."""
     deadline = time.monotonic() + 90
-    while w.proc.poll() is None and 'streamrec_model_swaps_total 1.0' not in w.metrics():
+    while w.proc.poll() is None and "streamrec_model_swaps_total 1.0" not in w.metrics():
         assert time.monotonic() < deadline, w.tail()
         time.sleep(0.3)
     assert w.proc.poll() is None, f"worker exited with {w.proc.returncode}: {w.tail()}"
@@ -67,7 +74,11 @@ def wait_serving(stack, w, r, topics, user: str, version: str, event_no: int) ->
     deadline = time.monotonic() + 30
     while True:
         raw = r.get(topics["prefix"] + user)
-        if raw and orjson.loads(raw)["model_version"] == version and orjson.loads(raw)["event_id"].endswith(str(event_no)):
+        if (
+            raw
+            and orjson.loads(raw)["model_version"] == version
+            and orjson.loads(raw)["event_id"].endswith(str(event_no))
+        ):
             break
         assert time.monotonic() < deadline, w.tail()
         time.sleep(0.3)
@@ -124,11 +135,23 @@ def test_retrain_job_publishes_and_running_worker_switches(stack, tmp_path):
     try:
         w.wait_ready()
         asyncio.run(produce(stack.bootstrap, topics["events"], evs[:500]))
-        result = run(JobConfig(
-            dataset="online_retail", model_root=root, tiny=True, max_seq_len=8, cut_step_days=30, min_test_cases=10,
-            item=ItemTrainConfig(steps=3, batch_pairs=32), ranker=RankerTrainConfig(epochs=1, patience=1, batch_size=32),
-            force=True, kafka_bootstrap=stack.bootstrap, kafka_topic=topics["updates"], version="v2-job",
-        ), dataset=shop())
+        result = run(
+            JobConfig(
+                dataset="online_retail",
+                model_root=root,
+                tiny=True,
+                max_seq_len=8,
+                cut_step_days=30,
+                min_test_cases=10,
+                item=ItemTrainConfig(steps=3, batch_pairs=32),
+                ranker=RankerTrainConfig(epochs=1, patience=1, batch_size=32),
+                force=True,
+                kafka_bootstrap=stack.bootstrap,
+                kafka_topic=topics["updates"],
+                version="v2-job",
+            ),
+            dataset=shop(),
+        )
         assert result.published and (root / "LATEST").read_text().strip() == "v2-job"
         asyncio.run(produce(stack.bootstrap, topics["events"], evs[500:]))
         wait_swapped_and_serving(stack, w, r, topics, "after-job", "v2-job")

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 
@@ -23,7 +22,19 @@ from tests.integration.test_hot_swap import wait_swapped_and_serving
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--tiny", "--max-seq-len", "8", "--item-steps", "3", "--epochs", "1", "--batch-size", "32", "--min-test-cases", "10"]
+TINY = [
+    "--tiny",
+    "--max-seq-len",
+    "8",
+    "--item-steps",
+    "3",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--min-test-cases",
+    "10",
+]
 
 
 def shop_messages() -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
@@ -37,13 +48,32 @@ def shop_messages() -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]
 
 
 def env_for(stack, topics: dict[str, str], **extra: str) -> dict[str, str]:
-    return dict(os.environ, **stack.client_env(), PYTHONPATH=str(REPO), STREAMREC_EVENTS_TOPIC=topics["events"],
-                STREAMREC_ITEMS_TOPIC=topics["items"], STREAMREC_MODEL_UPDATES_TOPIC=topics["updates"], **extra)
+    return dict(
+        os.environ,
+        **stack.client_env(),
+        PYTHONPATH=str(REPO),
+        STREAMREC_EVENTS_TOPIC=topics["events"],
+        STREAMREC_ITEMS_TOPIC=topics["items"],
+        STREAMREC_MODEL_UPDATES_TOPIC=topics["updates"],
+        **extra,
+    )
 
 
 def retrain(stack, topics, source: str, root: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "exporters.cli", "train", "--source", source, "--model-root", str(root),
-           "--kafka", stack.bootstrap, *TINY, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "exporters.cli",
+        "train",
+        "--source",
+        source,
+        "--model-root",
+        str(root),
+        "--kafka",
+        stack.bootstrap,
+        *TINY,
+        *extra,
+    ]
     return subprocess.run(cmd, env=env_for(stack, topics), capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
@@ -58,7 +88,9 @@ def start_worker(stack, tmp_path: Path, topics, app_id: str) -> tuple[Path, Work
     return root, w
 
 
-def check_published_and_served(stack, topics, root: Path, w: WorkerProcess, run: subprocess.CompletedProcess, user: str) -> str:
+def check_published_and_served(
+    stack, topics, root: Path, w: WorkerProcess, run: subprocess.CompletedProcess, user: str
+) -> str:
     assert run.returncode == 0, run.stderr[-3000:]
     version = (root / "LATEST").read_text().strip()
     assert version != "v1-bootstrap" and (root / version / "report.md").is_file()
@@ -91,11 +123,24 @@ def test_train_from_kafka_publishes_and_worker_serves_it(stack, tmp_path: Path) 
 def test_train_from_the_archive_publishes_and_worker_serves_it(stack, tmp_path: Path) -> None:
     topics = unique_topics(stack, "loopa")
     archive = tmp_path / "archive"
-    env = env_for(stack, topics, STREAMREC_ARCHIVE_DIR=str(archive), STREAMREC_APP_ID="loopa", STREAMREC_ARCHIVE_FLUSH_S="1",
-                  STREAMREC_METRICS_PORT=str(free_port()), STREAMREC_PARTITIONS="4")
+    env = env_for(
+        stack,
+        topics,
+        STREAMREC_ARCHIVE_DIR=str(archive),
+        STREAMREC_APP_ID="loopa",
+        STREAMREC_ARCHIVE_FLUSH_S="1",
+        STREAMREC_METRICS_PORT=str(free_port()),
+        STREAMREC_PARTITIONS="4",
+    )
     log = open(tmp_path / "archiver.log", "wb")
-    archiver = subprocess.Popen([sys.executable, "-m", "streamer.archiver"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=REPO, start_new_session=True)
+    archiver = subprocess.Popen(
+        [sys.executable, "-m", "streamer.archiver"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        start_new_session=True,
+    )
     root, w = start_worker(stack, tmp_path, topics, "loopa")
     try:
         items, events = shop_messages()
@@ -109,7 +154,10 @@ def test_train_from_the_archive_publishes_and_worker_serves_it(stack, tmp_path: 
             n = len(read_log(str(archive)).events) if (archive / "events").is_dir() else 0
             if n == len(events):
                 break
-            assert archiver.poll() is None and time.monotonic() < deadline, (n, (tmp_path / "archiver.log").read_text()[-3000:])
+            assert archiver.poll() is None and time.monotonic() < deadline, (
+                n,
+                (tmp_path / "archiver.log").read_text()[-3000:],
+            )
             time.sleep(1)
         run = retrain(stack, topics, str(archive), root)
         check_published_and_served(stack, topics, root, w, run, "c11")

@@ -76,8 +76,16 @@ def test_pseudonymised_ids_no_personal_data_in_logs_metrics_and_erase(stack, mod
     pseudo = Pseudonymizer(PSEUDO_KEY)
     pid = {u: pseudo(u) for u in RAW}
     r = auth_redis.client()
-    w = WorkerProcess(stack, model_root, tmp_path / "w", app_id="priv", topics=topics, REDIS_URL=auth_redis.url,
-                      STREAMREC_PSEUDONYMIZE_KEY=PSEUDO_KEY, KAFKA_SASL_PASSWORD=SASL_PW).start()
+    w = WorkerProcess(
+        stack,
+        model_root,
+        tmp_path / "w",
+        app_id="priv",
+        topics=topics,
+        REDIS_URL=auth_redis.url,
+        STREAMREC_PSEUDONYMIZE_KEY=PSEUDO_KEY,
+        KAFKA_SASL_PASSWORD=SASL_PW,
+    ).start()
     try:
         w.wait_ready()
         evs = []
@@ -95,15 +103,28 @@ def test_pseudonymised_ids_no_personal_data_in_logs_metrics_and_erase(stack, mod
         asyncio.run(produce(stack.bootstrap, topics["events"], [ev(200, gone, None, etype="erase_user")]))
         wait_until(lambda: not r.exists(key + pid[gone]), 30, "erased user's list deleted", on_fail=w.tail)
         changelog = "priv-user-state-changelog"
-        wait_until(lambda: [m for m in asyncio.run(read_all(stack.bootstrap, changelog, timeout=5))
-                            if m.key == pid[gone].encode()][-1].value is None, 30, "tombstone in the changelog")
+        wait_until(
+            lambda: (
+                [
+                    m
+                    for m in asyncio.run(read_all(stack.bootstrap, changelog, timeout=5))
+                    if m.key == pid[gone].encode()
+                ][-1].value
+                is None
+            ),
+            30,
+            "tombstone in the changelog",
+        )
         asyncio.run(produce(stack.bootstrap, topics["events"], [ev(300, gone, "22633", etype="view")]))
         wait_until(lambda: r.exists(key + pid[gone]), 30, "list after the user came back", on_fail=w.tail)
         from streamer.state import UserState
 
         def fresh_state():
-            msgs = [m for m in asyncio.run(read_all(stack.bootstrap, changelog, timeout=5)) if m.key == pid[gone].encode()]
+            msgs = [
+                m for m in asyncio.run(read_all(stack.bootstrap, changelog, timeout=5)) if m.key == pid[gone].encode()
+            ]
             return msgs[-1].value is not None and UserState.from_bytes(msgs[-1].value).events_applied == 1
+
         wait_until(fresh_state, 30, "state rebuilt from empty after erase")
 
         # what the worker wrote: Redis, the recommendations topic, the changelog
@@ -128,9 +149,11 @@ def test_pseudonymised_ids_no_personal_data_in_logs_metrics_and_erase(stack, mod
     assert QUERY not in log_text and QUERY not in metrics_text
     assert "INFO" in log_text and "serving model" in log_text  # the log was written at INFO
     assert code in (0, -15), w.tail()
-    print(f"\nPRIVACY: {len(RAW)} raw ids, checked Redis ({len(redis_dump)} B), recs+changelog "
-          f"({len(recs)}+{len(clog)} msgs), log ({len(log_text)} B), /metrics: no raw id, no secret, no query; "
-          f"erase_user: list deleted, tombstone written, state rebuilt from empty")
+    print(
+        f"\nPRIVACY: {len(RAW)} raw ids, checked Redis ({len(redis_dump)} B), recs+changelog "
+        f"({len(recs)}+{len(clog)} msgs), log ({len(log_text)} B), /metrics: no raw id, no secret, no query; "
+        f"erase_user: list deleted, tombstone written, state rebuilt from empty"
+    )
 
 
 def test_redis_auth_password_setting_and_wrong_password(stack, model_root, auth_redis, tmp_path):
@@ -138,20 +161,29 @@ def test_redis_auth_password_setting_and_wrong_password(stack, model_root, auth_
     a message naming the setting (and not the password), instead of retrying for ever."""
     topics = unique_topics(stack, "auth")
     plain_url = f"redis://127.0.0.1:{auth_redis.port}/0"
-    w = WorkerProcess(stack, model_root, tmp_path / "w", app_id="auth", topics=topics, REDIS_URL=plain_url,
-                      REDIS_PASSWORD=REDIS_PW).start()
+    w = WorkerProcess(
+        stack, model_root, tmp_path / "w", app_id="auth", topics=topics, REDIS_URL=plain_url, REDIS_PASSWORD=REDIS_PW
+    ).start()
     r = auth_redis.client()
     try:
         w.wait_ready()
         asyncio.run(produce(stack.bootstrap, topics["events"], [event(1, "auth-user", "71053")]))
-        wait_until(lambda: r.exists(topics["prefix"] + "auth-user"), 60, "list written with REDIS_PASSWORD", on_fail=w.tail)
+        wait_until(
+            lambda: r.exists(topics["prefix"] + "auth-user"), 60, "list written with REDIS_PASSWORD", on_fail=w.tail
+        )
     finally:
         w.stop()
     assert REDIS_PW not in w.log.read_text()
 
     wrong = "wrong-pw-31337"
-    bad = WorkerProcess(stack, model_root, tmp_path / "bad", app_id="auth-bad", topics=topics,
-                        REDIS_URL=f"redis://:{wrong}@127.0.0.1:{auth_redis.port}/0").start()
+    bad = WorkerProcess(
+        stack,
+        model_root,
+        tmp_path / "bad",
+        app_id="auth-bad",
+        topics=topics,
+        REDIS_URL=f"redis://:{wrong}@127.0.0.1:{auth_redis.port}/0",
+    ).start()
     try:
         code = bad.proc.wait(60)
     except subprocess.TimeoutExpired:
@@ -160,8 +192,12 @@ def test_redis_auth_password_setting_and_wrong_password(stack, model_root, auth_
     log = bad.log.read_text()
     assert code == 2 and "REDIS_PASSWORD / REDIS_URL" in log, log[-2000:]
     assert wrong not in log
-    nopw = WorkerProcess(stack, model_root, tmp_path / "nopw", app_id="auth-nopw", topics=topics, REDIS_URL=plain_url).start()
+    nopw = WorkerProcess(
+        stack, model_root, tmp_path / "nopw", app_id="auth-nopw", topics=topics, REDIS_URL=plain_url
+    ).start()
     t0 = time.monotonic()
     assert nopw.proc.wait(60) == 2 and "REDIS_PASSWORD" in nopw.log.read_text()
-    print(f"\nREDIS AUTH: REDIS_PASSWORD works; wrong or missing password -> exit 2 naming the setting "
-          f"({time.monotonic() - t0:.1f} s), password never logged")
+    print(
+        f"\nREDIS AUTH: REDIS_PASSWORD works; wrong or missing password -> exit 2 naming the setting "
+        f"({time.monotonic() - t0:.1f} s), password never logged"
+    )

@@ -37,8 +37,13 @@ def make_events(n_users: int, n: int, seed: int):
     evs, last, counts = [], {}, {}
     for i in range(n):
         u = f"rb{rng.randrange(n_users)}"
-        k, v = event(i, u, rng.choice(ITEMS), etype=rng.choice(["view", "click", "add_to_cart", "purchase"]),
-                     ts=1_320_000_000_000 + i * 60_000)
+        k, v = event(
+            i,
+            u,
+            rng.choice(ITEMS),
+            etype=rng.choice(["view", "click", "add_to_cart", "purchase"]),
+            ts=1_320_000_000_000 + i * 60_000,
+        )
         evs.append((k, v))
         if rng.random() < 0.03:
             evs.append((k, v))  # a redelivery: must not count twice, on whichever worker
@@ -62,14 +67,18 @@ def test_sigterm_one_of_two_workers_state_moves_without_loss(stack, model_root, 
         b.wait_ready()
         # both in the group: a first slice of events must be processed by both workers
         asyncio.run(produce(stack.bootstrap, topics["events"], evs[:400]))
-        wait_until(lambda: events_seen(a) > 0 and events_seen(b) > 0, 60, "both workers consuming",
-                   on_fail=lambda: a.tail() + "\n-----\n" + b.tail())
+        wait_until(
+            lambda: events_seen(a) > 0 and events_seen(b) > 0,
+            60,
+            "both workers consuming",
+            on_fail=lambda: a.tail() + "\n-----\n" + b.tail(),
+        )
         seen_a_early, seen_b_early = events_seen(a), events_seen(b)
 
         # the rest is produced in the background while worker a is stopped mid-stream
         def feed() -> None:
             for i in range(400, len(evs), 200):
-                asyncio.run(produce(stack.bootstrap, topics["events"], evs[i:i + 200]))
+                asyncio.run(produce(stack.bootstrap, topics["events"], evs[i : i + 200]))
                 time.sleep(0.3)
 
         t = threading.Thread(target=feed)
@@ -79,7 +88,9 @@ def test_sigterm_one_of_two_workers_state_moves_without_loss(stack, model_root, 
         stopped_at = time.monotonic()
         code = a.stop()
         t.join(120)
-        wait_until(lambda: lists_current(r, topics["prefix"], last), 120, "every list current on worker b", on_fail=b.tail)
+        wait_until(
+            lambda: lists_current(r, topics["prefix"], last), 120, "every list current on worker b", on_fail=b.tail
+        )
         takeover_s = time.monotonic() - stopped_at
         moved = final_states(stack.bootstrap, "rebal", counts)
         seen_b = events_seen(b)
@@ -89,17 +100,20 @@ def test_sigterm_one_of_two_workers_state_moves_without_loss(stack, model_root, 
         b.stop()
 
     # the reference: one worker, one clean pass over the same topic (own group and changelog)
-    clean = WorkerProcess(stack, model_root, tmp_path / "clean", app_id="rebal-clean",
-                          topics=dict(topics, prefix="rebal-clean:rec:")).start()
+    clean = WorkerProcess(
+        stack, model_root, tmp_path / "clean", app_id="rebal-clean", topics=dict(topics, prefix="rebal-clean:rec:")
+    ).start()
     try:
         clean.wait_ready()
         reference = final_states(stack.bootstrap, "rebal-clean", counts)
     finally:
         clean.stop()
-    print(f"\nREBALANCE: {len(evs)} messages ({len(evs) - sum(counts.values())} redeliveries), {len(counts)} users; "
-          f"before the stop a={seen_a_early:.0f}/{seen_a:.0f} b={seen_b_early:.0f} events; a exited {code}; "
-          f"b ended with {seen_b:.0f}; all lists current {takeover_s:.1f} s after SIGTERM; "
-          f"state lost 0, applied twice 0 (equal to a clean single pass for all {len(reference)} users)")
+    print(
+        f"\nREBALANCE: {len(evs)} messages ({len(evs) - sum(counts.values())} redeliveries), {len(counts)} users; "
+        f"before the stop a={seen_a_early:.0f}/{seen_a:.0f} b={seen_b_early:.0f} events; a exited {code}; "
+        f"b ended with {seen_b:.0f}; all lists current {takeover_s:.1f} s after SIGTERM; "
+        f"state lost 0, applied twice 0 (equal to a clean single pass for all {len(reference)} users)"
+    )
     assert code in (0, -15), "worker a did not stop cleanly on SIGTERM"
     assert seen_a > 0 and seen_b > seen_b_early
     assert moved.keys() == reference.keys() == counts.keys()

@@ -75,8 +75,17 @@ def unique_topics(prefix: str) -> tuple[str, str]:
 
 async def read_back(bootstrap: str, events_topic: str, items_topic: str, n_events: int, n_items: int) -> dict:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", READER, bootstrap, events_topic, items_topic, str(n_events), str(n_items),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        sys.executable,
+        "-c",
+        READER,
+        bootstrap,
+        events_topic,
+        items_topic,
+        str(n_events),
+        str(n_items),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
     assert proc.returncode == 0, err.decode()[-3000:]
@@ -137,9 +146,24 @@ def test_cli_prints_the_quality_table_and_counts(stack, data_dir):
     asyncio.run(ensure_topics(stack.bootstrap, [events_topic, items_topic], PARTITIONS))
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap, STREAMREC_DATA_DIR=str(data_dir))
     run = subprocess.run(
-        [sys.executable, "-m", "streamer.replay", "--dataset", "taobao", "--limit", "500",
-         "--events-topic", events_topic, "--items-topic", items_topic],
-        env=env, capture_output=True, text=True, timeout=180, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "streamer.replay",
+            "--dataset",
+            "taobao",
+            "--limit",
+            "500",
+            "--events-topic",
+            events_topic,
+            "--items-topic",
+            items_topic,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "check  rows == events + dropped" in run.stdout and "OK" in run.stdout
@@ -150,16 +174,38 @@ def test_cli_prints_the_quality_table_and_counts(stack, data_dir):
 
 def test_cli_without_a_broker_address_names_the_variable(data_dir):
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    run = subprocess.run([sys.executable, "-m", "streamer.replay", "--dataset", "movielens"],
-                         env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    run = subprocess.run(
+        [sys.executable, "-m", "streamer.replay", "--dataset", "movielens"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert run.returncode == 2
     assert "KAFKA_BOOTSTRAP_SERVERS" in run.stderr
 
 
 def test_cli_with_an_unreachable_broker_fails_cleanly(data_dir):
-    run = subprocess.run([sys.executable, "-m", "streamer.replay", "--dataset", "movielens", "--limit", "10",
-                          "--bootstrap", "127.0.0.1:1", "--data-dir", str(data_dir)],
-                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamer.replay",
+            "--dataset",
+            "movielens",
+            "--limit",
+            "10",
+            "--bootstrap",
+            "127.0.0.1:1",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert run.returncode == 1
     assert "Kafka at 127.0.0.1:1 failed" in run.stderr
     assert "Unclosed" not in run.stderr  # the producer is closed on the way out

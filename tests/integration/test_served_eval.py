@@ -36,18 +36,34 @@ def test_served_metrics_equal_offline_on_a_small_replay(stack, tmp_path, list_pa
     def replay(events, model_root, out, **kw):
         return served_replay.run(events, model_root, out, stack=stack, **kw)
 
-    res = evaluate_served_replay(inter, ("next-item", "next-new"), version, users=15, replay=replay,
-                                 work_dir=tmp_path / "work", timeout=180, ranker_variant="fp32")
+    res = evaluate_served_replay(
+        inter,
+        ("next-item", "next-new"),
+        version,
+        users=15,
+        replay=replay,
+        work_dir=tmp_path / "work",
+        timeout=180,
+        ranker_variant="fp32",
+    )
     assert res.cases == 15 and res.events > 100
     assert res.identical_lists == 1.0, res.as_dict()
     for protocol, per_mode in res.offline.items():
         for mode, offline in per_mode.items():
             served = res.served[protocol][mode]
             assert served.cases == offline.cases > 0
-            assert (served.hr, served.ndcg, served.mrr, served.cov) == (offline.hr, offline.ndcg, offline.mrr, offline.cov), (protocol, mode)
+            assert (served.hr, served.ndcg, served.mrr, served.cov) == (
+                offline.hr,
+                offline.ndcg,
+                offline.mrr,
+                offline.cov,
+            ), (protocol, mode)
     # the knn source reaches the published lists
-    assert any(json.loads(line)["items"] and any(it.get("source") == "knn" for it in json.loads(line)["items"])
-               for line in (tmp_path / "work" / "lists.jsonl").read_text().splitlines() if line.strip())
+    assert any(
+        json.loads(line)["items"] and any(it.get("source") == "knn" for it in json.loads(line)["items"])
+        for line in (tmp_path / "work" / "lists.jsonl").read_text().splitlines()
+        if line.strip()
+    )
     # the lists are not trivially empty: the version's list holds items and hits some targets
     assert res.served["next-item"]["in"].cov > 0
     assert np.isfinite(res.served["next-item"]["in"].ndcg)

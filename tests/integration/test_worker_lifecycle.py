@@ -49,7 +49,9 @@ def test_second_worker_on_the_same_state_dir_exits_before_joining(stack, model_r
 
 def test_sigterm_stops_cleanly_without_unclosed_clients(stack, model_root, tmp_path):  # noqa: F811
     topics = unique_topics(stack, "lk2")
-    w = WorkerProcess(stack, model_root, tmp_path / "s", app_id="lk2", topics=topics, STREAMREC_LOST_LOG_CHECK_S="0.5").start()
+    w = WorkerProcess(
+        stack, model_root, tmp_path / "s", app_id="lk2", topics=topics, STREAMREC_LOST_LOG_CHECK_S="0.5"
+    ).start()
     try:
         w.wait_ready()
         r = redis.Redis.from_url(stack.redis_url)

@@ -73,7 +73,10 @@ def test_online_retail_every_row_is_accounted_for(retail):
 
 
 def test_online_retail_first_line(retail, retail_lines):
-    assert retail_lines[0] == "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom"
+    assert (
+        retail_lines[0]
+        == "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom"
+    )
     assert retail.events[0] == Event(
         event_id="or-" + sha16(retail_lines[0]),
         user_id="17850",
@@ -99,7 +102,12 @@ def test_online_retail_cancellation(retail, retail_lines):
     assert line in retail_lines
     cancel = next(e for e in retail.events if e.event_id == "or-" + sha16(line))
     assert (cancel.type, cancel.user_id, cancel.item_id, cancel.quantity, cancel.session_id) == (
-        "cancel", "15311", "35004C", 1, "C536383")
+        "cancel",
+        "15311",
+        "35004C",
+        1,
+        "C536383",
+    )
     assert all(e.quantity > 0 for e in retail.events)
 
 
@@ -113,8 +121,11 @@ def test_online_retail_ids_unique_and_stable(retail, data_dir):
 
 
 def test_online_retail_items(retail, retail_lines):
-    assert not any(code in {"POST", "DOT", "M", "C2", "D", "S", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS", "B", "m"}
-                   or code.startswith("gift_") for code in retail.items)
+    assert not any(
+        code in {"POST", "DOT", "M", "C2", "D", "S", "BANK CHARGES", "AMAZONFEE", "CRUK", "PADS", "B", "m"}
+        or code.startswith("gift_")
+        for code in retail.items
+    )
     assert {e.item_id for e in retail.events} == set(retail.items)
     assert retail.items["85123A"] == Item("85123A", title="WHITE HANGING HEART T-LIGHT HOLDER", price=2.95)
     for code in ("85123A", "81950V", "35817P"):
@@ -177,8 +188,14 @@ def test_online_retail_rules_on_a_generated_file(tmp_path):
         "536378,85123A,CREAM HANGING HEART,1,2011-12-09 12:53:00,3.05,12680.0,France",
     ]
     ds = load_dataset("online_retail", write_retail(tmp_path, rows))
-    assert ds.stats.dropped == {"exact_duplicate": 1, "malformed_row": 3, "no_user": 1, "non_product_code": 2,
-                                "stock_adjustment": 2, "invalid_out_of_range": 1}
+    assert ds.stats.dropped == {
+        "exact_duplicate": 1,
+        "malformed_row": 3,
+        "no_user": 1,
+        "non_product_code": 2,
+        "stock_adjustment": 2,
+        "invalid_out_of_range": 1,
+    }
     assert ds.stats.rows == 16 and ds.stats.balanced
     assert [(e.type, e.user_id, e.item_id, e.quantity) for e in ds.events] == [
         ("purchase", "17850", "85123A", 6),
@@ -286,8 +303,19 @@ def test_movielens_generated_file(tmp_path):
 
 def test_stats_table(retail):
     table = retail.stats.table()
-    for word in ("online_retail", "541,909", "exact_duplicate", "5,268", "no_user", "135,037", "stock_adjustment",
-                 "purchase", "cancel", "OK", "items_with_several_descriptions"):
+    for word in (
+        "online_retail",
+        "541,909",
+        "exact_duplicate",
+        "5,268",
+        "no_user",
+        "135,037",
+        "stock_adjustment",
+        "purchase",
+        "cancel",
+        "OK",
+        "items_with_several_descriptions",
+    ):
         assert word in table
     lines = table.splitlines()
     assert len({len(line) for line in lines}) == 1, "columns are aligned"

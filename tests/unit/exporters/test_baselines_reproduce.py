@@ -28,7 +28,9 @@ SECTIONS = {
 def published_rows(text: str, heading: str) -> tuple[int, dict[str, list[float]]]:
     """(test cases, {baseline name: numbers}) of one BASELINES.md table."""
     section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    cases = int(re.search(r"\(([\d,]+) (?:test cases|users)", heading + section.split("\n", 1)[0]).group(1).replace(",", ""))
+    cases = int(
+        re.search(r"\(([\d,]+) (?:test cases|users)", heading + section.split("\n", 1)[0]).group(1).replace(",", "")
+    )
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -52,7 +54,11 @@ def test_reproduces_published_baselines(dataset: str, baselines_md: str, data_di
         report = run_baselines(inter, protocol)
         got = {}
         for model, per_mode in report.test.items():
-            got[model] = [v for mode in per_mode for v in (per_mode[mode].hr, per_mode[mode].ndcg, per_mode[mode].mrr, per_mode[mode].cov)]
+            got[model] = [
+                v
+                for mode in per_mode
+                for v in (per_mode[mode].hr, per_mode[mode].ndcg, per_mode[mode].mrr, per_mode[mode].cov)
+            ]
         assert next(iter(next(iter(report.test.values())).values())).cases == cases
         for model, numbers in expected.items():
             assert model in got, f"{dataset}/{protocol}: no row {model!r} (have {list(got)})"

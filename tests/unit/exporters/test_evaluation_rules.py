@@ -21,7 +21,9 @@ def ms(*args: int) -> int:
 def retail(rows: list[tuple[str, str, int, str]]):
     """online_retail-like data set from (user, item, ts, type) rows in file order."""
     events = [Event(event_id=f"e{i}", user_id=u, type=t, ts=ts, item_id=it) for i, (u, it, ts, t) in enumerate(rows)]
-    items = {it: SimpleNamespace(item_id=it, title=f"item {it}", description=None, category=None) for _, it, _, _ in rows}
+    items = {
+        it: SimpleNamespace(item_id=it, title=f"item {it}", description=None, category=None) for _, it, _, _ in rows
+    }
     return SimpleNamespace(name="online_retail", events=events, items=items)
 
 
@@ -97,7 +99,14 @@ def test_history_excluded_mode() -> None:
 
 def test_leave_one_out_uses_timestamp_then_file_order() -> None:
     t = ms(1998, 1, 1)
-    rows = [("u1", "A", t, "rating"), ("u1", "C", t + 5, "rating"), ("u1", "B", t + 5, "rating"), ("u2", "A", t, "rating"), ("u2", "B", t + 1, "rating"), ("u2", "C", t + 2, "rating")]
+    rows = [
+        ("u1", "A", t, "rating"),
+        ("u1", "C", t + 5, "rating"),
+        ("u1", "B", t + 5, "rating"),
+        ("u2", "A", t, "rating"),
+        ("u2", "B", t + 1, "rating"),
+        ("u2", "C", t + 2, "rating"),
+    ]
     ds = retail(rows)
     ds.name = "movielens"
     inter = build_interactions(ds, SplitSpec(split="loo"))

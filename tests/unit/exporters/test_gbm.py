@@ -20,8 +20,14 @@ def test_training_groups_hold_the_targets_and_the_model_ranks_them():
     assert per_group.max() == 1 and per_group.mean() > 0.3  # one target per group, often among the candidates
     model = fit(x, y, g)
     splits = {p: make_split(inter, p, "validation") for p in ("next-line", "next-new")}
-    res = stage_lists(inter, splits, vecs, 8, {"gbm": lambda t: model.predict(t, validate_features=False),
-                                                "frequency": lambda t: t[:, 0]}, (0, 10))
+    res = stage_lists(
+        inter,
+        splits,
+        vecs,
+        8,
+        {"gbm": lambda t: model.predict(t, validate_features=False), "frequency": lambda t: t[:, 0]},
+        (0, 10),
+    )
     # favourites are rebought: both rank next-line targets; the learned ranker is not worse than counting
     assert res[("frequency", 0)]["next-line"]["in"].hr > 0.2
     assert res[("gbm", 0)]["next-line"]["in"].ndcg >= 0.8 * res[("frequency", 0)]["next-line"]["in"].ndcg

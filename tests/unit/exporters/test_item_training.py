@@ -12,8 +12,13 @@ from exporters.text import tokenize
 
 def test_cached_text_in_length_buckets_encodes_like_the_encoder() -> None:
     tok, encoder, _ = build_models(True, 1, 32)
-    texts = ["red gift", "", "a much longer description of a golden candle holder with lights and many more words", "blue",
-             "x y z w v u"] * 70  # > 256 texts: several batches of different lengths
+    texts = [
+        "red gift",
+        "",
+        "a much longer description of a golden candle holder with lights and many more words",
+        "blue",
+        "x y z w v u",
+    ] * 70  # > 256 texts: several batches of different lengths
     cache = CachedText(encoder, tok, texts, n_frozen=1, device=torch.device("cpu"))
     got = cache.encode_all(encoder, len(texts))
     rows = [i for i, t in enumerate(texts) if t]

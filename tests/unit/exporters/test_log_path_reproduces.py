@@ -32,7 +32,10 @@ def archive_like_the_replay(dataset, root: Path) -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
     partitioner, parts = DefaultPartitioner(), list(range(PARTITIONS))
-    for kind, records in (("items", [(i.item_id, i) for i in dataset.items.values()]), ("events", [(e.user_id, e) for e in dataset.events])):
+    for kind, records in (
+        ("items", [(i.item_id, i) for i in dataset.items.values()]),
+        ("events", [(e.user_id, e) for e in dataset.events]),
+    ):
         by_partition: dict[int, list[Located]] = collections.defaultdict(list)
         for key, value in records:
             p = partitioner(key.encode(), parts, parts)
@@ -52,11 +55,23 @@ def paths(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("protocol", ["next-item", "next-new"])
 def test_log_path_matches_the_file_path(paths, protocol: str) -> None:
     via_file, via_log = paths
-    assert (via_log.n_items, via_log.n_users, len(via_log.users)) == (via_file.n_items, via_file.n_users, len(via_file.users))
+    assert (via_log.n_items, via_log.n_users, len(via_log.users)) == (
+        via_file.n_items,
+        via_file.n_users,
+        len(via_file.users),
+    )
     file_report, log_report = run_baselines(via_file, protocol), run_baselines(via_log, protocol)
     file_test, log_test = make_split(via_file, protocol, "test"), make_split(via_log, protocol, "test")
-    print(format_table(f"file path: online_retail {protocol} ({len(file_test)} test cases)", file_report.test, file_test.modes))
-    print(format_table(f"log path: online_retail {protocol} ({len(log_test)} test cases)", log_report.test, log_test.modes))
+    print(
+        format_table(
+            f"file path: online_retail {protocol} ({len(file_test)} test cases)", file_report.test, file_test.modes
+        )
+    )
+    print(
+        format_table(
+            f"log path: online_retail {protocol} ({len(log_test)} test cases)", log_report.test, log_test.modes
+        )
+    )
     assert abs(len(file_test) - len(log_test)) <= 1
     assert (file_report.knn_k, file_report.blend_a) == (log_report.knn_k, log_report.blend_a)
     one_case, one_list = 1.0 / min(len(file_test), len(log_test)) + 1e-9, 10.0 / via_file.n_items + 1e-9

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from exporters.dataset import BUNDLED, SplitSpec, build_interactions, make_split, parse_time
@@ -18,9 +17,22 @@ T0 = parse_time("2024-03-01")
 
 def log(rows: list[tuple]) -> SimpleNamespace:
     """A log from (user, item, day offset, type) rows in log order (any name: nothing keys on it)."""
-    events = [Event(event_id=f"e{i}", user_id=u, type=t, ts=T0 + round(d * DAY_MS), item_id=it, **({"query": "q"} if t == "search" else {}))
-              for i, (u, it, d, t) in enumerate(rows)]
-    items = {e.item_id: SimpleNamespace(item_id=e.item_id, title=None, description=None, category=None) for e in events if e.item_id}
+    events = [
+        Event(
+            event_id=f"e{i}",
+            user_id=u,
+            type=t,
+            ts=T0 + round(d * DAY_MS),
+            item_id=it,
+            **({"query": "q"} if t == "search" else {}),
+        )
+        for i, (u, it, d, t) in enumerate(rows)
+    ]
+    items = {
+        e.item_id: SimpleNamespace(item_id=e.item_id, title=None, description=None, category=None)
+        for e in events
+        if e.item_id
+    }
     return SimpleNamespace(name="any shop", events=events, items=items)
 
 
@@ -63,7 +75,9 @@ def test_next_new_skips_items_seen_before_the_cut() -> None:
     assert cases(inter, make_split(inter, "next-new", "validation")) == {"u1": "C", "u2": "D"}
     assert make_split(inter, "next-new", "test").modes == ("ex", "in")
     # BASELINES.md's names are the same protocol.
-    assert make_split(inter, "next-line", "test").protocol == make_split(inter, "next-any", "test").protocol == "next-item"
+    assert (
+        make_split(inter, "next-line", "test").protocol == make_split(inter, "next-any", "test").protocol == "next-item"
+    )
 
 
 def test_leave_one_out_on_any_log() -> None:
@@ -78,12 +92,24 @@ def test_leave_one_out_on_any_log() -> None:
 
 
 def test_what_is_an_interaction() -> None:
-    rows = [("u1", "A", 0, "purchase"), ("u1", "A", 0.1, "cancel"), ("u1", None, 0.2, "search"), ("u2", "B", 0.3, "view"),
-            ("u2", None, 0.4, "erase_user"), ("u2", "C", 0.5, "view"), ("u3", "D", 0.6, "favorite")]
+    rows = [
+        ("u1", "A", 0, "purchase"),
+        ("u1", "A", 0.1, "cancel"),
+        ("u1", None, 0.2, "search"),
+        ("u2", "B", 0.3, "view"),
+        ("u2", None, 0.4, "erase_user"),
+        ("u2", "C", 0.5, "view"),
+        ("u3", "D", 0.6, "favorite"),
+    ]
     inter = build_interactions(log(rows))
     got = [(inter.user_ids[u], inter.item_ids[i]) for u, i in zip(inter.users, inter.items)]
     assert got == [("u1", "A"), ("u2", "C"), ("u3", "D")]  # u2's view before the erase is forgotten
-    assert inter.skipped == {"not_interaction_cancel": 1, "not_interaction_search": 1, "not_interaction_erase_user": 1, "erased_user": 1}
+    assert inter.skipped == {
+        "not_interaction_cancel": 1,
+        "not_interaction_search": 1,
+        "not_interaction_erase_user": 1,
+        "erased_user": 1,
+    }
 
 
 def test_window_keeps_the_last_days_of_the_log() -> None:
@@ -99,7 +125,11 @@ def test_split_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="not a date"):
         parse_time("first of may")
     assert parse_time("2017-12-03T00:00+08:00") == BUNDLED["taobao"].test_cut
-    assert parse_time("2011-10-01") == BUNDLED["online_retail"].test_cut == parse_time(str(BUNDLED["online_retail"].test_cut))
+    assert (
+        parse_time("2011-10-01")
+        == BUNDLED["online_retail"].test_cut
+        == parse_time(str(BUNDLED["online_retail"].test_cut))
+    )
 
 
 def test_cli_refuses_a_log_too_small(tmp_path, monkeypatch, capsys) -> None:
@@ -121,7 +151,9 @@ def test_every_loops_and_goes_on_after_a_refusal(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(job, "load_log", lambda cfg: (log(ROWS), cfg.split or SplitSpec()))
     sleeps: list[float] = []
     monkeypatch.setattr(cli.time, "sleep", sleeps.append)
-    code = cli.main(["train", "--source", "kafka://127.0.0.1:1", "--model-root", str(tmp_path), "--every", "6h", "--runs", "3"])
+    code = cli.main(
+        ["train", "--source", "kafka://127.0.0.1:1", "--model-root", str(tmp_path), "--every", "6h", "--runs", "3"]
+    )
     assert code == cli.EXIT_REFUSED and len(sleeps) == 2 and all(5.9 * 3600 < s <= 6 * 3600 for s in sleeps)
     from exporters.registry import read_runs
 

@@ -40,8 +40,15 @@ def test_bad_kafka_address_or_security_settings_name_the_setting():
 
 
 def test_topics_and_security_come_from_the_workers_variables():
-    s = KafkaSettings.from_env({"STREAMREC_EVENTS_TOPIC": "shop.events", "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-                                "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}, kafka_bootstrap="h:1")
+    s = KafkaSettings.from_env(
+        {
+            "STREAMREC_EVENTS_TOPIC": "shop.events",
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_USERNAME": "u",
+            "KAFKA_SASL_PASSWORD": "p",
+        },
+        kafka_bootstrap="h:1",
+    )
     assert (s.events_topic, s.items_topic, s.kafka_sasl_username) == ("shop.events", "items", "u")
 
 

@@ -101,7 +101,9 @@ def test_unpublished_version_and_explicit_publish(tmp_path: Path) -> None:
             registry.StagedVersion(tmp_path, bad)
 
 
-def test_bootstrap_parity_failure_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog: list) -> None:
+def test_bootstrap_parity_failure_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, catalog: list
+) -> None:
     first = bootstrap.export_bootstrap(tmp_path, dataset=None, tiny=True, version="good", items=catalog[:5])
     monkeypatch.setattr(export, "FP32_ATOL_SCORES", -1.0)  # no export can meet it
     with pytest.raises(RuntimeError, match="parity"):

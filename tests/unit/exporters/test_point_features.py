@@ -87,6 +87,8 @@ def test_no_look_ahead() -> None:
     mask_early = np.arange(len(early.users)) <= cut
     vecs = np.ones((full.n_items, 4), dtype=np.float32) / 2
     as_of = np.array([50, 150, 200])
-    a = build_points(full, np.ones(len(full.users), bool), np.ones(len(full.users), bool), as_of, 5).features(np.arange(3), vecs)
+    a = build_points(full, np.ones(len(full.users), bool), np.ones(len(full.users), bool), as_of, 5).features(
+        np.arange(3), vecs
+    )
     b = build_points(early, mask_early, mask_early, as_of, 5).features(np.arange(3), vecs)
     np.testing.assert_allclose(a, b, atol=1e-6)

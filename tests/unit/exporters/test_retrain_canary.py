@@ -19,8 +19,10 @@ def test_job_starts_a_canary_instead_of_publishing(redis_url, tmp_path):  # noqa
 
     root = tmp_path / "models"
     export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v1")
-    result = run(config(root, force=True, version="v2-job", canary=0.2, redis_url=redis_url, redis_meta_prefix="job:"),
-                 dataset=shop())
+    result = run(
+        config(root, force=True, version="v2-job", canary=0.2, redis_url=redis_url, redis_meta_prefix="job:"),
+        dataset=shop(),
+    )
     assert not result.published and "canary on 20.0% of users" in result.gate_reason
     assert registry.read_latest(root) == "v1"  # production unchanged
     r = redis.Redis.from_url(redis_url)

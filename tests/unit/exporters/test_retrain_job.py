@@ -31,12 +31,19 @@ def shop(seed: int = 0) -> SimpleNamespace:
         while t < datetime(2011, 12, 1, tzinfo=timezone.utc).timestamp() * 1000:
             basket = np.unique(np.concatenate([rng.choice(favourites, 3), rng.choice(40, 2)]))
             for item in basket:
-                events.append(Event(event_id=f"e{n}", user_id=f"c{u}", type="purchase", ts=int(t), item_id=f"P{item:03d}"))
+                events.append(
+                    Event(event_id=f"e{n}", user_id=f"c{u}", type="purchase", ts=int(t), item_id=f"P{item:03d}")
+                )
                 n += 1
             t += rng.integers(7, 40) * 86_400_000
     events.sort(key=lambda e: e.ts)
     items = {
-        f"P{i:03d}": SimpleNamespace(item_id=f"P{i:03d}", title=f"{['red', 'blue', 'green', 'gold'][i % 4]} gift {i}", description=None, category=None)
+        f"P{i:03d}": SimpleNamespace(
+            item_id=f"P{i:03d}",
+            title=f"{['red', 'blue', 'green', 'gold'][i % 4]} gift {i}",
+            description=None,
+            category=None,
+        )
         for i in range(40)
     }
     return SimpleNamespace(name="online_retail", events=events, items=items)
@@ -101,7 +108,10 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     # only parameters whose next-item lists keep 95 % of the ranker's full-ranking validation NDCG compete
     floor = 0.95 * report["summary"]["validation_ndcg@10"]
     allowed = [k for k in grid if grid[k]["next-item"] >= floor] or list(grid)
-    chosen = max(allowed, key=lambda k: (round(sum(grid[k].values()) / len(grid[k]), 6), -params(k)[2], -params(k)[0], -params(k)[1]))
+    chosen = max(
+        allowed,
+        key=lambda k: (round(sum(grid[k].values()) / len(grid[k]), 6), -params(k)[2], -params(k)[0], -params(k)[1]),
+    )
     lp = served["list_params"]
     assert params(chosen) == (lp["min_new"], lp["knn_weight"], float("stack" in lp))
     # the version ships the knn source's neighbour lists, one row per item of its catalog's trained part
@@ -111,7 +121,9 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     assert set(served["test"]) == {"next-item", "next-new"} and set(served["test"]["next-new"]) == {"ex", "in"}
     assert 0 < served["candidate_recall"]["next-item"] <= 1
     # the ratio the issue sets a floor on (>= 0.95 for the shipped version): served over full ranking
-    assert served["served_over_offline"] == pytest.approx(served["test"]["next-item"]["in"]["ndcg@10"] / served["offline_ndcg@10"])
+    assert served["served_over_offline"] == pytest.approx(
+        served["test"]["next-item"]["in"]["ndcg@10"] / served["offline_ndcg@10"]
+    )
     assert "the served list" in (result.version_dir / "report.md").read_text()
     start, end = manifest["training_window"]["start"], manifest["training_window"]["end"]
     assert start < end <= datetime(2011, 9, 1, tzinfo=timezone.utc).timestamp() * 1000
@@ -124,7 +136,9 @@ def test_gate_keeps_a_worse_version_unpublished(first_run, tmp_path: Path) -> No
     runs = registry.read_runs(root)
     assert runs[0]["version"] == first.version_dir.name and runs[0]["status"] == "published"
     assert runs[0]["window"]["end_ms"] == max(e.ts for e in shop().events) and runs[0]["events"]["interactions"] > 0
-    assert runs[0]["gate"]["publish"] and runs[0]["summary"]["ndcg@10"] == pytest.approx(first.report["summary"]["ndcg@10"])
+    assert runs[0]["gate"]["publish"] and runs[0]["summary"]["ndcg@10"] == pytest.approx(
+        first.report["summary"]["ndcg@10"]
+    )
     # Demand an improvement no model can make: the version is written but LATEST stays.
     second = run(config(root, tolerance=-1.0, version="stricter"), dataset=shop())
     assert not second.published and "production" in second.gate_reason
@@ -136,12 +150,21 @@ def test_gate_keeps_a_worse_version_unpublished(first_run, tmp_path: Path) -> No
     assert forced.published and registry.read_latest(root) == "forced"
 
 
-def test_sampled_softmax_and_epoch_budgets_train_a_valid_version(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_sampled_softmax_and_epoch_budgets_train_a_valid_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A catalog above ``full_softmax_max_items`` trains with the sampled softmax; the epoch and
     validation budgets cap the examples seen and the cases early stopping reads."""
     cfg = config(tmp_path, version="sampled")
-    cfg.ranker = RankerTrainConfig(epochs=2, patience=2, batch_size=16, full_softmax_max_items=10, sampled_negatives=6,
-                                   examples_per_epoch=48, val_cases=12)
+    cfg.ranker = RankerTrainConfig(
+        epochs=2,
+        patience=2,
+        batch_size=16,
+        full_softmax_max_items=10,
+        sampled_negatives=6,
+        examples_per_epoch=48,
+        val_cases=12,
+    )
     with caplog.at_level("INFO", logger="exporters.train"):
         result = run(cfg, dataset=shop())
     manifest = registry.load_manifest(result.version_dir)
@@ -218,8 +241,10 @@ async def test_no_text_catalog_ships_no_item_encoder_and_the_worker_serves_it(tm
             self.pop(user_id, None)
 
     t0 = ms(2011, 12, 2)
-    events = [{"event_id": "x1", "user_id": "c1", "type": "view", "ts": t0, "item_id": "P001"},
-              {"event_id": "x2", "user_id": "c1", "type": "search", "ts": t0 + 1000, "query": "gold gift"}]
+    events = [
+        {"event_id": "x1", "user_id": "c1", "type": "view", "ts": t0, "item_id": "P001"},
+        {"event_id": "x2", "user_id": "c1", "type": "search", "ts": t0 + 1000, "query": "gold gift"},
+    ]
     msgs = [RawMessage("events", 0, n, b"k", orjson.dumps(e), t0) for n, e in enumerate(events)]
     res = await pipe.process(msgs, Store())
     assert res.applied == 2 and not res.dead_letters
@@ -233,7 +258,11 @@ async def test_no_text_catalog_ships_no_item_encoder_and_the_worker_serves_it(tm
         (np.zeros(500), True, True),  # identical lists
         (np.r_[np.zeros(495), np.full(5, -0.05)], True, True),  # mean -0.0005, interval within -0.002
         (np.r_[np.zeros(450), np.full(50, -0.05)], False, False),  # mean -0.005: a real loss
-        (np.r_[np.zeros(490), np.full(5, -0.3), np.full(5, 0.3)], True, False),  # mean 0, interval wider than the tolerance
+        (
+            np.r_[np.zeros(490), np.full(5, -0.3), np.full(5, 0.3)],
+            True,
+            False,
+        ),  # mean 0, interval wider than the tolerance
         (np.r_[np.zeros(490), np.full(10, -0.11)], False, False),  # mean -0.0022, just past the tolerance
     ],
 )

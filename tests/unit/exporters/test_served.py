@@ -51,7 +51,10 @@ def test_lists_are_graded_as_served_and_shared_by_protocols():
     inter, line, new, points = setup()
     cands = candidate_sets(points, None, CandidateQuota(12))
     own = own_items(inter, line)
-    freq = [points.features(np.array([i]), np.zeros((inter.n_items, 2), np.float32), r)[0][:, 0] for i, r in enumerate(cands.rows)]
+    freq = [
+        points.features(np.array([i]), np.zeros((inter.n_items, 2), np.float32), r)[0][:, 0]
+        for i, r in enumerate(cands.rows)
+    ]
     lists = served_lists(cands, None, own, ListParams(2, 0), scores=freq)
     li = list_index(line.case_users, line.case_time, line)
     g = grade(lists, li, line, inter, "in")

@@ -23,7 +23,11 @@ def test_stack_features_flag_new_items_and_sources():
     assert x[:, col["new_x_log_popularity"]].tolist() == [0.0, 2.0, 3.0]
     assert x[:, col["new_x_ranker"]].tolist() == [0.0, 1.0, 0.5]
     assert x[:, col["log_profile_items"]].tolist() == pytest.approx([np.log(10)] * 3)
-    assert x[0, col[f"source_{SOURCES[0]}"]] == 1 and x[1, col[f"source_{SOURCES[2]}"]] == 1 and x[2, col[f"source_{SOURCES[5]}"]] == 1
+    assert (
+        x[0, col[f"source_{SOURCES[0]}"]] == 1
+        and x[1, col[f"source_{SOURCES[2]}"]] == 1
+        and x[2, col[f"source_{SOURCES[5]}"]] == 1
+    )
     # weights on the ranker alone give the ranker's order; the list score is that product
     w = tuple(1.0 if n == "ranker" else 0.0 for n in STACK_FEATURES)
     assert stacked_scores(w, np.array([3.0, 1.0, 0.5]), feats, None, np.array([0, 2, 5]), 9).tolist() == [3.0, 1.0, 0.5]
@@ -53,5 +57,7 @@ def test_listwise_fit_learns_which_feature_finds_the_positive():
 def test_manifest_with_other_stack_features_is_refused():
     with pytest.raises(ValueError, match="stack"):
         ListParams.from_manifest({"list_params": {"stack": {"features": ["x"], "weights": [1.0]}}}, 20)
-    params = ListParams.from_manifest({"list_params": ListParams(20, 5, 0.3, (1.0,) * len(STACK_FEATURES)).as_dict()}, 20)
+    params = ListParams.from_manifest(
+        {"list_params": ListParams(20, 5, 0.3, (1.0,) * len(STACK_FEATURES)).as_dict()}, 20
+    )
     assert params.stack == (1.0,) * len(STACK_FEATURES) and params.min_new == 5

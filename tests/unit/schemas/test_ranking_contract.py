@@ -41,7 +41,10 @@ def test_half_life_is_a_setting_not_a_refusal() -> None:
 
 
 def test_event_types_must_match() -> None:
-    assert check_manifest_features(_manifest(event_type_ids={"view": 1})) == "event_type_ids mismatch between model and worker"
+    assert (
+        check_manifest_features(_manifest(event_type_ids={"view": 1}))
+        == "event_type_ids mismatch between model and worker"
+    )
 
 
 def test_item_text_rule_shared_by_job_and_worker() -> None:

@@ -17,7 +17,12 @@ from schemas.serving import (
 
 
 def test_merge_sources_priority_quota_and_cap():
-    offers = [("history", [5, 6], 10), ("covis", [6, 7, 8, 9], 2), ("ann", [-1, 9, 7, 10], 2), ("trending", [1, 2, 3, 4], 10)]
+    offers = [
+        ("history", [5, 6], 10),
+        ("covis", [6, 7, 8, 9], 2),
+        ("ann", [-1, 9, 7, 10], 2),
+        ("trending", [1, 2, 3, 4], 10),
+    ]
     rows, sources, pos = merge_sources(7, offers)
     # 6 stays history; covis adds 7, 8 (quota 2); ann skips the HNSW pad -1 and 7, adds 9, 10; trending fills to 7
     assert rows == [5, 6, 7, 8, 9, 10, 1]
@@ -76,7 +81,9 @@ def test_item_neighbours_aggregate_offer_and_scores():
     from schemas.serving import ItemNeighbours
 
     # item 0's neighbours: 1 (0.5), 2 (0.25); item 1's: 0 (0.5), 2 (0.5) (ties: lower row first); 3: none
-    sim = sparse.csr_matrix((np.array([0.5, 0.25, 0.5, 0.5]), (np.array([0, 0, 1, 1]), np.array([1, 2, 2, 0]))), shape=(4, 4))
+    sim = sparse.csr_matrix(
+        (np.array([0.5, 0.25, 0.5, 0.5]), (np.array([0, 0, 1, 1]), np.array([1, 2, 2, 0]))), shape=(4, 4)
+    )
     nb = ItemNeighbours.from_sparse(sim, k=2)
     assert nb.rows.tolist() == [[1, 2], [0, 2], [-1, -1], [-1, -1]]
     rows, score, anchor = nb.aggregate(np.array([1, 0, 0, 9]))  # repeats and rows outside ignored
@@ -100,7 +107,9 @@ def test_list_scores_add_the_weighted_knn_score():
     # below every own item, ordered by ranker + kNN: 4 (3.1), 3 (1.2), 2 (0.5)
     assert got[:2].tolist() == [1.0, 3.0] and list(np.argsort(-got)) == [1, 0, 4, 3, 2]
     assert got[new].max() < got[~new].min()
-    assert list_scores(s, None, ListParams(2, 0, knn_weight=1.0), new)[2:].tolist() == pytest.approx([0.0, -0.3, -0.4])  # just below the weakest own item (1.0 - 1)
+    assert list_scores(s, None, ListParams(2, 0, knn_weight=1.0), new)[2:].tolist() == pytest.approx(
+        [0.0, -0.3, -0.4]
+    )  # just below the weakest own item (1.0 - 1)
     # a user with only new candidates: their discovery order, nothing else
     assert list(np.argsort(-list_scores(s, knn, ListParams(2, 0, knn_weight=1.0), np.ones(5, bool)))) == [0, 4, 1, 3, 2]
     assert ListParams.from_manifest({"list_params": {"min_new": 3, "knn_weight": 0.3}}, 20) == ListParams(20, 3, 0.3)

@@ -45,8 +45,6 @@ class Candidates:
     knn: np.ndarray | None = None  # float64 [C]: item-kNN score, None when the index has no neighbours
 
 
-
-
 def gather(
     user: UserState,
     index: ItemIndex,
@@ -72,7 +70,9 @@ def gather(
     # history: the user's own items, strongest first (weight x recency)
     if user.items:
         profile = [(k, p) for k, p in user.items.items() if k in index.pos]
-        order = history_order(np.asarray([p[0] for _k, p in profile]), np.asarray([p[1] for _k, p in profile]), quota.history)
+        order = history_order(
+            np.asarray([p[0] for _k, p in profile]), np.asarray([p[1] for _k, p in profile]), quota.history
+        )
         offers.append(("history", [index.pos[profile[i][0]] for i in order], cfg.n))
     if query_vec is not None and len(index):
         labels, _ = index.nearest(query_vec[None, :], quota.per_source)
@@ -96,7 +96,9 @@ def gather(
             for sim, _h in es:
                 total += sim
             knn_scores[r], anchor_of[r] = total, es[0][1]
-        ranked = sorted((r for r in knn_scores if r not in set(own)), key=lambda r: (-knn_scores[r], r))[: quota.per_source]
+        ranked = sorted((r for r in knn_scores if r not in set(own)), key=lambda r: (-knn_scores[r], r))[
+            : quota.per_source
+        ]
         if ranked:
             offers.append(("knn", ranked, quota.per_source))
             evidence_of["knn"] = [anchor_of[r] for r in ranked]
@@ -159,8 +161,14 @@ def gather(
     feats = candidate_features(personal, last, now_ms, cov, index.popularity[rows], sim)
     qsim = (index.vecs[rows] @ query_vec).astype(np.float32) if (query_vec is not None and c) else None
     knn = np.asarray([knn_scores.get(r, 0.0) for r in keep]) if nb is not None else None
-    return Candidates(rows=rows, sources=[picked[r][0] for r in keep], evidence=[picked[r][1] for r in keep], feats=feats,
-                      query_sim=qsim, knn=knn)
+    return Candidates(
+        rows=rows,
+        sources=[picked[r][0] for r in keep],
+        evidence=[picked[r][1] for r in keep],
+        feats=feats,
+        query_sim=qsim,
+        knn=knn,
+    )
 
 
 def build_list(
@@ -208,8 +216,6 @@ def build_list(
     )
 
 
-
-
 # ---- the ranker request path and the per-batch loop, as they were ------------------------------
 import asyncio  # noqa: E402
 
@@ -247,16 +253,26 @@ async def rank_reference(self, touched) -> list[Recommendation]:
     s = self.settings
     trending = self.index.trending(s.candidates)
     trending_evidence = self.recent.counts(trending)
-    intents = {u: t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms) for u, t in touched.items()}
+    intents = {
+        u: t.state.search_intent(t.last_event.ts, s.search_intent_events, self.intent_ms) for u, t in touched.items()
+    }
     qvecs = self.query_vectors([touched[u].state.last_query for u, k in intents.items() if k is not None])
     control_reqs, ranker_reqs = [], []
     for user_id, t in touched.items():
         st, ev = t.state, t.last_event
         qvec = qvecs[st.last_query] if intents[user_id] is not None else None
         cands = gather(
-            st, self.index, self.covis, self.cand_cfg, now_ms=max(ev.ts, st.emb_ts),
-            trigger_item=ev.item_id, trigger_type=ev.type, query_vec=qvec, trending_rows=trending,
-            trending_evidence=trending_evidence, meaningful=self._meaningful,
+            st,
+            self.index,
+            self.covis,
+            self.cand_cfg,
+            now_ms=max(ev.ts, st.emb_ts),
+            trigger_item=ev.item_id,
+            trigger_type=ev.type,
+            query_vec=qvec,
+            trending_rows=trending,
+            trending_evidence=trending_evidence,
+            meaningful=self._meaningful,
         )
         seq = [(self.index.pos[i], ty) for i, ty, _ts in st.seq if i in self.index.pos]
         req = RankRequest(
@@ -271,20 +287,34 @@ async def rank_reference(self, touched) -> list[Recommendation]:
     scored = []
     if ranker_reqs:
         loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(None, lambda reqs: score_requests(self.ranker, reqs), [r[3] for r in ranker_reqs if len(r[2].rows)])
+        scores = await loop.run_in_executor(
+            None, lambda reqs: score_requests(self.ranker, reqs), [r[3] for r in ranker_reqs if len(r[2].rows)]
+        )
         it = iter(scores)
         scored += [(r, next(it) if len(r[2].rows) else np.zeros(0, np.float32)) for r in ranker_reqs]
     if control_reqs:
         scored += list(zip(control_reqs, [r.cand_feats @ CONTROL_WEIGHTS for r in [r[3] for r in control_reqs]]))
     recs = []
     for (user_id, t, cands, _req, variant), scores in scored:
-        version = self.bundle.version if variant == "ranker" and self.settings.ranking else f"{self.bundle.version}+control"
+        version = (
+            self.bundle.version if variant == "ranker" and self.settings.ranking else f"{self.bundle.version}+control"
+        )
         recs.append(
             build_list(
-                user_id, t.state, cands, scores, self.index, size=s.list_size,
-                model_version=version, variant=variant, event_id=t.last_event.event_id, event_ts=t.last_event.ts,
-                search_slots=self.search_slots(intents[user_id]), min_new=self.list_params.min_new,
-                knn_weight=self.list_params.knn_weight, stack=self.list_params.stack,
+                user_id,
+                t.state,
+                cands,
+                scores,
+                self.index,
+                size=s.list_size,
+                model_version=version,
+                variant=variant,
+                event_id=t.last_event.event_id,
+                event_ts=t.last_event.ts,
+                search_slots=self.search_slots(intents[user_id]),
+                min_new=self.list_params.min_new,
+                knn_weight=self.list_params.knn_weight,
+                stack=self.list_params.stack,
             )
         )
     return recs

@@ -66,7 +66,9 @@ async def test_click_cart_purchase_on_the_live_list_are_attributed_to_its_varian
     live2 = [i.item_id for i in res.recs[0].items]
     res = await feed(ev(3, item=live2[0], etype="add_to_cart"), ev(4, item=live2[0], etype="purchase"))
     # both coalesced events are attributed to the list before the batch
-    assert stats_of(res) == {"ranker": {"add_to_carts": 1, "lists_carted": 1, "purchases": 1, "lists_purchased": 1, "lists": 1}}
+    assert stats_of(res) == {
+        "ranker": {"add_to_carts": 1, "lists_carted": 1, "purchases": 1, "lists_purchased": 1, "lists": 1}
+    }
 
 
 async def test_not_attributed_outside_window_off_list_before_the_list_or_for_views(pipeline):
@@ -106,10 +108,25 @@ async def test_variant_of_the_list_gets_the_credit_after_a_split_change(pipeline
 
 
 def test_state_round_trip_and_older_values_load():
-    st = UserState(dim=4, last_query="lantern", query_ts=5, since_query=1, rec_items=["a", "b"], rec_variant="control",
-                   rec_ts=7, rec_hits=4, ab_seen=["ranker", "control"])
+    st = UserState(
+        dim=4,
+        last_query="lantern",
+        query_ts=5,
+        since_query=1,
+        rec_items=["a", "b"],
+        rec_variant="control",
+        rec_ts=7,
+        rec_hits=4,
+        ab_seen=["ranker", "control"],
+    )
     back = UserState.from_bytes(st.to_bytes())
-    assert (back.rec_items, back.rec_variant, back.rec_ts, back.rec_hits, back.ab_seen) == (["a", "b"], "control", 7, 4, ["ranker", "control"])
+    assert (back.rec_items, back.rec_variant, back.rec_ts, back.rec_hits, back.ab_seen) == (
+        ["a", "b"],
+        "control",
+        7,
+        4,
+        ["ranker", "control"],
+    )
     assert (back.last_query, back.query_ts, back.since_query) == ("lantern", 5, 1)
     old = orjson.loads(st.to_bytes())
     for k in ("qt", "qk", "rl", "ab"):
@@ -252,7 +269,9 @@ async def test_new_user_gets_trending_then_a_list_shaped_by_one_event(pipeline):
         await feed(ev(20, u, "85123A"), ev(21, u, "84406B"))
     # a brand-new user's first event says nothing about them (an item nobody knows): trending
     first = (await feed(ev(30, "fresh", "NEVERSEEN", etype="view"))).recs[0]
-    assert any(i.item_id == "22752" and i.source == "trending" and i.reason.startswith("trending: bought") for i in first.items)
+    assert any(
+        i.item_id == "22752" and i.source == "trending" and i.reason.startswith("trending: bought") for i in first.items
+    )
     # one event later the list follows it: the item itself and what goes with it, with reasons saying so
     after = (await feed(ev(31, "fresh", "85123A", etype="add_to_cart"))).recs[0]
     by_id = {i.item_id: i for i in after.items}

@@ -57,15 +57,24 @@ def random_batches(rng: random.Random, users: int, items: int, batches: int, siz
         yield out
 
 
-@pytest.mark.parametrize("env", [
-    {"STREAMREC_CANDIDATES": "40", "STREAMREC_LIST_SIZE": "10", "STREAMREC_VARIANTS": "ranker:0.5,control:0.5",
-     "STREAMREC_FILTER_PURCHASED": "true", "STREAMREC_FILTER_LAST_VIEWED": "true"},
-    {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20"},
-    {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "8"},
-    {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "5", "knn": "0.3"},
-    {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "5", "knn": "0.3", "stack": "1"},
-    {"STREAMREC_CANDIDATES": "12", "STREAMREC_LIST_SIZE": "12", "STREAMREC_RANKING": "false"},
-], ids=["small-filters-ab", "default", "min-new-slots", "knn-source", "stacked-score", "ranking-off"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {
+            "STREAMREC_CANDIDATES": "40",
+            "STREAMREC_LIST_SIZE": "10",
+            "STREAMREC_VARIANTS": "ranker:0.5,control:0.5",
+            "STREAMREC_FILTER_PURCHASED": "true",
+            "STREAMREC_FILTER_LAST_VIEWED": "true",
+        },
+        {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20"},
+        {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "8"},
+        {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "5", "knn": "0.3"},
+        {"STREAMREC_CANDIDATES": "200", "STREAMREC_LIST_SIZE": "20", "min_new": "5", "knn": "0.3", "stack": "1"},
+        {"STREAMREC_CANDIDATES": "12", "STREAMREC_LIST_SIZE": "12", "STREAMREC_RANKING": "false"},
+    ],
+    ids=["small-filters-ab", "default", "min-new-slots", "knn-source", "stacked-score", "ranking-off"],
+)
 async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
     rng = random.Random(len(env) * 1000 + int(env["STREAMREC_CANDIDATES"]))
     env = dict(env)
@@ -105,7 +114,12 @@ async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
     for new, ref in compared:
         assert [r.user_id for r in new] == [r.user_id for r in ref]
         for a, b in zip(new, ref):
-            assert (a.variant, a.model_version, a.event_id, a.event_ts) == (b.variant, b.model_version, b.event_id, b.event_ts)
+            assert (a.variant, a.model_version, a.event_id, a.event_ts) == (
+                b.variant,
+                b.model_version,
+                b.event_id,
+                b.event_ts,
+            )
             assert [i.item_id for i in a.items] == [i.item_id for i in b.items], a.user_id
             assert [i.source for i in a.items] == [i.source for i in b.items]
             assert [i.reason for i in a.items] == [i.reason for i in b.items]
@@ -128,9 +142,12 @@ def test_io_binding_path_scores_like_run(tiny_model_root):
     bundle = ModelBundle.load(latest_version_dir(tiny_model_root), variant="fp32")
     rng = np.random.default_rng(3)
     b, l, c = 5, 20, 40
-    feeds = {"seq_vecs": rng.standard_normal((b, l, bundle.dim)).astype(np.float32),
-             "seq_types": rng.integers(1, 8, (b, l)), "seq_mask": (rng.random((b, l)) < 0.8).astype(np.int64),
-             "cand_vecs": rng.standard_normal((b, c, bundle.dim)).astype(np.float32),
-             "cand_feats": rng.standard_normal((b, c, 5)).astype(np.float32)}
+    feeds = {
+        "seq_vecs": rng.standard_normal((b, l, bundle.dim)).astype(np.float32),
+        "seq_types": rng.integers(1, 8, (b, l)),
+        "seq_mask": (rng.random((b, l)) < 0.8).astype(np.int64),
+        "cand_vecs": rng.standard_normal((b, c, bundle.dim)).astype(np.float32),
+        "cand_feats": rng.standard_normal((b, c, 5)).astype(np.float32),
+    }
     (plain,) = bundle.ranker.run(["scores"], feeds)
     np.testing.assert_allclose(bundle.score_bound(feeds), plain, rtol=1e-6, atol=1e-6)

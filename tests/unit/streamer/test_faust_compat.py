@@ -19,7 +19,9 @@ from streamer.settings import Settings
 
 @pytest.fixture(scope="module", autouse=True)
 def patched():
-    _patch_recovery(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "REDIS_URL": "redis://127.0.0.1:6379/0"}))
+    _patch_recovery(
+        Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    )
 
 
 class FakeConsumer:
@@ -52,17 +54,25 @@ def fake_recovery(calls: list) -> SimpleNamespace:
 
     consumer = FakeConsumer(calls, {("events", 0), ("events", 1), ("app-user-state-changelog", 0)})
     app = SimpleNamespace(
-        consumer=consumer, consumer_generation_id=3, conf=SimpleNamespace(broker_request_timeout=5),
+        consumer=consumer,
+        consumer_generation_id=3,
+        conf=SimpleNamespace(broker_request_timeout=5),
         on_rebalance_complete=SimpleNamespace(send=nothing),
         flow_control=SimpleNamespace(resume=lambda: calls.append("flow_control.resume")),
-        _fetcher=SimpleNamespace(maybe_start=nothing), on_rebalance_end=lambda: calls.append("rebalance_end"),
+        _fetcher=SimpleNamespace(maybe_start=nothing),
+        on_rebalance_end=lambda: calls.append("rebalance_end"),
         assignor=SimpleNamespace(assigned_standbys=lambda: set()),
     )
     return SimpleNamespace(
-        app=app, _wait=wait, log=SimpleNamespace(info=lambda *a: None, warning=lambda *a: None, dev=lambda *a: None),
-        _is_changelog_tp=lambda tp: tp[0].endswith("-changelog"), completed=asyncio.Event(),
+        app=app,
+        _wait=wait,
+        log=SimpleNamespace(info=lambda *a: None, warning=lambda *a: None, dev=lambda *a: None),
+        _is_changelog_tp=lambda tp: tp[0].endswith("-changelog"),
+        completed=asyncio.Event(),
         tables=SimpleNamespace(values=lambda: [], on_actives_ready=lambda: None, on_standbys_ready=lambda: None),
-        _set_recovery_ended=lambda: None, actives_for_table={}, standbys_for_table={},
+        _set_recovery_ended=lambda: None,
+        actives_for_table={},
+        standbys_for_table={},
     )
 
 

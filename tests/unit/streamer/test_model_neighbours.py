@@ -38,5 +38,9 @@ def test_bundle_loads_the_neighbour_lists_and_refuses_bad_ones(tiny_model_root, 
     with pytest.raises(ModelRefused, match="neighbours"):
         ModelBundle.load(_with_neighbours(src, tmp_path / "bad", bad), variant="fp32")
     with pytest.raises(ModelRefused, match="stack"):  # a stacked score over features this code does not compute
-        ModelBundle.load(_with_neighbours(src, tmp_path / "stack", rows, {"min_new": 5, "stack": {"features": ["x"], "weights": [1]}}),
-                         variant="fp32")
+        ModelBundle.load(
+            _with_neighbours(
+                src, tmp_path / "stack", rows, {"min_new": 5, "stack": {"features": ["x"], "weights": [1]}}
+            ),
+            variant="fp32",
+        )

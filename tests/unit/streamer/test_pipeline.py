@@ -33,8 +33,12 @@ class DictStore:
 
 
 def settings(**kw) -> Settings:
-    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0", "STREAMREC_LIST_SIZE": "5",
-           "STREAMREC_CANDIDATES": "20"}
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "STREAMREC_LIST_SIZE": "5",
+        "STREAMREC_CANDIDATES": "20",
+    }
     return Settings.from_env(env, **kw)
 
 
@@ -85,8 +89,12 @@ async def test_duplicate_changes_state_once(pipeline):
 
 async def test_invalid_messages_become_dead_letters_with_reasons(pipeline):
     store = DictStore()
-    bad = [b"{not json", orjson.dumps({"event_id": "x", "user_id": "u", "type": "purchase", "ts": T0}),
-           orjson.dumps(ev(5, ts=10**18)), orjson.dumps(ev(6, etype="teleport"))]
+    bad = [
+        b"{not json",
+        orjson.dumps({"event_id": "x", "user_id": "u", "type": "purchase", "ts": T0}),
+        orjson.dumps(ev(5, ts=10**18)),
+        orjson.dumps(ev(6, etype="teleport")),
+    ]
     res = await pipeline.process([msg(b, i) for i, b in enumerate(bad)] + [msg(ev(9), 10)], store)
     assert len(res.dead_letters) == 4 and res.applied == 1
     codes = [d.error_code for d in res.dead_letters]
@@ -174,15 +182,26 @@ async def test_swap_to_another_dimension_rebuilds_user_embeddings(tiny_model_roo
     assert old.dim != new.dim
     p = Pipeline(settings(), old)
     store = DictStore()
-    first = [msg(ev(1, "u1", "71053")), msg(ev(2, "u1", "22633", etype="view"), 1),
-             msg(ev(3, "u2", "85123A"), 2), msg(ev(4, "u2", None, etype="search", query="heart holder"), 3),
-             msg(ev(5, "u3", "22752"), 4)]
+    first = [
+        msg(ev(1, "u1", "71053")),
+        msg(ev(2, "u1", "22633", etype="view"), 1),
+        msg(ev(3, "u2", "85123A"), 2),
+        msg(ev(4, "u2", None, etype="search", query="heart holder"), 3),
+        msg(ev(5, "u3", "22752"), 4),
+    ]
     await p.process(first, store)
     assert UserState.from_bytes(store.data["u1"]).emb.shape == (old.dim,)
     p.install(new, p.build_index(new, p.index))
     # u1: an item event; u2: a plain event while its search intent is live; u3: a duplicate only
-    res = await p.process([msg(ev(6, "u1", "21730")), msg(ev(7, "u2", "22633", etype="view"), 1),
-                           msg(ev(5, "u3", "22752"), 2), msg(ev(8, "u4", "71053"), 3)], store)
+    res = await p.process(
+        [
+            msg(ev(6, "u1", "21730")),
+            msg(ev(7, "u2", "22633", etype="view"), 1),
+            msg(ev(5, "u3", "22752"), 2),
+            msg(ev(8, "u4", "71053"), 3),
+        ],
+        store,
+    )
     assert sorted(r.user_id for r in res.recs) == ["u1", "u2", "u3", "u4"]
     assert all(r.model_version.startswith("v2-wide") and r.items for r in res.recs)
     for u in ("u1", "u2", "u3", "u4"):
@@ -190,7 +209,9 @@ async def test_swap_to_another_dimension_rebuilds_user_embeddings(tiny_model_roo
         assert st.space == "v2-wide" and st.dim == new.dim and st.emb.shape == (new.dim,), u
     # u1's rebuilt embedding is the one the same events give a worker that always ran the new model
     fresh = DictStore()
-    await Pipeline(settings(), new).process([msg(ev(1, "u1", "71053")), msg(ev(2, "u1", "22633", etype="view"), 1),
-                                             msg(ev(6, "u1", "21730"), 2)], fresh)
-    np.testing.assert_allclose(UserState.from_bytes(store.data["u1"]).emb, UserState.from_bytes(fresh.data["u1"]).emb,
-                               rtol=1e-5, atol=1e-6)
+    await Pipeline(settings(), new).process(
+        [msg(ev(1, "u1", "71053")), msg(ev(2, "u1", "22633", etype="view"), 1), msg(ev(6, "u1", "21730"), 2)], fresh
+    )
+    np.testing.assert_allclose(
+        UserState.from_bytes(store.data["u1"]).emb, UserState.from_bytes(fresh.data["u1"]).emb, rtol=1e-5, atol=1e-6
+    )

@@ -23,8 +23,23 @@ def redis_url(tmp_path_factory):
     if binary is None:
         pytest.skip("redis-server not installed")
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path_factory.mktemp("redis"))], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     r = redis.Redis.from_url(url)
     for _ in range(100):
@@ -41,9 +56,16 @@ def redis_url(tmp_path_factory):
 def a_list(user="17850") -> Recommendation:
     return Recommendation(
         user_id=user,
-        items=(RecItem("71053", 2.91, "matches your search 'red lantern'", "WHITE METAL LANTERN", "search"),
-               RecItem("22752", 0.4, "trending: bought 37 times in the last 7 days", "SET 7 BABUSHKA NESTING BOXES", "trending")),
-        model_version="20261123T000000Z-bootstrap", variant="ranker", event_id="ev-9", event_ts=1_323_000_000_000,
+        items=(
+            RecItem("71053", 2.91, "matches your search 'red lantern'", "WHITE METAL LANTERN", "search"),
+            RecItem(
+                "22752", 0.4, "trending: bought 37 times in the last 7 days", "SET 7 BABUSHKA NESTING BOXES", "trending"
+            ),
+        ),
+        model_version="20261123T000000Z-bootstrap",
+        variant="ranker",
+        event_id="ev-9",
+        event_ts=1_323_000_000_000,
         published_ts=NOW - 3_200,
     )
 

@@ -43,9 +43,21 @@ def store(tmp_path):
 
 def fake_worker(r, prefix, name, production, loaded=(), refused=None, age_s=0.0):
     """What ``VersionLoader.report`` writes for one worker."""
-    r.hset(workers_key(prefix), name, orjson.dumps({"worker": name, "ts": time.time() - age_s, "production": production,
-                                                     "loaded": list(loaded), "refused": refused or {}, "split": "",
-                                                     "serving": {}}))
+    r.hset(
+        workers_key(prefix),
+        name,
+        orjson.dumps(
+            {
+                "worker": name,
+                "ts": time.time() - age_s,
+                "production": production,
+                "loaded": list(loaded),
+                "refused": refused or {},
+                "split": "",
+                "serving": {},
+            }
+        ),
+    )
 
 
 def test_canary_rollback_and_promote_write_the_split_state_and_latest(redis_url, store):  # noqa: F811
@@ -56,7 +68,13 @@ def test_canary_rollback_and_promote_write_the_split_state_and_latest(redis_url,
     assert ro.canary("v2", 0.1, wait_s=0) == 0
     assert r.get(config_key("t1:")) == b"ranker@v2:0.1,ranker@production:0.8,control:0.1"
     st = ro.state()
-    assert (st["status"], st["version"], st["production"], st["base"], st["base_from"]) == ("canary", "v2", "v1", "ranker:0.9,control:0.1", "override")
+    assert (st["status"], st["version"], st["production"], st["base"], st["base_from"]) == (
+        "canary",
+        "v2",
+        "v1",
+        "ranker:0.9,control:0.1",
+        "override",
+    )
     with pytest.raises(RolloutError, match="in progress"):
         ro.canary("v2", 0.1, wait_s=0)
     assert ro.rollback() == 0
@@ -97,7 +115,23 @@ def test_a_refused_canary_is_rolled_back_by_the_tool(redis_url, store, capsys): 
     assert "REFUSED by w1" in capsys.readouterr().out
     assert r.get(config_key("t2:")) is None and ro.state()["status"] == "rolled_back"  # the environment's split again
     r.hset("t2:rollout:refused", "v3-corrupt", "w1: checksum mismatch")
-    assert main(["--redis-url", redis_url, "--prefix", "t2:", "--model-root", str(store), "canary", "v3-corrupt", "--wait", "0"]) == 1
+    assert (
+        main(
+            [
+                "--redis-url",
+                redis_url,
+                "--prefix",
+                "t2:",
+                "--model-root",
+                str(store),
+                "canary",
+                "v3-corrupt",
+                "--wait",
+                "0",
+            ]
+        )
+        == 1
+    )
     assert "refused by a worker" in capsys.readouterr().err
     assert main(["--redis-url", redis_url, "--prefix", "t2:", "--model-root", str(store), "status"]) == 0
     assert "REFUSED v3-corrupt: w1: checksum mismatch" in capsys.readouterr().out
@@ -141,9 +175,13 @@ def test_z_test_and_levels_match_textbook_values():
     assert report.two_proportion_p(0, 10, 0, 10) == 1.0 and report.two_proportion_p(1, 0, 1, 10) == 1.0
     # a wider level widens the interval; Newcombe example (a) again at 95 %
     base = dict.fromkeys(("lists_clicked", "lists_carted"), 0)
-    c95 = report.compare(dict(base, lists=70, lists_purchased=56), dict(base, lists=80, lists_purchased=48), 0.95)["conversion"]
+    c95 = report.compare(dict(base, lists=70, lists_purchased=56), dict(base, lists=80, lists_purchased=48), 0.95)[
+        "conversion"
+    ]
     assert (round(c95["low"], 4), round(c95["high"], 4)) == (0.0524, 0.3339) and c95["significant"]
-    c999 = report.compare(dict(base, lists=70, lists_purchased=56), dict(base, lists=80, lists_purchased=48), 0.999)["conversion"]
+    c999 = report.compare(dict(base, lists=70, lists_purchased=56), dict(base, lists=80, lists_purchased=48), 0.999)[
+        "conversion"
+    ]
     assert c999["low"] < 0 < c999["high"] and not c999["significant"]
 
 

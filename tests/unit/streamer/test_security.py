@@ -23,15 +23,49 @@ def pki(tmp_path_factory) -> dict[str, Path]:
         pytest.skip("openssl CLI not found")
     d = tmp_path_factory.mktemp("pki")
     run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=d)  # noqa: E731
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=streamrec-test-ca")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=streamrec-test-ca",
+    )
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=worker")
-    run("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "client.pem", "-days", "2")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        "2",
+    )
     run("rsa", "-in", "client.key", "-aes256", "-passout", "pass:keypw", "-out", "client.enc.key")
     (d / "garbage.pem").write_text("not a certificate\n")
-    return {n: d / f for n, f in [("ca", "ca.pem"), ("cert", "client.pem"), ("key", "client.key"),
-                                 ("enc_key", "client.enc.key"), ("garbage", "garbage.pem")]}
+    return {
+        n: d / f
+        for n, f in [
+            ("ca", "ca.pem"),
+            ("cert", "client.pem"),
+            ("key", "client.key"),
+            ("enc_key", "client.enc.key"),
+            ("garbage", "garbage.pem"),
+        ]
+    }
 
 
 def settings(**env: str) -> Settings:
@@ -39,16 +73,19 @@ def settings(**env: str) -> Settings:
 
 
 # ---- redaction --------------------------------------------------------------------------------
-@pytest.mark.parametrize("url, secret", [
-    ("redis://127.0.0.1:6379/0?password=s3cr3t", "s3cr3t"),
-    ("redis://:s3cr3t@127.0.0.1:6379/0", "s3cr3t"),
-    ("redis://user:s3cr3t@127.0.0.1:6379/0?db=1", "s3cr3t"),
-    ("rediss://h:6380/0?ssl_ca_certs=/etc/ca.pem&password=s3cr3t&db=2", "s3cr3t"),
-    ("redis://h:6379/0?Password=s3cr3t", "s3cr3t"),
-    ("redis://h:6379/0?sasl_password=s3cr3t", "s3cr3t"),
-    ("redis://h:6379/0?auth_token=s3cr3t", "s3cr3t"),
-    ("redis://h:6379/0?password=s%33cr3t", "s3cr3t"),  # percent-encoded
-])
+@pytest.mark.parametrize(
+    "url, secret",
+    [
+        ("redis://127.0.0.1:6379/0?password=s3cr3t", "s3cr3t"),
+        ("redis://:s3cr3t@127.0.0.1:6379/0", "s3cr3t"),
+        ("redis://user:s3cr3t@127.0.0.1:6379/0?db=1", "s3cr3t"),
+        ("rediss://h:6380/0?ssl_ca_certs=/etc/ca.pem&password=s3cr3t&db=2", "s3cr3t"),
+        ("redis://h:6379/0?Password=s3cr3t", "s3cr3t"),
+        ("redis://h:6379/0?sasl_password=s3cr3t", "s3cr3t"),
+        ("redis://h:6379/0?auth_token=s3cr3t", "s3cr3t"),
+        ("redis://h:6379/0?password=s%33cr3t", "s3cr3t"),  # percent-encoded
+    ],
+)
 def test_redacted_hides_passwords_in_urls(url, secret):
     s = settings(REDIS_URL=url)
     text = repr(s.redacted())
@@ -64,34 +101,78 @@ def test_redacted_keeps_what_is_not_secret():
 
 
 def test_every_secret_setting_is_redacted(pki):
-    s = settings(KAFKA_SECURITY_PROTOCOL="SASL_SSL", KAFKA_SASL_USERNAME="worker", KAFKA_SASL_PASSWORD="saslpw",
-                 KAFKA_SSL_CAFILE=str(pki["ca"]), KAFKA_SSL_CERTFILE=str(pki["cert"]),
-                 KAFKA_SSL_KEYFILE=str(pki["enc_key"]), KAFKA_SSL_KEY_PASSWORD="keypw",
-                 REDIS_PASSWORD="redispw", STREAMREC_PSEUDONYMIZE_KEY="k-9f3e")
+    s = settings(
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_USERNAME="worker",
+        KAFKA_SASL_PASSWORD="saslpw",
+        KAFKA_SSL_CAFILE=str(pki["ca"]),
+        KAFKA_SSL_CERTFILE=str(pki["cert"]),
+        KAFKA_SSL_KEYFILE=str(pki["enc_key"]),
+        KAFKA_SSL_KEY_PASSWORD="keypw",
+        REDIS_PASSWORD="redispw",
+        STREAMREC_PSEUDONYMIZE_KEY="k-9f3e",
+    )
     text = repr(s.redacted())
     for secret in ("saslpw", "keypw", "redispw", "k-9f3e"):
         assert secret not in text
 
 
 # ---- validation ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("env, message", [
-    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL=SASL_SSL"),
-    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "u"},
-     "KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL=SASL_SSL (KAFKA_SASL_MECHANISM=SCRAM-SHA-512)"),
-    ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_PASSWORD": "p"}, "KAFKA_SASL_USERNAME: required"),
-    ({"KAFKA_SASL_MECHANISM": "SCRAM-SHA-256"}, "KAFKA_SASL_MECHANISM: set to 'SCRAM-SHA-256' but KAFKA_SECURITY_PROTOCOL is PLAINTEXT"),
-    ({"KAFKA_SASL_MECHANISM": "GSSAPI", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_MECHANISM: must be one of"),
-    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL: must be one of"),
-    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE: file not found: /nonexistent/ca.pem"),
-    ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE: set but KAFKA_SECURITY_PROTOCOL is PLAINTEXT"),
-    ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p",
-      "KAFKA_SSL_CERTFILE": "/x.pem"}, "KAFKA_SSL_CERTFILE: set but KAFKA_SECURITY_PROTOCOL is SASL_PLAINTEXT"),
-    ({"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "/nonexistent/c.pem"}, "KAFKA_SSL_CERTFILE: file not found"),
-    ({"KAFKA_SSL_CHECK_HOSTNAME": "perhaps"}, "KAFKA_SSL_CHECK_HOSTNAME: must be true or false"),
-    ({"REDIS_SSL_CAFILE": "/nonexistent/ca.pem"}, "REDIS_SSL_CAFILE: set but REDIS_URL is not rediss://"),
-    ({"REDIS_URL": "rediss://h:6380/0", "REDIS_SSL_CAFILE": "/nonexistent/ca.pem"}, "REDIS_SSL_CAFILE: file not found"),
-    ({"REDIS_URL": "rediss://h:6380/0", "REDIS_SSL_CERTFILE": "/nonexistent/c.pem"}, "REDIS_SSL_CERTFILE: file not found"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+        ),
+        (
+            {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "KAFKA_SASL_USERNAME": "u",
+            },
+            "KAFKA_SASL_PASSWORD: required with KAFKA_SECURITY_PROTOCOL=SASL_SSL (KAFKA_SASL_MECHANISM=SCRAM-SHA-512)",
+        ),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_PASSWORD": "p"}, "KAFKA_SASL_USERNAME: required"),
+        (
+            {"KAFKA_SASL_MECHANISM": "SCRAM-SHA-256"},
+            "KAFKA_SASL_MECHANISM: set to 'SCRAM-SHA-256' but KAFKA_SECURITY_PROTOCOL is PLAINTEXT",
+        ),
+        (
+            {"KAFKA_SASL_MECHANISM": "GSSAPI", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "KAFKA_SASL_MECHANISM: must be one of",
+        ),
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL: must be one of"),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+            "KAFKA_SSL_CAFILE: file not found: /nonexistent/ca.pem",
+        ),
+        ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE: set but KAFKA_SECURITY_PROTOCOL is PLAINTEXT"),
+        (
+            {
+                "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "KAFKA_SASL_USERNAME": "u",
+                "KAFKA_SASL_PASSWORD": "p",
+                "KAFKA_SSL_CERTFILE": "/x.pem",
+            },
+            "KAFKA_SSL_CERTFILE: set but KAFKA_SECURITY_PROTOCOL is SASL_PLAINTEXT",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "/nonexistent/c.pem"},
+            "KAFKA_SSL_CERTFILE: file not found",
+        ),
+        ({"KAFKA_SSL_CHECK_HOSTNAME": "perhaps"}, "KAFKA_SSL_CHECK_HOSTNAME: must be true or false"),
+        ({"REDIS_SSL_CAFILE": "/nonexistent/ca.pem"}, "REDIS_SSL_CAFILE: set but REDIS_URL is not rediss://"),
+        (
+            {"REDIS_URL": "rediss://h:6380/0", "REDIS_SSL_CAFILE": "/nonexistent/ca.pem"},
+            "REDIS_SSL_CAFILE: file not found",
+        ),
+        (
+            {"REDIS_URL": "rediss://h:6380/0", "REDIS_SSL_CERTFILE": "/nonexistent/c.pem"},
+            "REDIS_SSL_CERTFILE: file not found",
+        ),
+    ],
+)
 def test_inconsistent_security_settings_name_the_setting(env, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         settings(**env)
@@ -124,8 +205,13 @@ def test_plaintext_builds_nothing():
 def test_sasl_ssl_credentials_and_kwargs(pki, mechanism):
     import faust
 
-    s = settings(KAFKA_SECURITY_PROTOCOL="SASL_SSL", KAFKA_SASL_MECHANISM=mechanism, KAFKA_SASL_USERNAME="worker",
-                 KAFKA_SASL_PASSWORD="pw", KAFKA_SSL_CAFILE=str(pki["ca"]))
+    s = settings(
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_MECHANISM=mechanism,
+        KAFKA_SASL_USERNAME="worker",
+        KAFKA_SASL_PASSWORD="pw",
+        KAFKA_SSL_CAFILE=str(pki["ca"]),
+    )
     creds = faust_credentials(s)
     assert isinstance(creds, faust.SASLCredentials)
     assert creds.mechanism.value == mechanism and creds.username == "worker" and creds.password == "pw"
@@ -146,19 +232,33 @@ def test_sasl_ssl_credentials_and_kwargs(pki, mechanism):
 
 
 def test_sasl_plaintext_has_no_tls():
-    s = settings(KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", KAFKA_SASL_MECHANISM="SCRAM-SHA-256",
-                 KAFKA_SASL_USERNAME="u", KAFKA_SASL_PASSWORD="p")
+    s = settings(
+        KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+        KAFKA_SASL_MECHANISM="SCRAM-SHA-256",
+        KAFKA_SASL_USERNAME="u",
+        KAFKA_SASL_PASSWORD="p",
+    )
     assert kafka_ssl_context(s) is None and "ssl_context" not in kafka_client_kwargs(s)
     assert faust_credentials(s).protocol.value == "SASL_PLAINTEXT"
-    assert any("clear text" in w for w in settings(KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", KAFKA_SASL_USERNAME="u",
-                                                   KAFKA_SASL_PASSWORD="p").warnings())
+    assert any(
+        "clear text" in w
+        for w in settings(
+            KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", KAFKA_SASL_USERNAME="u", KAFKA_SASL_PASSWORD="p"
+        ).warnings()
+    )
 
 
 def test_mutual_tls_client_certificate(pki):
     import faust
 
-    s = settings(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(pki["ca"]), KAFKA_SSL_CERTFILE=str(pki["cert"]),
-                 KAFKA_SSL_KEYFILE=str(pki["enc_key"]), KAFKA_SSL_KEY_PASSWORD="keypw", KAFKA_SSL_CHECK_HOSTNAME="false")
+    s = settings(
+        KAFKA_SECURITY_PROTOCOL="SSL",
+        KAFKA_SSL_CAFILE=str(pki["ca"]),
+        KAFKA_SSL_CERTFILE=str(pki["cert"]),
+        KAFKA_SSL_KEYFILE=str(pki["enc_key"]),
+        KAFKA_SSL_KEY_PASSWORD="keypw",
+        KAFKA_SSL_CHECK_HOSTNAME="false",
+    )
     ctx = kafka_ssl_context(s)
     assert ctx is not None and not ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
     creds = faust_credentials(s)
@@ -167,20 +267,38 @@ def test_mutual_tls_client_certificate(pki):
 
 
 def test_unloadable_certificate_or_key_names_the_setting(pki):
-    s = settings(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CERTFILE=str(pki["cert"]), KAFKA_SSL_KEYFILE=str(pki["enc_key"]),
-                 KAFKA_SSL_KEY_PASSWORD="wrong")
-    with pytest.raises(SettingsError, match="KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE / KAFKA_SSL_KEY_PASSWORD: cannot be loaded"):
+    s = settings(
+        KAFKA_SECURITY_PROTOCOL="SSL",
+        KAFKA_SSL_CERTFILE=str(pki["cert"]),
+        KAFKA_SSL_KEYFILE=str(pki["enc_key"]),
+        KAFKA_SSL_KEY_PASSWORD="wrong",
+    )
+    with pytest.raises(
+        SettingsError, match="KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE / KAFKA_SSL_KEY_PASSWORD: cannot be loaded"
+    ):
         kafka_ssl_context(s)
     with pytest.raises(SettingsError, match="KAFKA_SSL_CAFILE: cannot be loaded"):
         kafka_ssl_context(settings(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(pki["garbage"])))
 
 
 def test_redis_tls_arguments(pki):
-    s = settings(REDIS_URL="rediss://redis:6380/0", REDIS_PASSWORD="pw", REDIS_SSL_CAFILE=str(pki["ca"]),
-                 REDIS_SSL_CERTFILE=str(pki["cert"]), REDIS_SSL_KEYFILE=str(pki["key"]), REDIS_SSL_CHECK_HOSTNAME="false")
+    s = settings(
+        REDIS_URL="rediss://redis:6380/0",
+        REDIS_PASSWORD="pw",
+        REDIS_SSL_CAFILE=str(pki["ca"]),
+        REDIS_SSL_CERTFILE=str(pki["cert"]),
+        REDIS_SSL_KEYFILE=str(pki["key"]),
+        REDIS_SSL_CHECK_HOSTNAME="false",
+    )
     kw = redis_client_kwargs(s)
-    assert kw == {"password": "pw", "ssl_cert_reqs": "required", "ssl_check_hostname": False,
-                  "ssl_ca_certs": str(pki["ca"]), "ssl_certfile": str(pki["cert"]), "ssl_keyfile": str(pki["key"])}
+    assert kw == {
+        "password": "pw",
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": False,
+        "ssl_ca_certs": str(pki["ca"]),
+        "ssl_certfile": str(pki["cert"]),
+        "ssl_keyfile": str(pki["key"]),
+    }
     # both redis-py clients accept them and build a TLS connection pool (no connection is made)
     import redis
     import redis.asyncio as aioredis

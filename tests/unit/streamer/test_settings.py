@@ -40,8 +40,9 @@ def test_bad_values_name_the_setting(env, message):
 
 
 def test_secrets_are_redacted():
-    s = Settings.from_env(dict(BASE, REDIS_URL="redis://:hunter2@h:1/0", STREAMREC_PSEUDONYMIZE_KEY="k3y",
-                               KAFKA_SASL_PASSWORD="pw"))
+    s = Settings.from_env(
+        dict(BASE, REDIS_URL="redis://:hunter2@h:1/0", STREAMREC_PSEUDONYMIZE_KEY="k3y", KAFKA_SASL_PASSWORD="pw")
+    )
     text = repr(s.redacted())
     assert "hunter2" not in text and "k3y" not in text and "'pw'" not in text
 
@@ -49,8 +50,10 @@ def test_secrets_are_redacted():
 def test_readme_settings_table_is_current():
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     start, end = "<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->"
-    current = readme[readme.index(start) + len(start): readme.index(end)]
-    assert current == settings_table(), "README settings table is stale: run `python -m streamer.settings --write-readme`"
+    current = readme[readme.index(start) + len(start) : readme.index(end)]
+    assert current == settings_table(), (
+        "README settings table is stale: run `python -m streamer.settings --write-readme`"
+    )
 
 
 def test_every_field_is_one_declared_setting():
@@ -63,7 +66,9 @@ def test_every_field_is_one_declared_setting():
 
 
 def test_secrets_stay_out_of_repr():
-    s = Settings.from_env(dict(BASE, REDIS_PASSWORD="hunter2", STREAMREC_PSEUDONYMIZE_KEY="k3y", KAFKA_SASL_PASSWORD="pw"))
+    s = Settings.from_env(
+        dict(BASE, REDIS_PASSWORD="hunter2", STREAMREC_PSEUDONYMIZE_KEY="k3y", KAFKA_SASL_PASSWORD="pw")
+    )
     text = repr(s)
     assert "hunter2" not in text and "k3y" not in text and "'pw'" not in text
     assert "max_batch=256" in text

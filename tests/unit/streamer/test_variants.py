@@ -28,34 +28,45 @@ from tests.unit.streamer.test_reader import redis_url  # noqa: F401  (fixture: a
 
 
 # ---- grammar ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("raw, split", [
-    ("ranker:1.0", (("ranker", 1.0),)),
-    ("ranker:0.9,control:0.1", (("ranker", 0.9), ("control", 0.1))),
-    ("ranker@20261201T0300Z-retrain:0.1, ranker@production:0.9",
-     (("ranker@20261201T0300Z-retrain", 0.1), ("ranker@production", 0.9))),
-    ("ranker@v2.1_b:0.05,ranker@production:0.85,control:0.1", (("ranker@v2.1_b", 0.05), ("ranker@production", 0.85), ("control", 0.1))),
-    ("ranker@v2:0,ranker:1", (("ranker@v2", 0.0), ("ranker", 1.0))),
-])
+@pytest.mark.parametrize(
+    "raw, split",
+    [
+        ("ranker:1.0", (("ranker", 1.0),)),
+        ("ranker:0.9,control:0.1", (("ranker", 0.9), ("control", 0.1))),
+        (
+            "ranker@20261201T0300Z-retrain:0.1, ranker@production:0.9",
+            (("ranker@20261201T0300Z-retrain", 0.1), ("ranker@production", 0.9)),
+        ),
+        (
+            "ranker@v2.1_b:0.05,ranker@production:0.85,control:0.1",
+            (("ranker@v2.1_b", 0.05), ("ranker@production", 0.85), ("control", 0.1)),
+        ),
+        ("ranker@v2:0,ranker:1", (("ranker@v2", 0.0), ("ranker", 1.0))),
+    ],
+)
 def test_valid_splits_parse(raw, split):
     assert parse_variants("STREAMREC_VARIANTS", raw) == split
     assert parse_split(format_split(split)) == split  # what the rollout tool writes reads back
 
 
-@pytest.mark.parametrize("raw, words", [
-    ("ranker:0.5", "sum to 1"),
-    ("banana:1", "ranker, ranker@<version>"),
-    ("control@v2:1", "ranker, ranker@<version>"),
-    ("ranker@:1", "ranker, ranker@<version>"),
-    ("ranker@../etc:0.5,ranker:0.5", "ranker, ranker@<version>"),
-    ("ranker@v2.tmp-x:0.5,ranker:0.5", "ranker, ranker@<version>"),
-    ("ranker@LATEST:0.5,ranker:0.5", "ranker, ranker@<version>"),
-    ("ranker@v2:-0.1,ranker:1.1", "weight >= 0"),
-    ("ranker@v2:nan,ranker:1", "weight >= 0"),
-    ("ranker:x", "is not variant:weight"),
-    ("ranker:0.5,ranker@production:0.5", "already in the split"),
-    ("ranker@v2:0.5,ranker@v2:0.5", "already in the split"),
-    ("", "empty split"),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ("ranker:0.5", "sum to 1"),
+        ("banana:1", "ranker, ranker@<version>"),
+        ("control@v2:1", "ranker, ranker@<version>"),
+        ("ranker@:1", "ranker, ranker@<version>"),
+        ("ranker@../etc:0.5,ranker:0.5", "ranker, ranker@<version>"),
+        ("ranker@v2.tmp-x:0.5,ranker:0.5", "ranker, ranker@<version>"),
+        ("ranker@LATEST:0.5,ranker:0.5", "ranker, ranker@<version>"),
+        ("ranker@v2:-0.1,ranker:1.1", "weight >= 0"),
+        ("ranker@v2:nan,ranker:1", "weight >= 0"),
+        ("ranker:x", "is not variant:weight"),
+        ("ranker:0.5,ranker@production:0.5", "already in the split"),
+        ("ranker@v2:0.5,ranker@v2:0.5", "already in the split"),
+        ("", "empty split"),
+    ],
+)
 def test_bad_splits_name_the_setting(raw, words):
     with pytest.raises(SettingsError) as e:
         parse_variants("STREAMREC_VARIANTS", raw)
@@ -66,7 +77,10 @@ def test_settings_use_the_same_grammar():
     from streamer.settings import Settings
 
     env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0"}
-    assert Settings.from_env(dict(env, STREAMREC_VARIANTS="ranker@v2:0.1,ranker@production:0.9")).variants[0] == ("ranker@v2", 0.1)
+    assert Settings.from_env(dict(env, STREAMREC_VARIANTS="ranker@v2:0.1,ranker@production:0.9")).variants[0] == (
+        "ranker@v2",
+        0.1,
+    )
     with pytest.raises(SettingsError, match=r"^STREAMREC_VARIANTS: .*already in the split"):
         Settings.from_env(dict(env, STREAMREC_VARIANTS="ranker:0.5,ranker@production:0.5"))
 
@@ -132,13 +146,21 @@ async def test_each_user_is_ranked_by_their_arms_version(two_versions):
     users = [f"u{i}" for i in range(60)]
     items = ["71053", "85123A", "NEWITEM", "22633", "NOTEXT1"]
     for rnd in range(2):
-        res = await p.process([msg(ev(rnd * 100 + k, u, items[(k + rnd) % len(items)], etype="view"), rnd * 100 + k)
-                               for k, u in enumerate(users)], store)
+        res = await p.process(
+            [
+                msg(ev(rnd * 100 + k, u, items[(k + rnd) % len(items)], etype="view"), rnd * 100 + k)
+                for k, u in enumerate(users)
+            ],
+            store,
+        )
         assert len(res.recs) == len(users)
         for rec in res.recs:
             arm = variant_for(rec.user_id, split)
-            want = {"ranker@v2": ("ranker@v2", "v2"), "ranker@production": ("ranker@v1", "v1"),
-                    "control": ("control", "v1+control")}[arm]
+            want = {
+                "ranker@v2": ("ranker@v2", "v2"),
+                "ranker@production": ("ranker@v1", "v1"),
+                "control": ("control", "v1+control"),
+            }[arm]
             assert (rec.variant, rec.model_version) == want
             assert rec.items and len({i.item_id for i in rec.items}) == len(rec.items)
             st = UserState.from_bytes(store.data[rec.user_id])
@@ -221,12 +243,17 @@ def reseal(folder) -> None:
     (folder / "manifest.json").write_text(json.dumps(m))
 
 
-@pytest.mark.parametrize("damage, words", [
-    ("truncated-ranker", "cannot load"),
-    ("nan-vectors", "non-finite"),
-    ("renamed", "names version"),
-])
-async def test_versions_failing_load_or_smoke_test_under_valid_checksums_are_refused(two_versions, tmp_path, damage, words):
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        ("truncated-ranker", "cannot load"),
+        ("nan-vectors", "non-finite"),
+        ("renamed", "names version"),
+    ],
+)
+async def test_versions_failing_load_or_smoke_test_under_valid_checksums_are_refused(
+    two_versions, tmp_path, damage, words
+):
     """The worker's own loader (``ModelLoader.load``: checksums, sessions, smoke inference, finite vectors)."""
     import numpy as np
 

@@ -59,8 +59,17 @@ def test_replaced_record_is_a_loss_at_once():
 
 def test_fingerprint_depends_on_time_and_contents():
     assert fingerprint(1, b"k", b"v") == fingerprint(1, b"k", b"v")
-    assert len({fingerprint(1, b"k", b"v"), fingerprint(2, b"k", b"v"), fingerprint(1, b"k", b"w"),
-                fingerprint(1, b"j", b"v")}) == 4
+    assert (
+        len(
+            {
+                fingerprint(1, b"k", b"v"),
+                fingerprint(2, b"k", b"v"),
+                fingerprint(1, b"k", b"w"),
+                fingerprint(1, b"j", b"v"),
+            }
+        )
+        == 4
+    )
 
 
 class FakeHandle:
@@ -78,9 +87,13 @@ class FakeHandle:
 
 
 def test_watchdog_rewinds_logs_and_counts(caplog):
-    h = FakeHandle([[obs(50, hw=10, end=1, p=0), obs(7, hw=7, end=1, p=1)],
-                    [obs(50, hw=10, end=1, p=0), obs(7, hw=7, end=1, p=1)],
-                    [obs(0, hw=10, end=1, p=0)]])
+    h = FakeHandle(
+        [
+            [obs(50, hw=10, end=1, p=0), obs(7, hw=7, end=1, p=1)],
+            [obs(50, hw=10, end=1, p=0), obs(7, hw=7, end=1, p=1)],
+            [obs(0, hw=10, end=1, p=0)],
+        ]
+    )
     wd = LostLogWatchdog(h, interval_s=0.01, confirmations=2)
     before = metrics.LOST_LOG_RESETS.labels("events", BEYOND_LOG)._value.get()
     with caplog.at_level("ERROR", logger="streamrec.watchdog"):
@@ -154,6 +167,7 @@ def test_rewind_waits_until_faust_delivered_every_fetched_record():
 
 
 # ---- StallDetector: a partition faust stopped delivering -------------------------------------
+
 
 def test_stall_needs_no_progress_behind_the_end_and_an_idle_agent():
     from streamer.watchdog import StallDetector
