@@ -329,6 +329,29 @@ class AlignedIndex:
         self.ann.set_ef(64)
         self.synced = 0
         self.sync()
+        self.neighbours = self._own_neighbours()
+
+    def _own_neighbours(self):
+        """This version's item-kNN lists re-indexed by the base index's rows (None when it ships
+        none): the ``knn`` source of its arm reads its own neighbours, not production's. Items of
+        its catalog the base index lacks drop out of the lists."""
+        from schemas.serving import ItemNeighbours
+
+        nb = self.bundle.neighbours
+        if nb is None:
+            return None
+        to_base = np.array([self.base.pos.get(iid, -1) for iid in self.bundle.item_ids], dtype=np.int64)
+        n = min(len(to_base), len(nb.rows))
+        mapped = np.where(nb.rows[:n] >= 0, to_base[np.clip(nb.rows[:n], 0, None)], -1)
+        sims = np.where(mapped >= 0, nb.sims[:n], 0).astype(np.float32)
+        rows = np.full((len(self.base), nb.rows.shape[1]), -1, dtype=np.int32)
+        out_sims = np.zeros(rows.shape, dtype=np.float32)
+        have = to_base[:n] >= 0
+        rows[to_base[:n][have]] = mapped[have]
+        out_sims[to_base[:n][have]] = sims[have]
+        # a row's neighbours most similar first, as ``ItemNeighbours`` expects (dropped ones last)
+        order = np.argsort(np.where(rows >= 0, -out_sims, np.inf), axis=1, kind="stable")
+        return ItemNeighbours(np.take_along_axis(rows, order, 1), np.take_along_axis(out_sims, order, 1))
 
     def __getattr__(self, name: str):  # only for what this object lacks: the base index's metadata
         return getattr(self.base, name)

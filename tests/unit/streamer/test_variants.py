@@ -337,3 +337,51 @@ async def test_a_change_announced_by_the_tools_is_applied_without_waiting_for_th
         await asyncio.gather(task, return_exceptions=True)
         await a.aclose()
     assert poller._pubsub is None  # closed with the task
+
+
+def test_a_held_version_offers_its_own_item_neighbours_on_the_base_rows():
+    """The ``knn`` source of a ``ranker@<version>`` arm reads that version's neighbour lists,
+    re-indexed by production's rows (another catalog order, an item production lacks dropped)."""
+    import types
+
+    import numpy as np
+
+    from schemas.serving import ItemNeighbours
+    from streamer.items import ItemIndex
+    from streamer.model import AlignedIndex
+
+    dim = 4
+    base = ItemIndex(dim=dim)
+    base.add_many(["a", "b", "c", "d"], np.eye(dim, dtype=np.float32))
+    # the held version's catalog: another order, and "x" that production does not have
+    ids = ["d", "x", "c", "a"]
+    rows = np.array([[2, 1, 3], [0, -1, -1], [3, 0, 1], [2, 0, -1]], dtype=np.int32)
+    sims = np.array([[0.9, 0.8, 0.1], [0.5, 0, 0], [0.7, 0.6, 0.4], [0.3, 0.2, 0]], dtype=np.float32)
+    bundle = types.SimpleNamespace(
+        dim=dim,
+        item_ids=ids,
+        item_vecs=np.eye(dim, dtype=np.float32)[[3, 0, 2, 0]],
+        encoder=None,
+        category_vecs={},
+        neighbours=ItemNeighbours(rows, sims),
+    )
+    held = AlignedIndex(base, bundle)
+    nb = held.neighbours
+    assert nb is not base.neighbours and nb.rows.shape == (4, 3)
+    by_id = {
+        base.ids[r]: [(base.ids[int(j)], round(float(s), 3)) for j, s in zip(nb.rows[r], nb.sims[r]) if j >= 0]
+        for r in range(4)
+    }
+    assert by_id == {
+        "a": [("c", 0.3), ("d", 0.2)],
+        "b": [],
+        "c": [("a", 0.7), ("d", 0.6)],
+        "d": [("c", 0.9), ("a", 0.1)],
+    }
+    # what the knn source offers a user who bought "d": that version's neighbours, as base rows
+    offered, _anchor = nb.offer(np.array([base.pos["d"]]), 5)
+    assert [base.ids[int(r)] for r in offered] == ["c", "a"]
+    # a version without neighbour lists has no knn source on its arm (not production's lists)
+    bundle.neighbours = None
+    base.neighbours = ItemNeighbours(np.full((4, 1), -1, np.int32), np.zeros((4, 1), np.float32))
+    assert AlignedIndex(base, bundle).neighbours is None
