@@ -99,27 +99,25 @@ def build_list(
     scores: np.ndarray,
     index: ItemIndex,
     *,
-    size: int,
+    params: ListParams,
     model_version: str,
     variant: str,
     event_id: str,
     event_ts: int,
     search_slots: int = 0,
-    min_new: int = 0,
-    knn_weight: float = 0.0,
-    stack: tuple[float, ...] = (),
 ) -> Recommendation:
-    """The published list: ``schemas.serving.assemble`` (the ``size`` best candidates by the
-    list score of ``schemas.serving.list_scores``, at least ``min_new`` of them items the user
-    never touched; with ``knn_weight`` or ``stack`` the own items keep the ranker's order and the
-    new ones follow in the order of their discovery score), then the search pins."""
+    """The published list: ``schemas.serving.assemble`` (the ``params.size`` best candidates by
+    the list score of ``schemas.serving.list_scores``, at least ``params.min_new`` of them items
+    the user never touched; with ``knn_weight`` or ``stack`` the own items keep the ranker's order
+    and the new ones follow in the order of their discovery score), then the search pins.
+    ``params`` is the serving version's validated mix (``ListParams.from_manifest``), built once
+    per version, not per list."""
     new = None  # which candidates the user never touched: only needed when slots are reserved for them
-    params = ListParams(size, min_new, knn_weight, stack)
-    if min_new > 0 or discovery(params):
+    if params.min_new > 0 or discovery(params):
         new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
     scores = list_scores(scores, cands.knn, params, new, cands.feats, cands.src, len(user.items))
     assembled = assemble(scores, new, params)
-    order, final = order_with_search(scores, cands.query_sim, assembled, size, search_slots)
+    order, final = order_with_search(scores, cands.query_sim, assembled, params.size, search_slots)
     items = []
     for j in order:
         row = int(cands.rows[j])

@@ -460,15 +460,12 @@ class Pipeline:
                     batch.user(k),
                     scores[k],
                     index,
-                    size=s.list_size,
+                    params=space.list_params,
                     model_version=version,
                     variant=variants[i],
                     event_id=t.last_event.event_id,
                     event_ts=t.last_event.ts,
                     search_slots=self.search_slots(intents[i]),
-                    min_new=space.list_params.min_new,
-                    knn_weight=space.list_params.knn_weight,
-                    stack=space.list_params.stack,
                 )
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]
