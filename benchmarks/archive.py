@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if not bootstrap:
         ap.error("KAFKA_BOOTSTRAP_SERVERS is not set: run under `streamrec-stack -- python -m benchmarks.archive`")
 
+    from devtools.replay import replay
+    from devtools.stack import ensure_topics, free_port
     from schemas.sources import load_dataset
-    from streamer.replay import replay
-    from streamer.stack import ensure_topics, free_port
 
     tag = f"bench{os.getpid()}"
     events_topic, items_topic = f"{tag}.events", f"{tag}.items"

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from devtools.demo import event_to_publish_latencies
+from devtools.local import WorkerProcess, produce
+from devtools.stack import LocalStack, ensure_topics
 from schemas import Item, encode
 from schemas.sources import load_dataset
-from streamer.demo import event_to_publish_latencies
-from streamer.local import WorkerProcess, produce
-from streamer.stack import LocalStack, ensure_topics
 
 RESULTS = Path("var/bench/results.json")
 

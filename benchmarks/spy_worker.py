@@ -21,9 +21,9 @@ from collections import Counter
 from pathlib import Path
 
 import benchmarks.run as br
+from devtools.local import produce
+from devtools.stack import LocalStack
 from schemas.sources import load_dataset
-from streamer.local import produce
-from streamer.stack import LocalStack
 
 
 def summarize(path: Path) -> str:

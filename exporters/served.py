@@ -436,10 +436,10 @@ def evaluate_served_replay(
 ) -> ReplayResult:
     """Replay the test period's input (the visible events of the first protocol's test users, or
     of its first ``users`` of them) through a real worker serving ``version_dir`` on the embedded
-    stack (``python -m streamer.served_replay``, a subprocess: the packages never import each
+    stack (``python -m devtools.served_replay``, a subprocess: the packages never import each
     other), grade the lists it published, and grade this module's offline lists of the same
     version on the same cases beside them. ``replay(events_file, model_root, out_file, exact=,
-    timeout=, ranker_variant=)`` replaces the subprocess (tests pass ``streamer.served_replay.run`` on their stack)."""
+    timeout=, ranker_variant=)`` replaces the subprocess (tests pass ``devtools.served_replay.run`` on their stack)."""
     import json
     import os
     import subprocess
@@ -475,7 +475,7 @@ def evaluate_served_replay(
         cmd = [
             sys.executable,
             "-m",
-            "streamer.served_replay",
+            "devtools.served_replay",
             "--events",
             str(events_file),
             "--model-root",

@@ -1,6 +1,6 @@
 """The shared real data sets, mapped onto the wire contract with explicit, counted rules.
 
-The replay tool (``streamer.replay``) and the retrain job (``exporters``) both read the raw files
+The replay tool (``devtools.replay``) and the retrain job (``exporters``) both read the raw files
 through this module, so a row is cleaned the same way whether it reaches the model through Kafka
 or straight from disk. Every raw row lands in exactly one bucket, either an event or one drop
 reason, and ``SourceStats`` proves it: ``rows == events + sum(dropped)``.

@@ -20,7 +20,7 @@ def stack():
     collide nor depend on leftovers. Set KAFKA_BOOTSTRAP_SERVERS / REDIS_URL to test against
     external ones instead.
     """
-    from streamer.stack import LocalStack
+    from devtools.stack import LocalStack
 
     s = LocalStack.from_env(partitions=4).start()
     yield s

@@ -6,8 +6,8 @@ import asyncio
 
 import orjson
 
-from streamer.local import WorkerProcess, produce, read_all  # noqa: F401  (re-exported for the tests)
-from streamer.stack import ensure_topics
+from devtools.local import WorkerProcess, produce, read_all  # noqa: F401  (re-exported for the tests)
+from devtools.stack import ensure_topics
 
 
 def unique_topics(stack, prefix: str) -> dict[str, str]:

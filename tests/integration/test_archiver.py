@@ -11,12 +11,12 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from devtools.local import ArchiverProcess
+from devtools.replay import replay
 from exporters.logsource import read_log
 from schemas import decode_event
 from schemas.archive import EVENTS, ITEMS, Located, list_files, write_batch
 from schemas.sources import load_dataset
-from streamer.local import ArchiverProcess
-from streamer.replay import replay
 from tests.integration.helpers import event, produce, read_all, unique_topics
 
 pytestmark = pytest.mark.integration

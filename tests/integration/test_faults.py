@@ -23,8 +23,8 @@ import orjson
 import pytest
 import redis
 
+from devtools.stack import LocalStack, _wait_tcp, free_port
 from schemas import ModelUpdate, encode
-from streamer.stack import LocalStack, _wait_tcp, free_port
 from streamer.state import UserState
 from tests.integration.helpers import (
     WorkerProcess,

@@ -151,11 +151,11 @@ def test_search_with_the_real_text_encoder_new_item_and_fading_intent(stack, rea
         assert all("LANTERN" in (i.title or "") for i in rec.items[:5])
 
         # 4. the reader shows it the way the front end sees it
-        out = run_cli("streamer.reader", "looker", "--redis-url", stack.redis_url, "--prefix", key)
+        out = run_cli("devtools.reader", "looker", "--redis-url", stack.redis_url, "--prefix", key)
         assert out.returncode == 0, out.stderr
         assert "RED PAPER LANTERN" in out.stdout and "matches your search 'lantern'" in out.stdout
         assert "variant ranker" in out.stdout and "model real-bootstrap" in out.stdout and " ago)" in out.stdout
-        missing = run_cli("streamer.reader", "nobody", "--redis-url", stack.redis_url, "--prefix", key)
+        missing = run_cli("devtools.reader", "nobody", "--redis-url", stack.redis_url, "--prefix", key)
         assert missing.returncode == 1 and "no list for user 'nobody'" in missing.stdout
     finally:
         code = w.stop()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from devtools.local import free_port
 from schemas import Item, encode
-from streamer.local import free_port
 from tests.integration.helpers import WorkerProcess, event, produce, unique_topics
 from tests.integration.test_hot_swap import wait_swapped_and_serving
 

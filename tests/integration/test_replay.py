@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.replay import replay
+from devtools.stack import ensure_topics
 from schemas import Event, Item
 from schemas.sources import load_dataset
-from streamer.replay import replay
-from streamer.stack import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -149,7 +149,7 @@ def test_cli_prints_the_quality_table_and_counts(stack, data_dir):
         [
             sys.executable,
             "-m",
-            "streamer.replay",
+            "devtools.replay",
             "--dataset",
             "taobao",
             "--limit",
@@ -175,7 +175,7 @@ def test_cli_prints_the_quality_table_and_counts(stack, data_dir):
 def test_cli_without_a_broker_address_names_the_variable(data_dir):
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     run = subprocess.run(
-        [sys.executable, "-m", "streamer.replay", "--dataset", "movielens"],
+        [sys.executable, "-m", "devtools.replay", "--dataset", "movielens"],
         env=env,
         capture_output=True,
         text=True,
@@ -191,7 +191,7 @@ def test_cli_with_an_unreachable_broker_fails_cleanly(data_dir):
         [
             sys.executable,
             "-m",
-            "streamer.replay",
+            "devtools.replay",
             "--dataset",
             "movielens",
             "--limit",

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.local import read_all
+from devtools.stack import ensure_topics
 from exporters import registry
 from exporters.bootstrap import export_bootstrap
 from exporters.cli import main as retrain_main
 from exporters.publish import publish_model_update
 from schemas.models import decode_model_update
-from streamer.local import read_all
-from streamer.stack import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from devtools import served_replay
 from exporters.dataset import build_interactions
 from exporters.job import run
 from exporters.served import evaluate_served_replay
 from schemas.serving import ListParams
 from schemas.stacking import STACK_FEATURES
-from streamer import served_replay
 from tests.unit.exporters.test_retrain_job import config, shop
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ def tree(tmp_path: Path) -> Path:
         if (REPO / name).exists():
             shutil.copy2(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "deploy", tmp_path / "deploy", ignore=shutil.ignore_patterns("__pycache__"))
-    for d in ("schemas", "streamer", "exporters"):
+    for d in ("schemas", "streamer", "exporters", "devtools"):
         (tmp_path / d).mkdir()
         (tmp_path / d / "__init__.py").write_text("")
     (tmp_path / "README.md").touch()

@@ -10,9 +10,9 @@ import orjson
 import pytest
 import redis
 
+from devtools import reader
+from devtools.stack import free_port
 from schemas import RecItem, Recommendation, encode
-from streamer import reader
-from streamer.stack import free_port
 
 NOW = 1_800_000_000_000
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from devtools.stack import LocalStack
 from streamer.settings import Settings
-from streamer.stack import LocalStack
 
 BASE = {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092", "REDIS_URL": "redis://redis:6379/0"}
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamer.stack import free_port
+from devtools.stack import free_port
 
 
 class WorkerProcess:

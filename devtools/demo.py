@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from devtools.replay import replay
+from devtools.stack import LocalStack, free_port
 from schemas.sources import load_dataset
-from streamer.replay import replay
-from streamer.stack import LocalStack, free_port
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

@@ -1,4 +1,4 @@
-"""``python -m streamer.served_replay``: a period's events through a real worker on the embedded
+"""``python -m devtools.served_replay``: a period's events through a real worker on the embedded
 stack; writes the lists the worker published.
 
 Input: JSON-lines files of contract messages (``schemas.encode``): the catalog items (optional)
@@ -72,8 +72,8 @@ def run(
 ) -> dict:
     """Replay and collect; starts (and stops) an embedded stack unless ``stack`` is given.
     Returns {"events", "users", "lists", "seconds"}; a user without a list after ``timeout`` raises."""
-    from streamer.local import WorkerProcess, produce
-    from streamer.stack import LocalStack, ensure_topics
+    from devtools.local import WorkerProcess, produce
+    from devtools.stack import LocalStack, ensure_topics
 
     events = _lines(events_file)
     items = _lines(items_file) if items_file else []
@@ -131,7 +131,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streamer.served_replay", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m devtools.served_replay", description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=Path, required=True, help="JSON lines of events, in time order")
     p.add_argument("--items", type=Path, default=None, help="JSON lines of catalog items (produced first)")
     p.add_argument("--model-root", type=Path, required=True, help="model root whose LATEST version the worker serves")
