@@ -24,7 +24,7 @@ from pathlib import Path
 import faust
 
 from schemas import DeadLetter, ValidationError, decode_model_update, encode
-from streamer import faust_compat, metrics, state_lock, watchdog
+from streamer import consumers, faust_compat, metrics, state_lock, watchdog
 from streamer.attribution import write_stats
 from streamer.dlq import bounded_dead_letter
 from streamer.feeds import Feed, SideFeeds
@@ -177,14 +177,14 @@ class Worker:
         )
         self.feeds = self._side_feeds()
         self._spawn(self.feeds.run())
+        self._consumer_handle = consumers.FaustConsumerHandle(self.app.consumer, [self.s.events_topic])
+        self._watchdog = None
         # The lost-log watchdog (streamer/watchdog.py) exists for a memory-only broker that loses
         # its logs on restart: wired only when STREAMREC_LOST_LOG_CHECK_S > 0 (the embedded stack).
         if self.s.lost_log_check_s > 0:
             self._record_probe = watchdog.RecordProbe(self.s.kafka_bootstrap, **kafka_client_kwargs(self.s))
-        self._consumer_handle = watchdog.FaustConsumerHandle(
-            self.app.consumer, [self.s.events_topic], last_seen=self._last_seen, probe=self._record_probe
-        )
-        self._watchdog = watchdog.start(self._consumer_handle, self.s.lost_log_check_s)
+            view = watchdog.FaustLogView(self._consumer_handle, last_seen=self._last_seen, probe=self._record_probe)
+            self._watchdog = watchdog.start(view, self.s.lost_log_check_s)
         for task in (self._variant_poller, self._watchdog):
             if task is not None:
                 self._spawn(task)
@@ -344,9 +344,9 @@ class Worker:
 
     async def _lag_monitor(self) -> None:
         """Every 5 s: the lag gauge; and a partition faust stopped delivering is sought back to
-        its committed offset (``watchdog.StallDetector``), with one WARNING line."""
+        its committed offset (``consumers.StallDetector``), with one WARNING line."""
         consumer = self.app.consumer
-        stalls = watchdog.StallDetector(after_s=30.0)
+        stalls = consumers.StallDetector(after_s=30.0)
         while True:
             await asyncio.sleep(5)
             lag = 0

@@ -29,7 +29,7 @@ from importlib.metadata import version as _dist_version
 
 from faust.streams import _current_event
 
-from streamer import watchdog
+from streamer import consumers
 from streamer.security import kafka_client_kwargs
 from streamer.settings import Settings
 
@@ -80,7 +80,7 @@ def patch_recovery(settings: Settings) -> None:
        records were there, tests/integration/test_crash_recovery.py). Recovery would stop early
        and the worker would go on from a stale copy of a user's state. So the end is also read
        from a fetch response's high watermark, which Tansu states correctly
-       (``watchdog.fetch_highwaters``), and the larger of the two is used; with it the embedded
+       (``consumers.fetch_highwaters``), and the larger of the two is used; with it the embedded
        stack produces multi-record batches again (it forced one record per batch before). On Apache Kafka both
        agree and nothing changes.
 
@@ -100,7 +100,7 @@ def patch_recovery(settings: Settings) -> None:
     async def true_highwaters(consumer, tps) -> dict:
         listed = await consumer.highwaters(*tps)
         try:
-            fetched = await watchdog.fetch_highwaters(settings.kafka_bootstrap, tps, **kafka_client_kwargs(settings))
+            fetched = await consumers.fetch_highwaters(settings.kafka_bootstrap, tps, **kafka_client_kwargs(settings))
         except Exception as exc:  # noqa: BLE001 - broker away: faust's own answer, as before
             log.warning(
                 "recovery: cannot read changelog high watermarks by fetch (%s: %s); using ListOffsets",

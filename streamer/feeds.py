@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer import watchdog
+from streamer import consumers, watchdog
 from streamer.security import kafka_client_kwargs
 
 log = logging.getLogger("streamrec.worker")
@@ -96,7 +96,9 @@ class SideFeeds:
             for tp in tps:
                 await consumer.position(tp)  # resolves the seek: records from here on are read
             self._positioned[feed.name].set()
-            guard = watchdog.start(watchdog.AIOKafkaHandle(consumer, f"{feed.name} feed"), self.s.lost_log_check_s)
+            guard = watchdog.start(
+                watchdog.FeedLogView(consumers.AIOKafkaHandle(consumer, f"{feed.name} feed")), self.s.lost_log_check_s
+            )
             while True:
                 records = await consumer.getmany(timeout_ms=500, max_records=feed.max_records)
                 msgs = [m for batch in records.values() for m in batch]

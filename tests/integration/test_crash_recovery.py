@@ -120,7 +120,7 @@ def final_states(
                     for u, offs in lacking.items()
                 }
                 detail += f"\nof those, found in an earlier changelog record of the user: {ever}"
-                from streamer.watchdog import fetch_highwaters
+                from streamer.consumers import fetch_highwaters
 
                 changelog = f"{app_id}-user-state-changelog"
                 hw = asyncio.run(fetch_highwaters(bootstrap, [(changelog, p) for p in range(4)]))
@@ -207,10 +207,10 @@ def test_sigkill_and_restart_equals_clean_run(stack, model_root, tmp_path, produ
 
 
 def test_changelog_end_is_read_from_fetch_responses(stack):
-    """Recovery reads each changelog to the end that ``watchdog.fetch_highwaters`` reports: it must
+    """Recovery reads each changelog to the end that ``consumers.fetch_highwaters`` reports: it must
     equal the number of records after batched produces (the embedded broker's ListOffsets answer
     is the last batch's base offset + 1; measured 1 where 133 records were there)."""
-    from streamer.watchdog import fetch_highwaters
+    from streamer.consumers import fetch_highwaters
 
     topics = unique_topics(stack, "hwcheck")
     msgs = [(f"k{i}".encode(), b"x" * 50) for i in range(500)]
