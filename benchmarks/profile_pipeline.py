@@ -43,13 +43,13 @@ class DictStore:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
 
-    def get(self, user_id, msg):
+    def get(self, partition, user_id):
         return self.data.get(user_id)
 
-    def put(self, user_id, value, msg):
+    def put(self, partition, user_id, value):
         self.data[user_id] = value
 
-    def delete(self, user_id, msg):
+    def delete(self, partition, user_id):
         self.data.pop(user_id, None)
 
 

@@ -45,29 +45,43 @@ from streamer.variants import missing_versions, start_variant_poller, wait_first
 log = logging.getLogger("streamrec.worker")
 
 
-class FaustTableStore:
-    """``StateStore`` over a faust Table. Each read and write is attributed to the record that
-    caused it (``faust_compat.attribute_to``): faust picks the changelog partition *and* the
-    RocksDB partition database from the current event."""
+class _PartitionRecord:
+    """What faust's table and RocksDB store read from the current event's message: its topic and
+    partition (changelog partition, partition database)."""
 
-    def __init__(self, table, messages: dict) -> None:
+    __slots__ = ("topic", "partition")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+class FaustTableStore:
+    """``StateStore`` over a faust Table, keyed by the events partition. faust picks the changelog
+    partition *and* the RocksDB partition database from its current event, so each read and write
+    first makes a record of that partition current (``faust_compat.attribute_to``)."""
+
+    def __init__(self, table, topic: str) -> None:
         self.table = table
-        self.messages = messages  # (partition, offset) -> the consumer's message
+        self.topic = topic
+        self._records: dict[int, _PartitionRecord] = {}
         self._holder = None
 
-    def _as_current(self, msg: RawMessage) -> None:
-        self._holder = faust_compat.attribute_to(self.messages[(msg.partition, msg.offset)])
+    def _as_current(self, partition: int) -> None:
+        record = self._records.get(partition)
+        if record is None:
+            record = self._records[partition] = _PartitionRecord(self.topic, partition)
+        self._holder = faust_compat.attribute_to(record)
 
-    def get(self, user_id: str, msg: RawMessage) -> bytes | None:
-        self._as_current(msg)  # the RocksDB store also picks the partition database from it
+    def get(self, partition: int, user_id: str) -> bytes | None:
+        self._as_current(partition)  # the RocksDB store also picks the partition database from it
         return self.table.get(user_id.encode())
 
-    def put(self, user_id: str, value: bytes, msg: RawMessage) -> None:
-        self._as_current(msg)
+    def put(self, partition: int, user_id: str, value: bytes) -> None:
+        self._as_current(partition)
         self.table[user_id.encode()] = value
 
-    def delete(self, user_id: str, msg: RawMessage) -> None:
-        self._as_current(msg)
+    def delete(self, partition: int, user_id: str) -> None:
+        self._as_current(partition)
         key = user_id.encode()
         if key in self.table:
             del self.table[key]
@@ -132,6 +146,7 @@ class Worker:
         self.recs_topic = app.topic(s.recs_topic, key_serializer="raw", value_serializer="raw")
         self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
         self.table = app.Table("user-state", default=None, key_type=bytes, value_type=bytes, partitions=s.partitions)
+        self.store = FaustTableStore(self.table, s.events_topic)
 
         # The events topic is read in micro-batches straight from the consumer's fetch loop
         # (``faust_compat.install_batch_delivery``), not through a faust agent's per-event stream.
@@ -218,16 +233,15 @@ class Worker:
                 ack(m)
 
     async def _handle(self, batch) -> None:
-        msgs, by_msg = [], {}
+        msgs = []
         last = {}  # the last record per partition, for the lost-log watchdog's replaced-log check
         for m in batch:
             msgs.append(RawMessage(m.topic, m.partition, m.offset, m.key, m.value, int(m.timestamp * 1000)))
-            by_msg[(m.partition, m.offset)] = m
             last[(m.topic, m.partition)] = m
         for key, m in last.items() if self._record_probe is not None else ():
             self._last_seen[key] = (m.offset, watchdog.fingerprint(round(m.timestamp * 1000), m.key, m.value))
         async with self.lock:
-            result = await self.pipeline.process(msgs, FaustTableStore(self.table, by_msg))
+            result = await self.pipeline.process(msgs, self.store)
             for dl in result.dead_letters:
                 await self._send_dead_letter(dl)
             for user_id in result.erased:

@@ -68,9 +68,12 @@ RANK_CHUNK = 8  # users: a batch of at least twice this many is ranked in two ov
 
 
 class StateStore(Protocol):
-    def get(self, user_id: str, msg: RawMessage) -> bytes | None: ...
-    def put(self, user_id: str, value: bytes, msg: RawMessage) -> None: ...
-    def delete(self, user_id: str, msg: RawMessage) -> None: ...
+    """Users' state values keyed by (partition of the ``events`` topic, user id): a user's state
+    lives with the partition their events come from (changelog partition, local database)."""
+
+    def get(self, partition: int, user_id: str) -> bytes | None: ...
+    def put(self, partition: int, user_id: str, value: bytes) -> None: ...
+    def delete(self, partition: int, user_id: str) -> None: ...
 
 
 @dataclass
@@ -277,7 +280,7 @@ class Pipeline:
             ev = parsed
             if ev.type == "erase_user":
                 touched.pop(ev.user_id, None)
-                store.delete(ev.user_id, msg)
+                store.delete(msg.partition, ev.user_id)
                 out.erased.append(ev.user_id)
                 _COUNT["erased"].inc()
                 continue
@@ -285,7 +288,7 @@ class Pipeline:
             if t is None:
                 variant, space = self._arm(variant_for(ev.user_id, self.variants))  # the user's arm: one lookup
                 b = space.bundle
-                raw = store.get(ev.user_id, msg)
+                raw = store.get(msg.partition, ev.user_id)
                 st = UserState.from_bytes(raw) if raw else UserState(dim=b.dim, space=b.version)
                 t = touched[ev.user_id] = _Touched(st, ev, msg, variant=variant, space=space)
                 if st.space != b.version or st.dim != b.dim:  # built by another model
@@ -312,7 +315,7 @@ class Pipeline:
                 record_list(t.state, [i.item_id for i in rec.items], rec.variant, rec.event_ts, out.stats)
         for user_id, t in touched.items():
             if t.dirty:
-                store.put(user_id, t.state.to_bytes(), t.last_msg)
+                store.put(t.last_msg.partition, user_id, t.state.to_bytes())
         metrics.STAGE.labels("ingest_state").observe((t1 - t0) + (time.perf_counter() - t2))  # both state phases
         metrics.BATCH.observe(len(msgs))
         metrics.RANKED.observe(len(touched))

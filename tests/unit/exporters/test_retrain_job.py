@@ -231,13 +231,13 @@ async def test_no_text_catalog_ships_no_item_encoder_and_the_worker_serves_it(tm
     assert np.allclose(pipe.index.vecs[pipe.index.pos["NEW1"]], compose_item_vector(None, bundle.category_vecs["cat1"]))
 
     class Store(dict):
-        def get(self, user_id, msg):
+        def get(self, partition, user_id):
             return dict.get(self, user_id)
 
-        def put(self, user_id, value, msg):
+        def put(self, partition, user_id, value):
             self[user_id] = value
 
-        def delete(self, user_id, msg):
+        def delete(self, partition, user_id):
             self.pop(user_id, None)
 
     t0 = ms(2011, 12, 2)

@@ -21,14 +21,14 @@ class DictStore:
         self.data: dict[str, bytes] = {}
         self.writes = 0
 
-    def get(self, user_id, msg):
+    def get(self, partition, user_id):
         return self.data.get(user_id)
 
-    def put(self, user_id, value, msg):
+    def put(self, partition, user_id, value):
         self.writes += 1
         self.data[user_id] = value
 
-    def delete(self, user_id, msg):
+    def delete(self, partition, user_id):
         self.data.pop(user_id, None)
 
 
