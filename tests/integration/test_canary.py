@@ -14,9 +14,10 @@ import redis
 
 from streamer.rollout import Rollout, render_status
 from streamer.variants import config_key, parse_split, variant_for, workers_key
+from tests.conftest import wait_until
 from tests.integration.helpers import WorkerProcess, event, produce, unique_topics
 from tests.integration.test_crash_recovery import ITEMS
-from tests.integration.test_faults import metric, wait_until
+from tests.integration.test_faults import metric
 
 pytestmark = pytest.mark.integration
 

@@ -26,6 +26,7 @@ import redis
 from devtools.stack import LocalStack, _wait_tcp, free_port
 from schemas import ModelUpdate, encode
 from streamer.state import UserState
+from tests.conftest import wait_until
 from tests.integration.helpers import (
     WorkerProcess,
     event,
@@ -105,17 +106,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from /proc (no psutil needed)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, on_fail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout:.0f} s\n{on_fail()}")
-        time.sleep(interval)
 
 
 def metric(text: str, name: str) -> float:

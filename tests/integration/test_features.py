@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -18,22 +17,13 @@ import pytest
 import redis
 
 from schemas import decode_recommendation, encode
+from tests.conftest import wait_until
 from tests.integration.helpers import WorkerProcess, event, produce, unique_topics
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 N_OTHER_ITEMS = 300
-
-
-def wait_for(predicate, timeout=60, interval=0.2, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not met within {timeout} s")
 
 
 def _catalog():
@@ -111,7 +101,7 @@ def test_search_with_the_real_text_encoder_new_item_and_fading_intent(stack, rea
     w = WorkerProcess(stack, real_model_root, tmp_path / "w", app_id="feat-search", topics=topics).start()
     try:
         w.wait_ready(90)
-        wait_for(lambda: items_valid(w) >= len(catalog), what="catalog applied")
+        wait_until(lambda: items_valid(w) >= len(catalog), what="catalog applied")
         title = {it.item_id: it.title for it in real_catalog}
 
         # 1. a user with no history searches "red lantern": lanterns come first, saying why
@@ -120,7 +110,7 @@ def test_search_with_the_real_text_encoder_new_item_and_fading_intent(stack, rea
                 stack.bootstrap, topics["events"], [event(1, "searcher", None, etype="search", query="red lantern")]
             )
         )
-        rec = wait_for(lambda: latest(r, key + "searcher"), what="list after the search")
+        rec = wait_until(lambda: latest(r, key + "searcher"), what="list after the search")
         top = rec.items[:5]
         assert all("LANTERN" in (i.title or "") for i in top), [i.title for i in rec.items]
         assert all(i.source == "search" and i.reason == "matches your search 'red lantern'" for i in top)
@@ -128,24 +118,24 @@ def test_search_with_the_real_text_encoder_new_item_and_fading_intent(stack, rea
         # 2. the intent persists a little: after viewing something else, lanterns still lead...
         mug = next(i for i, t in title.items() if "MUG" in t)
         asyncio.run(produce(stack.bootstrap, topics["events"], [event(2, "searcher", mug, etype="view")]))
-        rec = wait_for(lambda: latest(r, key + "searcher", "ev-searcher-2"), what="list after the view")
+        rec = wait_until(lambda: latest(r, key + "searcher", "ev-searcher-2"), what="list after the view")
         assert "LANTERN" in (rec.items[0].title or "") and rec.items[0].source == "search"
         assert any(i.item_id == mug for i in rec.items)  # ...and the view shapes the rest
         # ...and fades: after STREAMREC_SEARCH_INTENT_EVENTS (3) later events the search is gone
         more = [event(k, "searcher", mug, etype="view") for k in (3, 4, 5)]
         asyncio.run(produce(stack.bootstrap, topics["events"], more))
-        rec = wait_for(lambda: latest(r, key + "searcher", "ev-searcher-5"), what="list after 4 events")
+        rec = wait_until(lambda: latest(r, key + "searcher", "ev-searcher-5"), what="list after 4 events")
         assert not any(i.source == "search" for i in rec.items)
 
         # 3. a brand-new item with text, announced on the items topic, is found before anyone touched it
         before = items_valid(w)
         new = {"item_id": "RPL-NEW-1", "title": "RED PAPER LANTERN", "available": True}
         asyncio.run(produce(stack.bootstrap, topics["items"], [(b"RPL-NEW-1", orjson.dumps(new))]))
-        wait_for(lambda: items_valid(w) > before, what="new item applied")
+        wait_until(lambda: items_valid(w) > before, what="new item applied")
         asyncio.run(
             produce(stack.bootstrap, topics["events"], [event(1, "looker", None, etype="search", query="lantern")])
         )
-        rec = wait_for(lambda: latest(r, key + "looker"), what="list of the second searcher")
+        rec = wait_until(lambda: latest(r, key + "looker"), what="list of the second searcher")
         ids = [i.item_id for i in rec.items[:5]]
         assert "RPL-NEW-1" in ids, [(i.item_id, i.title) for i in rec.items]
         assert all("LANTERN" in (i.title or "") for i in rec.items[:5])
@@ -192,36 +182,36 @@ def test_runtime_ab_switch_attribution_and_report(stack, tmp_path):
         # ranker arm: a view gives a list; a click on its second item is attributed to it, a click
         # on an item that is not on the live list is not
         send(event(1, "a1", "71053", etype="view"))
-        rec = wait_for(lambda: latest(r, key + "a1"), what="first list")
+        rec = wait_until(lambda: latest(r, key + "a1"), what="first list")
         assert rec.variant == "ranker"
         send(event(2, "a1", rec.items[1].item_id, etype="click"))
-        wait_for(lambda: latest(r, key + "a1", "ev-a1-2"), what="list after the click")
+        wait_until(lambda: latest(r, key + "a1", "ev-a1-2"), what="list after the click")
         send(event(3, "a1", "OFFLIST-A", etype="click"))
-        wait_for(lambda: latest(r, key + "a1", "ev-a1-3"), what="list after the second click")
+        wait_until(lambda: latest(r, key + "a1", "ev-a1-3"), what="list after the second click")
 
         # switch everyone to control without a restart
         r.set(meta + "config:variants", "control:1.0")
-        wait_for(lambda: 'streamrec_variant_weight{variant="control"} 1.0' in w.metrics(), what="split applied")
+        wait_until(lambda: 'streamrec_variant_weight{variant="control"} 1.0' in w.metrics(), what="split applied")
         send(event(1, "b1", "22633", etype="view"))
-        rec = wait_for(lambda: latest(r, key + "b1"), what="control list")
+        rec = wait_until(lambda: latest(r, key + "b1"), what="control list")
         assert rec.variant == "control" and rec.model_version.endswith("+control")
         send(event(2, "b1", rec.items[0].item_id, etype="add_to_cart"))
-        rec = wait_for(lambda: latest(r, key + "b1", "ev-b1-2"), what="list after the cart")
+        rec = wait_until(lambda: latest(r, key + "b1", "ev-b1-2"), what="list after the cart")
         send(event(3, "b1", rec.items[0].item_id, etype="purchase"))
-        wait_for(lambda: latest(r, key + "b1", "ev-b1-3"), what="list after the purchase")
+        wait_until(lambda: latest(r, key + "b1", "ev-b1-3"), what="list after the purchase")
         send(event(4, "b1", "OFFLIST-B", etype="purchase"))
-        wait_for(lambda: latest(r, key + "b1", "ev-b1-4"), what="list after the off-list purchase")
+        wait_until(lambda: latest(r, key + "b1", "ev-b1-4"), what="list after the off-list purchase")
 
         # a bad value is logged and ignored: control stays
         r.set(meta + "config:variants", "control:0.3")
-        wait_for(lambda: "refused" in w.tail(200), what="bad split logged")
+        wait_until(lambda: "refused" in w.tail(200), what="bad split logged")
         send(event(1, "c1", "22633", etype="view"))
-        assert wait_for(lambda: latest(r, key + "c1"), what="list under the bad value").variant == "control"
+        assert wait_until(lambda: latest(r, key + "c1"), what="list under the bad value").variant == "control"
         # removing the override returns to STREAMREC_VARIANTS
         r.delete(meta + "config:variants")
-        wait_for(lambda: 'streamrec_variant_weight{variant="ranker"} 1.0' in w.metrics(), what="override removed")
+        wait_until(lambda: 'streamrec_variant_weight{variant="ranker"} 1.0' in w.metrics(), what="override removed")
         send(event(1, "d1", "22633", etype="view"))
-        assert wait_for(lambda: latest(r, key + "d1"), what="list after removal").variant == "ranker"
+        assert wait_until(lambda: latest(r, key + "d1"), what="list after removal").variant == "ranker"
 
         # the counters in Redis and the report: exact numbers
         expected = {  # a1 3 lists + d1 1; b1 4 lists + c1 1

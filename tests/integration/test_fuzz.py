@@ -33,8 +33,9 @@ from schemas import (
 )
 from schemas.sources import load_dataset
 from streamer.dlq import DLQ_VALUE_LIMIT
+from tests.conftest import wait_until
 from tests.integration.helpers import WorkerProcess, produce, read_all, unique_topics
-from tests.integration.test_faults import metric, shared_model_root, wait_until
+from tests.integration.test_faults import metric, shared_model_root
 
 pytestmark = pytest.mark.integration
 

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from streamer.ingest import Pseudonymizer
+from tests.conftest import wait_until
 from tests.integration.helpers import (
     WorkerProcess,
     event,
@@ -23,7 +24,7 @@ from tests.integration.helpers import (
     read_all,
     unique_topics,
 )
-from tests.integration.test_faults import RedisServer, shared_model_root, wait_until
+from tests.integration.test_faults import RedisServer, shared_model_root
 
 pytestmark = pytest.mark.integration
 

@@ -15,13 +15,13 @@ import orjson
 import pytest
 import redis
 
+from tests.conftest import wait_until
 from tests.integration.helpers import WorkerProcess, event, produce, unique_topics
 from tests.integration.test_crash_recovery import ITEMS, final_states
 from tests.integration.test_faults import (
     lists_current,
     metric,
     shared_model_root,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import pytest
 import redis
 
 from schemas import decode_dead_letter, decode_recommendation
+from tests.conftest import wait_until
 from tests.integration.helpers import WorkerProcess, event, produce, read_all, unique_topics
 
 pytestmark = pytest.mark.integration
@@ -23,16 +23,6 @@ def model_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     export_bootstrap(root, dataset=None, tiny=True, items=CATALOG)
     return root
-
-
-def wait_for(predicate, timeout=60, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_events_in_lists_out_dlq_and_catalog(stack, model_root, tmp_path):
@@ -62,7 +52,7 @@ def test_events_in_lists_out_dlq_and_catalog(stack, model_root, tmp_path):
         ]
         asyncio.run(produce(stack.bootstrap, topics["events"], evs[:15] + bad + evs[15:]))
         key = topics["prefix"]
-        wait_for(lambda: all(r.exists(key + u) for u in users))
+        wait_until(lambda: all(r.exists(key + u) for u in users))
         for u in users:
             rec = decode_recommendation(r.get(key + u))
             scores = [i.score for i in rec.items]
@@ -86,12 +76,12 @@ def test_events_in_lists_out_dlq_and_catalog(stack, model_root, tmp_path):
             )
         )
         asyncio.run(produce(stack.bootstrap, topics["events"], [event(99, "late", "UNANNOUNCED", etype="view")]))
-        wait_for(lambda: r.exists(key + "late"))
+        wait_until(lambda: r.exists(key + "late"))
         # a brand-new user with no history (a search) gets a list too
         asyncio.run(
             produce(stack.bootstrap, topics["events"], [event(100, "fresh", None, etype="search", query="lantern")])
         )
-        rec = decode_recommendation(wait_for(lambda: r.get(key + "fresh")))
+        rec = decode_recommendation(wait_until(lambda: r.get(key + "fresh")))
         assert rec.items
         m = w.metrics()
         assert 'streamrec_events_total{outcome="dead_letter",topic="events"} 4.0' in m

@@ -9,8 +9,9 @@ import time
 import pytest
 import redis
 
+from tests.conftest import wait_until
 from tests.integration.helpers import WorkerProcess, event, produce, unique_topics
-from tests.integration.test_worker import model_root, wait_for  # noqa: F401  (model_root is a fixture)
+from tests.integration.test_worker import model_root  # noqa: F401  (model_root is a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ def test_second_worker_on_the_same_state_dir_exits_before_joining(stack, model_r
         r = redis.Redis.from_url(stack.redis_url)
         users = [f"lk-user{i}" for i in range(8)]
         asyncio.run(produce(stack.bootstrap, topics["events"], [event(i, u, "85123A") for i, u in enumerate(users)]))
-        wait_for(lambda: all(r.exists(topics["prefix"] + u) for u in users))
+        wait_until(lambda: all(r.exists(topics["prefix"] + u) for u in users))
         assert first.proc.poll() is None, first.tail()
     finally:
         second.kill()
@@ -56,7 +57,7 @@ def test_sigterm_stops_cleanly_without_unclosed_clients(stack, model_root, tmp_p
         w.wait_ready()
         r = redis.Redis.from_url(stack.redis_url)
         asyncio.run(produce(stack.bootstrap, topics["events"], [event(1, "lk2-user", "85123A")]))
-        wait_for(lambda: r.exists(topics["prefix"] + "lk2-user"))
+        wait_until(lambda: r.exists(topics["prefix"] + "lk2-user"))
         # let the side clients come up too: the lost-log watchdog's record probe (every
         # STREAMREC_LOST_LOG_CHECK_S once an event was consumed) opens its own consumer
         time.sleep(3)

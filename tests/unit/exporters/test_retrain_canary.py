@@ -10,7 +10,6 @@ from exporters.job import run
 from streamer.rollout import Rollout
 from streamer.variants import config_key
 from tests.unit.exporters.test_retrain_job import config, shop
-from tests.unit.streamer.test_reader import redis_url  # noqa: F401  (fixture: a private redis-server)
 
 
 def test_job_starts_a_canary_instead_of_publishing(redis_url, tmp_path):  # noqa: F811

@@ -1,6 +1,7 @@
 """A tiny but complete model version for worker unit tests: the checked-in ``tests/fixtures/tiny_model``
 (hand-written ONNX graphs, a few KB; regenerate with ``python -m tests.fixtures.make_tiny_model``),
-so these tests need neither torch nor the shared data."""
+and the same version with wider item vectors (``tiny_model_wide``), so these tests need neither
+torch nor the shared data."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from schemas import Item
+from streamer.model import ModelBundle, latest_version_dir
+from streamer.pipeline import Pipeline
+from tests.unit.streamer.helpers import settings
 
 CATALOG = [
     Item(item_id="71053", title="WHITE METAL LANTERN"),
@@ -24,6 +28,7 @@ CATALOG = [
 
 
 TINY_MODEL = Path(__file__).resolve().parents[2] / "fixtures" / "tiny_model"
+WIDE_MODEL = TINY_MODEL.parent / "tiny_model_wide"  # the same version with 16-d item vectors (8-d above)
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +38,10 @@ def tiny_model_root(tmp_path_factory):
     shutil.copytree(TINY_MODEL, root / TINY_MODEL.name)
     (root / "LATEST").write_text(TINY_MODEL.name + "\n")
     return root
+
+
+@pytest.fixture()
+def pipeline(tiny_model_root):
+    """A pipeline on the tiny version, with the unit tests' settings."""
+    bundle = ModelBundle.load(latest_version_dir(tiny_model_root))
+    return Pipeline(settings(), bundle)

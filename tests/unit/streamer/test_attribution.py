@@ -15,8 +15,7 @@ from streamer.model import ModelBundle, latest_version_dir
 from streamer.pipeline import Pipeline
 from streamer.state import UserState
 from streamer.variants import VariantPoller, parse_split
-from tests.unit.streamer.test_pipeline import T0, DictStore, ev, msg, settings
-from tests.unit.streamer.test_reader import redis_url  # noqa: F401  (fixture: a private redis-server)
+from tests.unit.streamer.helpers import T0, DictStore, ev, msg, settings
 
 DAY = 86_400_000
 

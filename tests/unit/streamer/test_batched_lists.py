@@ -18,8 +18,8 @@ from schemas.stacking import STACK_FEATURES
 from streamer.model import ModelBundle, latest_version_dir
 from streamer.pipeline import Pipeline
 from streamer.settings import Settings
+from tests.unit.streamer.helpers import T0, DictStore, msg
 from tests.unit.streamer.reference_lists import rank_reference
-from tests.unit.streamer.test_pipeline import T0, DictStore, msg
 
 WORDS = "white metal lantern heart holder glass star frosted union jack hot water bottle cream cupid".split()
 TYPES = ["view", "view", "click", "add_to_cart", "purchase", "purchase", "favorite", "rating", "cancel", "search"]

@@ -14,7 +14,6 @@ from streamer import report
 from streamer.attribution import Stats
 from streamer.rollout import Rollout, RolloutError, canary_split, main, pinned_split, render_status
 from streamer.variants import config_key, parse_split, workers_key
-from tests.unit.streamer.test_reader import redis_url  # noqa: F401  (fixture: a private redis-server)
 from tests.unit.streamer.test_variants import export_versions
 
 

@@ -10,7 +10,7 @@ from faust.streams import current_event
 from streamer.app import FaustTableStore
 from streamer.model import ModelBundle, latest_version_dir
 from streamer.pipeline import Pipeline
-from tests.unit.streamer.test_pipeline import DictStore, ev, msg, settings
+from tests.unit.streamer.helpers import DictStore, ev, msg, settings
 
 
 class PartitionLog(DictStore):

@@ -23,8 +23,7 @@ from streamer.variants import (
     parse_variants,
     variant_for,
 )
-from tests.unit.streamer.test_pipeline import DictStore, ev, msg, settings
-from tests.unit.streamer.test_reader import redis_url  # noqa: F401  (fixture: a private redis-server)
+from tests.unit.streamer.helpers import DictStore, ev, msg, settings
 
 
 # ---- grammar ---------------------------------------------------------------------------------
