@@ -132,22 +132,3 @@ async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
     # the comparison covered every source (search and covis included)
     assert {"history", "covis", "ann", "trending", "search"} <= sources, sources
     assert ("knn" in sources) == bool(knn_weight), sources
-
-
-def test_io_binding_path_scores_like_run(tiny_model_root):
-    """``ModelBundle.score_bound`` (the path taken on the CUDA provider) gives ``run``'s scores;
-    checked on CPU, where this machine has no GPU."""
-    import numpy as np
-
-    bundle = ModelBundle.load(latest_version_dir(tiny_model_root), variant="fp32")
-    rng = np.random.default_rng(3)
-    b, l, c = 5, 20, 40
-    feeds = {
-        "seq_vecs": rng.standard_normal((b, l, bundle.dim)).astype(np.float32),
-        "seq_types": rng.integers(1, 8, (b, l)),
-        "seq_mask": (rng.random((b, l)) < 0.8).astype(np.int64),
-        "cand_vecs": rng.standard_normal((b, c, bundle.dim)).astype(np.float32),
-        "cand_feats": rng.standard_normal((b, c, 5)).astype(np.float32),
-    }
-    (plain,) = bundle.ranker.run(["scores"], feeds)
-    np.testing.assert_allclose(bundle.score_bound(feeds), plain, rtol=1e-6, atol=1e-6)
