@@ -26,7 +26,7 @@ N_USERS = 300
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """v1 (production), v2 (48-d, unpublished), v3-corrupt (its checksum fails)."""
+    """v1 (production, 8-d), v2 (16-d, unpublished), v3-corrupt (its checksum fails): no torch."""
     from tests.unit.streamer.test_variants import export_versions
 
     return export_versions(tmp_path_factory.mktemp("canary-models"))

@@ -3,7 +3,6 @@ a refused version falling to production (tiny real ONNX versions, in-memory stat
 
 from __future__ import annotations
 
-import functools
 import math
 import shutil
 
@@ -109,17 +108,17 @@ def test_assignment_is_stable_proportional_and_a_canary_moves_only_its_band():
 
 # ---- two versions in one pipeline ------------------------------------------------------------
 def export_versions(root, catalog_size: int | None = None):
-    """v1 (published, 32-d), v2 (unpublished, another vector space: 48-d) and v3-corrupt (v2 with a
-    flipped byte in its ranker: its checksum fails) in the model store ``root``."""
-    from exporters import bootstrap
-    from exporters.bootstrap import export_bootstrap
-    from exporters.modeling import tiny_bert_config
+    """v1 (published, 8-d), v2 (unpublished, another vector space: 16-d; the index of the first
+    ``catalog_size`` items) and v3-corrupt (v2 with a flipped byte in its ranker: its checksum fails)
+    in the model store ``root``: written by the tiny model's generator, without torch."""
+    from exporters.registry import set_latest
+    from tests.fixtures.make_tiny_model import DIM, WIDE_DIM, build, fixture_feature_weights
     from tests.unit.streamer.conftest import CATALOG
 
-    export_bootstrap(root, dataset=None, tiny=True, items=CATALOG, version="v1")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bootstrap, "tiny_bert_config", functools.partial(tiny_bert_config, hidden=48))
-        export_bootstrap(root, dataset=None, tiny=True, items=CATALOG[:catalog_size], version="v2", publish=False)
+    weights = fixture_feature_weights()
+    build(root / "v1", DIM, CATALOG, weights)
+    set_latest(root, "v1")
+    build(root / "v2", WIDE_DIM, CATALOG[:catalog_size], weights)
     bad = root / "v3-corrupt"
     shutil.copytree(root / "v2", bad)
     data = bytearray((bad / "ranker.onnx").read_bytes())
@@ -128,12 +127,65 @@ def export_versions(root, catalog_size: int | None = None):
     return root
 
 
+def imported_modules(paths) -> set[str]:
+    """Every absolute module an import statement names in ``paths`` (at the top or inside a test),
+    and ``pkg.name`` for each ``from pkg import name`` (a submodule or not)."""
+    import ast
+
+    found = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module != "__future__":
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_the_worker_unit_tests_and_their_versions_need_neither_torch_nor_the_shared_data(tmp_path):
+    """Whatever the modules of tests/unit/streamer import, and the versions ``export_versions``
+    writes, loaded by the worker: no torch or transformers (a subprocess, so what other test
+    modules imported does not count), and no test asks for the shared data (``data_dir``)."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    paths = sorted(here.glob("*.py")) + [here.parents[1] / "conftest.py"]
+    modules = imported_modules(paths)
+    assert {"tests.fixtures.make_tiny_model", "streamer.pipeline", "exporters.registry"} <= modules  # the scan works
+    for path in paths:
+        tree = ast.parse(path.read_text())
+        args = {
+            a.arg for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef) for a in f.args.args
+        }
+        assert "data_dir" not in args, path.name
+    code = (
+        "import importlib, pathlib, sys\n"
+        f"for name in {sorted(modules)!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError as e:\n"  # pkg.name where name is not a module
+        "        assert e.name == name, e\n"
+        "from streamer.model import ModelBundle\n"
+        "from tests.unit.streamer.test_variants import export_versions\n"
+        f"root = export_versions(pathlib.Path({str(tmp_path)!r}))\n"
+        "assert [ModelBundle.load(root / v).dim for v in ('v1', 'v2')] == [8, 16]\n"
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))\n"
+    )
+    repo = here.parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory):
     return export_versions(tmp_path_factory.mktemp("models2"), catalog_size=5)  # v2 lacks some of v1's items
 
 
 async def test_each_user_is_ranked_by_their_arms_version(two_versions):
+    from tests.fixtures.make_tiny_model import DIM, WIDE_DIM
     from tests.unit.streamer.conftest import CATALOG
 
     p = Pipeline(settings(), ModelBundle.load(two_versions / "v1"))
@@ -163,7 +215,7 @@ async def test_each_user_is_ranked_by_their_arms_version(two_versions):
             assert (rec.variant, rec.model_version) == want
             assert rec.items and len({i.item_id for i in rec.items}) == len(rec.items)
             st = UserState.from_bytes(store.data[rec.user_id])
-            assert (st.space, st.dim) == (("v2", 48) if arm == "ranker@v2" else ("v1", 32))
+            assert (st.space, st.dim) == (("v2", WIDE_DIM) if arm == "ranker@v2" else ("v1", DIM))
             assert st.rec_variant == rec.variant  # conversions credit the version's arm
     assert {r.variant for r in res.recs} == {"ranker@v2", "ranker@v1", "control"}
     assert len(p.versions["v2"].index) == len(p.index)  # the same items, row for row
@@ -264,7 +316,7 @@ async def test_versions_failing_load_or_smoke_test_under_valid_checksums_are_ref
     shutil.copytree(two_versions / "v2", folder)
     if damage == "truncated-ranker":
         for f in folder.glob("ranker*.onnx"):
-            f.write_bytes(f.read_bytes()[:1000])
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     elif damage == "nan-vectors":
         vecs = np.load(folder / "item_vecs.npy")
         vecs[0, 0] = np.nan
