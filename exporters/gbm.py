@@ -10,7 +10,8 @@ Features per candidate (``GBM_FEATURES``): the worker's five (``schemas.ranking.
 plus repeat-aware ones — TIFU-style time-decayed personal frequency, purchases of the item,
 days since the user's last event on it over the user's mean gap between baskets, the item's
 share of repeat purchases, its training count, the user's history size and repeat share —
-and the item-kNN score (cosine on the binary user x item matrix before the cut, K = 50), the
+and the item-kNN score (the shipped ``knn`` source's: ``schemas.serving.KNN_K``, ``KNN_POWER``; the
+candidates include that source), the
 candidate's source and its position in that source. The worker does not compute the extra ones:
 this is an offline reference, not a served model.
 
@@ -36,6 +37,7 @@ from exporters.served import (
     CandidateSets,
     candidate_sets,
     grade,
+    item_neighbours,
     list_index,
     own_items,
     served_lists,
@@ -43,9 +45,8 @@ from exporters.served import (
 )
 from exporters.trainset import baskets_of
 from schemas.ranking import DAY_MS, FEATURE_NAMES
-from schemas.serving import ListParams
+from schemas.serving import KNN_K, KNN_POWER, ListParams
 
-KNN_K = 50
 GBM_FEATURES = (
     *FEATURE_NAMES,
     "log_decayed_personal",
@@ -173,7 +174,10 @@ def candidate_table(
 
 
 def knn_matrix(inter: Interactions, mask: np.ndarray) -> sparse.csr_matrix:
-    return KnnSimilarity(inter, mask).top_k(KNN_K)
+    """The shipped ``knn`` source's similarity (``schemas.serving.KNN_K``, ``KNN_POWER``)."""
+    sim = KnnSimilarity(inter, mask).top_k(KNN_K)
+    sim.data = sim.data**KNN_POWER
+    return sim
 
 
 def training_table(
@@ -198,7 +202,7 @@ def training_table(
         before = inter.ts < c
         as_of = last_event_before(inter, inter.users[tgt], before)
         pts = build_points(inter, before, before, as_of, max_seq_len, upto_event=True)
-        cands = candidate_sets(pts, vecs)
+        cands = candidate_sets(pts, vecs, neighbours=item_neighbours(inter, before))
         x, g = candidate_table(inter, pts, cands, vecs, user_stats(inter, before), knn_matrix(inter, before))
         baskets = baskets_of(inter, tgt)
         for k, rows in enumerate(cands.rows):
@@ -262,8 +266,8 @@ def stage_lists(
     """Served-list metrics of each scorer (name -> f(x table) -> scores) for each min_new."""
     main = next(iter(splits.values()))
     pts = served_points(inter, main, max_seq_len)
-    cands = candidate_sets(pts, vecs)
     before = inter.ts < int(main.case_time.max()) if main.protocol != "loo" else main.fit
+    cands = candidate_sets(pts, vecs, neighbours=item_neighbours(inter, before))
     x, groups = candidate_table(inter, pts, cands, vecs, user_stats(inter, main.visible), knn_matrix(inter, before))
     bounds = np.r_[0, np.cumsum(groups)]
     own = own_items(inter, main)

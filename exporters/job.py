@@ -66,7 +66,7 @@ from exporters.train import (
 )
 from exporters.trainset import cut_examples, eval_points, event_examples
 from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
-from schemas.serving import KNN_K, LIST_PARAMS_KEY, NEIGHBOUR_FILES, NEIGHBOURS_KEY
+from schemas.serving import KNN_K, KNN_POWER, LIST_PARAMS_KEY, NEIGHBOUR_FILES, NEIGHBOURS_KEY
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "ranker (this run)"
@@ -539,7 +539,12 @@ def _run(
             "tokenizer": {"file": TOKENIZER_FILE, "truncation": cfg.max_text_len, "padding": "batch_longest"},
             "gate": report["gate"],
             LIST_PARAMS_KEY: served.params.as_dict(),
-            NEIGHBOURS_KEY: {"k": KNN_K, "files": list(NEIGHBOUR_FILES), "from": "events before the test cut"},
+            NEIGHBOURS_KEY: {
+                "k": KNN_K,
+                "similarity": f"cosine ** {KNN_POWER:g}",
+                "files": list(NEIGHBOUR_FILES),
+                "from": "events before the test cut",
+            },
         }
         final = staged.commit(manifest, publish=gate_ok and cfg.publish and cfg.canary is None)
     published = gate_ok and cfg.publish and cfg.canary is None

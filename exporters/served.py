@@ -37,6 +37,7 @@ from schemas import Event, Item, decode_recommendation, encode
 from schemas.ranking import EVENT_TYPE_IDS
 from schemas.serving import (
     KNN_K,
+    KNN_POWER,
     NEIGHBOUR_FILES,
     NEIGHBOURS_KEY,
     SOURCES,
@@ -547,12 +548,15 @@ def evaluate_served_replay(
     )
 
 
-def item_neighbours(inter: Interactions, fit: np.ndarray, k: int = KNN_K) -> ItemNeighbours:
+def item_neighbours(inter: Interactions, fit: np.ndarray, k: int = KNN_K, power: float = KNN_POWER) -> ItemNeighbours:
     """The ``knn`` source's neighbour lists from the ``fit`` events: the item-kNN baseline's
-    similarity (cosine on the binary user x item matrix, its tie rule), ``k`` per item."""
+    neighbours (cosine on the binary user x item matrix, its tie rule), ``k`` per item, with
+    similarity cosine ** ``power``."""
     from exporters.baselines import KnnSimilarity
 
-    return ItemNeighbours.from_sparse(KnnSimilarity(inter, fit).top_k(k), k)
+    sim = KnnSimilarity(inter, fit).top_k(k)
+    sim.data = sim.data**power
+    return ItemNeighbours.from_sparse(sim, k)
 
 
 def load_neighbours(version_dir: Path, manifest: dict) -> ItemNeighbours | None:

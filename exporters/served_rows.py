@@ -7,7 +7,9 @@ Rows: the ranker's score over the candidates without the ``knn`` source (the lis
 with the ``knn`` source, the ranker's score (``knn_weight`` 0); with the validated ``knn_weight``;
 the stacked score (``exporters.stacking``, refitted here with the version's ONNX ranker, the
 job's procedure) — each with its own validated ``min_new``. Also the candidate recall of each
-candidate set. The ranker is the version's fp32 ONNX file.
+candidate set. The ranker is the version's fp32 ONNX file. ``--knn-k`` / ``--knn-power``: grade
+other neighbour lists than the shipped ones (``--knn-k 50 --knn-power 1``: the lists before
+``KNN_POWER``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from exporters.served import (
     pick_params,
     served_points,
 )
-from schemas.serving import ListParams
+from schemas.serving import KNN_K, KNN_POWER, ListParams
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True, choices=["online_retail", "taobao", "movielens"])
     ap.add_argument("--version-dir", type=Path, required=True)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--knn-k", type=int, default=KNN_K, help="neighbours per item of the knn source (default: the shipped)"
+    )
+    ap.add_argument(
+        "--knn-power", type=float, default=KNN_POWER, help="similarity = cosine ** this (default: the shipped)"
+    )
     args = ap.parse_args(argv)
+
+    def neighbours(inter, events):
+        return item_neighbours(inter, events, k=args.knn_k, power=args.knn_power)
+
     t0 = time.perf_counter()
     inter = load_interactions(args.dataset)
     model = OnnxModel(args.version_dir, variant="fp32")
@@ -54,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "validation": served_points(inter, main_val, model.max_seq_len),
         "test": served_points(inter, main_test, model.max_seq_len),
     }
-    nbs = {"validation": item_neighbours(inter, main_val.fit), "test": item_neighbours(inter, main_test.fit)}
+    nbs = {"validation": neighbours(inter, main_val.fit), "test": neighbours(inter, main_test.fit)}
     splits = {"validation": val, "test": test}
 
     def make_scorer(points):
@@ -64,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = SERVED_FLOOR * float(report["summary"]["validation_ndcg@10"])  # the job's rule
     step = cut_spacing_days(inter.ts[main_val.fit], int(main_val.case_time.max()))
     t1 = time.perf_counter()
-    fit = fit_stacker(inter, main_val, vecs, model.max_seq_len, step, make_scorer)
+    fit = fit_stacker(inter, main_val, vecs, model.max_seq_len, step, make_scorer, neighbours=neighbours)
     fit_s = time.perf_counter() - t1
     plain = list_grid(knn_weight=(0.0,))
     variants = {

@@ -28,6 +28,7 @@ from exporters.dataset import Interactions, Split, cut_targets, last_event_befor
 from exporters.features import PointSet, build_points
 from exporters.served import CandidateScorer, CandidateSets, candidate_sets, item_neighbours
 from schemas.ranking import DAY_MS, FEATURE_NAMES
+from schemas.serving import ItemNeighbours
 from schemas.stacking import STACK_FEATURES, stack_features
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,10 @@ def training_groups(
     step_days: float,
     make_scorer: Callable[[PointSet], CandidateScorer],
     cuts: int = STACK_CUTS,
+    neighbours: Callable[[Interactions, np.ndarray], ItemNeighbours] = item_neighbours,
 ) -> list[tuple[np.ndarray, int]]:
-    """The labelled candidate groups at the last ``cuts`` training cuts (module docstring)."""
+    """The labelled candidate groups at the last ``cuts`` training cuts (module docstring);
+    ``neighbours(inter, events)``: the knn source's lists from the events before a cut."""
     val_cut = int(val.case_time.max())
     step = int(step_days * DAY_MS)
     groups: list[tuple[np.ndarray, int]] = []
@@ -119,7 +122,7 @@ def training_groups(
             continue
         users = inter.users[tgt]
         pts = build_points(inter, before, before, last_event_before(inter, users, before), max_seq_len, upto_event=True)
-        cands = candidate_sets(pts, item_vecs, neighbours=item_neighbours(inter, before))
+        cands = candidate_sets(pts, item_vecs, neighbours=neighbours(inter, before))
         ranker = make_scorer(pts)(np.arange(len(pts)), cands.rows)
         xs = stack_inputs(pts, cands, ranker, item_vecs)
         first_new = dict(zip(users.tolist(), inter.items[tgt].tolist()))
@@ -140,12 +143,13 @@ def fit_stacker(
     max_seq_len: int,
     step_days: float,
     make_scorer: Callable[[PointSet], CandidateScorer],
+    neighbours: Callable[[Interactions, np.ndarray], ItemNeighbours] = item_neighbours,
 ) -> StackFit | None:
     """The stacked score's weights, or None where there is nothing to fit (no training cut with
     targets among the candidates, or a leave-one-out split: no cuts)."""
     if val.protocol == "loo" or val.cut is None:
         return None
-    groups = training_groups(inter, val, item_vecs, max_seq_len, step_days, make_scorer)
+    groups = training_groups(inter, val, item_vecs, max_seq_len, step_days, make_scorer, neighbours=neighbours)
     if len(groups) < 10:
         return None
     fit = fit_listwise(groups)

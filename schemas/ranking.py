@@ -98,7 +98,7 @@ MODEL_DIR_LAYOUT = """
     knn_rows.npy         optional int32 [N, K]: each item's K nearest items (rows of item_ids.json,
                          -1: none), the ``knn`` candidate source (schemas.serving.ItemNeighbours;
                          manifest "item_neighbours")
-    knn_sims.npy         optional float32 [N, K]: their cosine similarities
+    knn_sims.npy         optional float32 [N, K]: their similarities (cosine ** schemas.serving.KNN_POWER)
     training_curves.png  optional
 """
 

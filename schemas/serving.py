@@ -14,9 +14,9 @@ Two steps, numpy only, no state of their own:
   the search pins (``order_with_search``). Items keep score order, so a forced new item sits
   below the rebuys that outscored it. ``min_new`` is the job's validated mix: it is written to
   the manifest (``LIST_PARAMS_KEY``) and the worker reads it from there.
-* ``ItemNeighbours`` — the ``knn`` source and score: each catalog item's ``K`` nearest items by
-  cosine on the job's binary user x item matrix (the item-kNN baseline), shipped in the version
-  (``NEIGHBOUR_FILES``); a user's item-kNN score of an item is the sum of its similarities to the
+* ``ItemNeighbours`` — the ``knn`` source and score: each catalog item's ``KNN_K`` nearest items by
+  cosine on the job's binary user x item matrix (the item-kNN baseline's neighbours), with
+  similarity cosine ** ``KNN_POWER``, shipped in the version (``NEIGHBOUR_FILES``); a user's item-kNN score of an item is the sum of its similarities to the
   user's distinct items (``aggregate``); the source offers the best-scored items the user never
   touched (``offer``).
 * ``list_scores`` — the score the list is assembled by: the ranker's; or, when the version's
@@ -35,8 +35,9 @@ import numpy as np
 SOURCES: tuple[str, ...] = ("history", "search", "knn", "covis", "ann", "trending")
 LIST_PARAMS_KEY = "list_params"  # manifest entry: {"size": .., "min_new": .., "knn_weight": ..}
 NEIGHBOURS_KEY = "item_neighbours"  # manifest entry: {"k": .., "files": NEIGHBOUR_FILES}
-NEIGHBOUR_FILES = ("knn_rows.npy", "knn_sims.npy")  # int32 [N, K] rows (-1: none), float32 [N, K] cosine
-KNN_K = 50  # neighbours kept per item
+NEIGHBOUR_FILES = ("knn_rows.npy", "knn_sims.npy")  # int32 [N, K] rows (-1: none), float32 [N, K] similarity
+KNN_K = 20  # neighbours kept per item (the item-kNN baseline's K)
+KNN_POWER = 2.0  # shipped similarity = cosine ** KNN_POWER (strong neighbours count more)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import numpy as np
 from exporters.dataset import build_interactions, make_split
 from exporters.served import candidate_sets, grade, list_index, own_items, served_lists
 from exporters.trainset import eval_points
-from schemas.serving import SOURCES, CandidateQuota, ListParams
+from schemas.serving import KNN_POWER, SOURCES, CandidateQuota, ListParams
 from tests.unit.exporters.test_evaluation_rules import AFTER, BEFORE, CUTS, retail
 
 ROWS = [
@@ -74,7 +74,11 @@ def test_knn_source_offers_new_items_scored_like_the_item_knn_baseline():
     from exporters.served import item_neighbours
 
     inter, line, _new, points = setup()
-    nb = item_neighbours(inter, line.fit, k=3)
+    nb = item_neighbours(inter, line.fit, k=3, power=1.0)
+    # the shipped similarity is the cosine raised to KNN_POWER, same neighbours in the same order
+    shipped = item_neighbours(inter, line.fit, k=3)
+    assert KNN_POWER != 1.0 and np.array_equal(shipped.rows, nb.rows)
+    assert np.allclose(shipped.sims, nb.sims**KNN_POWER)
     cands = candidate_sets(points, None, CandidateQuota(12), neighbours=nb)
     u1 = list(line.case_users).index(inter.user_ids.index("u1"))
     rows = [inter.item_ids[r] for r in cands.rows[u1]]
