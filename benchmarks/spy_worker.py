@@ -55,6 +55,10 @@ def summarize(path: Path) -> str:
                 "Sender._send_produce_req",
                 "RequestHandler._handle_request",
                 "EpollSelector.select",
+                "Worker._handle",
+                "Publisher.publish",
+                "write_stats",
+                "Sender._send_produce_req",
             ):
                 if key in frames:
                     main[key] += int(n)
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path("var/bench/worker.collapsed"))
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker (repeatable)")
+    ap.add_argument("--idle", action="store_true", help="sample idle threads too (where the event loop waits)")
     args = ap.parse_args(argv)
     spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                     "--nonblocking",
                     "--threads",
                 ]
+                + (["--idle"] if args.idle else [])
             )
             print(br.drain(w, len(ds.events)))
             spy.wait()
