@@ -206,6 +206,7 @@ class Candidates:
     query: str | None = None  # the search query (evidence of the ``search`` source)
     trending_evidence: list | None = None  # (purchases, interactions, days) per trending position
     query_sim: np.ndarray | None = None  # float32 [C]: cosine to the active search query, if any
+    own: np.ndarray | None = None  # bool [C]: the item is in the user's profile (``UserState.items``)
 
     def source(self, j: int) -> str:
         return SOURCES[self.src[j]]
@@ -258,6 +259,7 @@ class CandidateBatch:
     queries: list  # [U] the search query behind the ``search`` source, or None
     has_query: np.ndarray  # bool [U]
     trending_evidence: list | None
+    own: np.ndarray | None = None  # bool [N]: the item is in its user's profile
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -274,6 +276,7 @@ class CandidateBatch:
             query=self.queries[u],
             trending_evidence=self.trending_evidence,
             query_sim=self.query_sim[a:b] if self.has_query[u] else None,
+            own=self.own[a:b] if self.own is not None else None,
         )
 
 
@@ -450,10 +453,12 @@ def gather_batch(
     keys = sel_u * key_base + rows
     personal = np.zeros(len(rows), dtype=np.float64)
     last = np.full(len(rows), -1, dtype=np.int64)
+    own = np.zeros(len(rows), dtype=bool)
     p_keys = np.concatenate([u * key_base + r[r >= 0] for u, r in enumerate(prof_rows)] or [np.zeros(0, np.int64)])
     if len(p_keys):
         p_vals = np.concatenate([v[r >= 0] for r, v in zip(prof_rows, prof_vals)])
         hit, at = _lookup(p_keys, keys)
+        own = hit
         personal[hit] = p_vals[at, 0]
         last[hit] = p_vals[at, 1].astype(np.int64)
     cov = np.zeros(len(rows), dtype=np.float64)
@@ -493,6 +498,7 @@ def gather_batch(
         queries=[r.state.last_query for r in users],
         has_query=has_q,
         trending_evidence=trending_evidence,
+        own=own,
     )
 
 
