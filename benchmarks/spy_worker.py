@@ -25,7 +25,6 @@ from schemas.sources import load_dataset
 from streamer.local import produce
 from streamer.stack import LocalStack
 
-
 # Where a worker's CPU goes, all threads: each sample counted once, in the first stage (in this
 # order) that one of its frames belongs to. What the bare aiokafka loop also does (fetch, produce)
 # is split from what only the worker does.
