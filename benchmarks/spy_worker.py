@@ -25,9 +25,49 @@ from devtools.local import produce
 from devtools.stack import LocalStack
 from schemas.sources import load_dataset
 
+# Where a worker's CPU goes, all threads: each sample counted once, in the first stage (in this
+# order) that one of its frames belongs to. What the bare aiokafka loop also does (fetch, produce)
+# is split from what only the worker does.
+STAGES = (
+    ("decode + validate (parse_event)", ("parse_event",)),
+    (
+        "state load/save (from_bytes, to_bytes, table)",
+        ("UserState.from_bytes", "UserState.to_bytes", "FaustTableStore"),
+    ),
+    ("state update per event (Pipeline._apply)", ("Pipeline._apply",)),
+    ("candidates + features (gather_batch)", ("gather_batch",)),
+    ("ranker (onnxruntime and its inputs)", ("OnnxRanker.score_rows",)),
+    ("lists (build_list, control scores)", ("build_list", "Pipeline._rank_group")),
+    ("Redis writes (Publisher, redis-py)", ("Publisher._write_redis", "Pipeline.execute", "AbstractConnection")),
+    (
+        "producer: lists + changelog (faust/aiokafka send path)",
+        (
+            "Publisher.publish",
+            "Topic.publish_message",
+            "Sender._send_produce_req",
+            "Table",
+            "ProducerBuffer",
+            "Sender._sender_routine",
+        ),
+    ),
+    (
+        "fetch (consumer thread, fetch loop)",
+        ("Fetcher._proc_fetch_request", "_drain_messages", "Fetcher._fetcher", "Consumer.getmany"),
+    ),
+    ("rest of the batch loop (Worker._handle, acks, metrics)", ("Worker._handle", "Worker._consume")),
+    ("waiting in select (sampled as busy)", ("EpollSelector.select",)),
+)
+
+
+def stage_of(frames: list[str]) -> str:
+    for label, keys in STAGES:
+        if any(f == k or f.startswith(k + ".") for f in frames for k in keys):
+            return label
+    return "other (event loop, faust services, idle threads)"
+
 
 def summarize(path: Path) -> str:
-    threads, main = Counter(), Counter()
+    threads, main, stages = Counter(), Counter(), Counter()
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
@@ -36,6 +76,7 @@ def summarize(path: Path) -> str:
         frames = [re.sub(r" \(.*", "", f) for f in raw]
         thread = re.sub(r"thread \(\w+\): ", "", raw[0])
         threads[thread] += int(n)
+        stages[stage_of(frames)] += int(n)
         if thread == "MainThread":
             for key in (
                 "Pipeline.process",
@@ -55,6 +96,7 @@ def summarize(path: Path) -> str:
                 "Sender._send_produce_req",
                 "RequestHandler._handle_request",
                 "EpollSelector.select",
+                "Worker._handle",
             ):
                 if key in frames:
                     main[key] += int(n)
@@ -64,6 +106,8 @@ def summarize(path: Path) -> str:
     out += [f"| {t} | {n} | {n / total:.0%} |" for t, n in threads.most_common()]
     out += ["", "| main thread, inside | samples | share of main |", "|---|---|---|"]
     out += [f"| {k} | {n} | {n / max(main['(all)'], 1):.0%} |" for k, n in main.most_common()]
+    out += ["", "| stage (all threads, each sample once) | samples | share |", "|---|---|---|"]
+    out += [f"| {k} | {n} | {n / max(total, 1):.0%} |" for k, n in stages.most_common()]
     return "\n".join(out)
 
 
@@ -74,7 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path("var/bench/worker.collapsed"))
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker (repeatable)")
+    ap.add_argument("--idle", action="store_true", help="sample idle threads too (where the event loop waits)")
+    ap.add_argument("--summarize", type=Path, help="only print the tables of an earlier recording")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
     spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     ds = load_dataset("online_retail", limit_rows=args.rows)
@@ -102,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
                     "--nonblocking",
                     "--threads",
                 ]
+                + (["--idle"] if args.idle else [])
             )
             print(br.drain(w, len(ds.events)))
             spy.wait()

@@ -25,7 +25,6 @@ import faust
 
 from schemas import DeadLetter, ValidationError, decode_model_update, encode
 from streamer import consumers, faust_compat, metrics, state_lock, watchdog
-from streamer.attribution import write_stats
 from streamer.dlq import bounded_dead_letter
 from streamer.feeds import Feed, SideFeeds
 from streamer.ingest import RawMessage, parse_item
@@ -248,11 +247,8 @@ class Worker:
                 await self.publisher.erase(user_id)
             if result.recs:
                 t0 = time.perf_counter()
-                await self.publisher.publish(result.recs)
-                if result.stats:  # per-variant online metrics for `streamrec-report`
-                    await self.publisher._retry(
-                        lambda: write_stats(self.redis, result.stats, self.s.redis_meta_prefix), "stats"
-                    )
+                # the lists, and the per-variant online metrics for `streamrec-report` in the same round trip
+                await self.publisher.publish(result.recs, result.stats, self.s.redis_meta_prefix)
                 metrics.STAGE.labels("publish").observe(time.perf_counter() - t0)
                 wall = time.time() * 1000
                 for rec in result.recs:

@@ -145,16 +145,21 @@ async def write_stats(redis, stats: Stats | dict, prefix: str) -> None:
         if result.stats:
             await self.publisher._retry(lambda: write_stats(self.redis, result.stats, self.s.redis_meta_prefix), "stats")
     """
-    data = stats.as_dict() if isinstance(stats, Stats) else stats
-    if not data:
-        return
     pipe = redis.pipeline(transaction=False)
+    if queue_stats(pipe, stats, prefix):
+        await pipe.execute()
+
+
+def queue_stats(pipe, stats: Stats | dict, prefix: str) -> bool:
+    """Queue a batch's HINCRBYs on a Redis pipeline (``write_stats``, or the pipeline that writes
+    the batch's lists: ``streamer.publish``); False when there is nothing to count."""
+    data = stats.as_dict() if isinstance(stats, Stats) else stats
     for variant, counts in data.items():
         pipe.sadd(variants_key(prefix), variant)
         for name, n in counts.items():
             if n:
                 pipe.hincrby(stats_key(prefix, variant), name, int(n))
-    await pipe.execute()
+    return bool(data)
 
 
 def read_stats(redis, prefix: str) -> dict[str, dict[str, int]]:

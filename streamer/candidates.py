@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import Callable
 
 import numpy as np
@@ -57,14 +57,18 @@ class CoVisitation:
         self.counts: dict[int, dict[int, float]] = defaultdict(dict)
 
     def update(self, recent_rows: list[int], row: int) -> None:
+        counts = self.counts
         for other in set(recent_rows):
             if other == row:
                 continue
-            for a, b in ((other, row), (row, other)):
-                nb = self.counts[a]
-                nb[b] = nb.get(b, 0.0) + 1.0
-                if len(nb) > COVIS_MAX_NEIGHBOURS:
-                    self._prune(nb)
+            nb = counts[other]  # (other, row), then (row, other)
+            nb[row] = nb.get(row, 0.0) + 1.0
+            if len(nb) > COVIS_MAX_NEIGHBOURS:
+                self._prune(nb)
+            nb = counts[row]
+            nb[other] = nb.get(other, 0.0) + 1.0
+            if len(nb) > COVIS_MAX_NEIGHBOURS:
+                self._prune(nb)
 
     @staticmethod
     def _prune(nb: dict[int, float]) -> None:
@@ -202,6 +206,7 @@ class Candidates:
     query: str | None = None  # the search query (evidence of the ``search`` source)
     trending_evidence: list | None = None  # (purchases, interactions, days) per trending position
     query_sim: np.ndarray | None = None  # float32 [C]: cosine to the active search query, if any
+    own: np.ndarray | None = None  # bool [C]: the item is in the user's profile (``UserState.items``)
 
     def source(self, j: int) -> str:
         return SOURCES[self.src[j]]
@@ -254,6 +259,7 @@ class CandidateBatch:
     queries: list  # [U] the search query behind the ``search`` source, or None
     has_query: np.ndarray  # bool [U]
     trending_evidence: list | None
+    own: np.ndarray | None = None  # bool [N]: the item is in its user's profile
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -270,6 +276,7 @@ class CandidateBatch:
             query=self.queries[u],
             trending_evidence=self.trending_evidence,
             query_sim=self.query_sim[a:b] if self.has_query[u] else None,
+            own=self.own[a:b] if self.own is not None else None,
         )
 
 
@@ -328,7 +335,7 @@ def gather_batch(
     prof_rows, prof_vals, recent, uvecs = [], [], [], []
     for r in users:
         st = r.state
-        rows = np.fromiter((pos.get(k, -1) for k in st.items), dtype=np.int64, count=len(st.items))
+        rows = np.fromiter(map(pos.get, st.items, repeat(-1)), dtype=np.int64, count=len(st.items))
         vals = np.fromiter(chain.from_iterable(st.items.values()), dtype=np.float64, count=3 * len(st.items)).reshape(
             -1, 3
         )
@@ -446,10 +453,12 @@ def gather_batch(
     keys = sel_u * key_base + rows
     personal = np.zeros(len(rows), dtype=np.float64)
     last = np.full(len(rows), -1, dtype=np.int64)
+    own = np.zeros(len(rows), dtype=bool)
     p_keys = np.concatenate([u * key_base + r[r >= 0] for u, r in enumerate(prof_rows)] or [np.zeros(0, np.int64)])
     if len(p_keys):
         p_vals = np.concatenate([v[r >= 0] for r, v in zip(prof_rows, prof_vals)])
         hit, at = _lookup(p_keys, keys)
+        own = hit
         personal[hit] = p_vals[at, 0]
         last[hit] = p_vals[at, 1].astype(np.int64)
     cov = np.zeros(len(rows), dtype=np.float64)
@@ -489,6 +498,7 @@ def gather_batch(
         queries=[r.state.last_query for r in users],
         has_query=has_q,
         trending_evidence=trending_evidence,
+        own=own,
     )
 
 
@@ -510,26 +520,34 @@ def _covis_batch(covis: CoVisitation, recent: list[list[int]], k: int, key_base:
     out_rows = np.full((n_users, k), -1, dtype=np.int64)
     out_anchor = np.full((n_users, k), -1, dtype=np.int64)
     out_count = np.zeros((n_users, k), dtype=np.float64)
-    parts = []
+    get = covis.counts.get
+    owners, anchors_used, nbs = [], [], []  # one entry per (user, recent row) with neighbours
     for u, anchors in enumerate(recent):
         for a in anchors:
-            nb = covis.counts.get(a)
+            nb = get(a)
             if nb:
-                m = len(nb)
-                parts.append((u, a, np.fromiter(nb.keys(), np.int64, m), np.fromiter(nb.values(), np.float64, m)))
-    if not parts:
+                owners.append(u)
+                anchors_used.append(a)
+                nbs.append(nb)
+    if not nbs:
         return out_rows, out_anchor, out_count, np.zeros(0, np.int64), np.zeros(0)
-    keys = np.concatenate([u * key_base + c for u, _a, c, _v in parts])
-    vals = np.concatenate([v for *_x, v in parts])
-    anc = np.concatenate([np.full(len(c), a, np.int64) for _u, a, c, _v in parts])
-    seen = np.arange(len(keys))  # global appearance order (users in order, anchors in order)
-    order = np.lexsort((seen, keys))
+    # all neighbour dicts flattened at once (two ``fromiter`` calls, not two per anchor)
+    lens = np.fromiter(map(len, nbs), np.int64, len(nbs))
+    size = int(lens.sum())
+    keys = np.repeat(np.asarray(owners, np.int64) * key_base, lens)
+    keys += np.fromiter(chain.from_iterable(nbs), np.int64, size)
+    vals = np.fromiter(chain.from_iterable(map(dict.values, nbs)), np.float64, size)
+    anc = np.repeat(np.asarray(anchors_used, np.int64), lens)
+    # position in ``keys`` = global appearance order (users in order, anchors in order): a stable
+    # sort by key keeps it as the tie-break
+    order = np.argsort(keys, kind="stable")
     ks = keys[order]
     starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
     ukeys = ks[starts]
     totals = np.add.reduceat(vals[order], starts)
-    first = seen[order][starts]
-    by_best = np.lexsort((seen, -vals, keys))  # per key: largest count, then first seen
+    first = order[starts]
+    by_count = np.argsort(-vals, kind="stable")  # per key: largest count, then first seen
+    by_best = by_count[np.argsort(keys[by_count], kind="stable")]
     best = by_best[np.flatnonzero(np.r_[True, keys[by_best][1:] != keys[by_best][:-1]])]
     users = ukeys // key_base
     rank = np.lexsort((first, -totals, users))

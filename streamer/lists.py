@@ -114,20 +114,27 @@ def build_list(
     per version, not per list."""
     new = None  # which candidates the user never touched: only needed when slots are reserved for them
     if params.min_new > 0 or discovery(params):
-        new = np.fromiter((index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows))
+        new = (
+            ~cands.own
+            if cands.own is not None
+            else np.fromiter(
+                (index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows)
+            )
+        )
     scores = list_scores(scores, cands.knn, params, new, cands.feats, cands.src, len(user.items))
     assembled = assemble(scores, new, params)
     order, final = order_with_search(scores, cands.query_sim, assembled, params.size, search_slots)
     items = []
-    for j in order:
-        row = int(cands.rows[j])
+    # Python ints and floats of the picked candidates at once (not a numpy scalar per field)
+    for j, row, score in zip(order, cands.rows[order].tolist(), final[order].tolist()):
+        source = cands.source(j)
         items.append(
             RecItem(
                 item_id=index.ids[row],
-                score=round(float(final[j]), 6),
-                reason=reason_for(cands.source(j), cands.evidence(j), row, user, index),
+                score=round(score, 6),
+                reason=reason_for(source, cands.evidence(j), row, user, index),
                 title=index.titles[row],
-                source=cands.source(j),
+                source=source,
             )
         )
     return Recommendation(

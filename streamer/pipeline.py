@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Protocol
 
 import numpy as np
@@ -270,11 +271,13 @@ class Pipeline:
         out = BatchResult()
         t0 = time.perf_counter()
         touched: dict[str, _Touched] = {}
+        pseudonymize, worker_id, apply, stats = self.pseudonymize, self.settings.worker_id, self._apply, out.stats
+        n_dead = n_erased = 0
         for msg in msgs:
-            parsed = parse_event(msg, self.pseudonymize, self.settings.worker_id)
+            parsed = parse_event(msg, pseudonymize, worker_id)
             if isinstance(parsed, DeadLetter):
                 out.dead_letters.append(parsed)
-                _COUNT["dead_letter"].inc()
+                n_dead += 1
                 metrics.DLQ.labels(parsed.error_code).inc()
                 continue
             ev = parsed
@@ -282,7 +285,7 @@ class Pipeline:
                 touched.pop(ev.user_id, None)
                 store.delete(msg.partition, ev.user_id)
                 out.erased.append(ev.user_id)
-                _COUNT["erased"].inc()
+                n_erased += 1
                 continue
             t = touched.get(ev.user_id)
             if t is None:
@@ -295,13 +298,20 @@ class Pipeline:
                     st.rebuild_embedding(self._vectors_of(st, space.index), b.version, b.dim, self.half_life_ms)
                     t.dirty = True
             t.last_event, t.last_msg = ev, msg
-            if self._apply(t.state, ev, out.stats, t.space):
+            if apply(t.state, ev, stats, t.space):
                 t.dirty = t.applied = True
                 out.applied += 1
-                _COUNT["valid"].inc()
             else:
                 out.duplicates += 1
-                _COUNT["duplicate"].inc()
+        # per-event counters, counted once per batch (``inc`` per event cost ~2 us)
+        for outcome, n in (
+            ("valid", out.applied),
+            ("duplicate", out.duplicates),
+            ("dead_letter", n_dead),
+            ("erased", n_erased),
+        ):
+            if n:
+                _COUNT[outcome].inc(n)
         for user_id, t in touched.items():
             out.trigger_ts[user_id] = t.last_msg.timestamp_ms
         t1 = time.perf_counter()
@@ -331,35 +341,40 @@ class Pipeline:
         """``space``: the user's arm (the Pipeline for production, or a ServedVersion), whose
         vector space the user's embedding lives in."""
         space = self if space is None else space
+        index = self.index
         row = None
-        recent_rows: list[int] = []
-        if ev.item_id is not None:
-            row = self.index.ensure(ev.item_id)
-            recent_rows = [self.index.pos[i] for i, _t, _ts in list(st.seq)[-5:] if i in self.index.pos]
-        if space is not self and row is not None:
-            space.index.sync()
-        vec = space.index.vecs[row] if row is not None else None
-        if ev.type == "search" and ev.query:
+        vec = None
+        etype, item_id = ev.type, ev.item_id
+        if item_id is not None:
+            row = index.ensure(item_id)
+            pos, seq = index.pos, st.seq
+            # the user's last 5 items before this event (a deque: no copy of the whole sequence)
+            recent_rows = [pos[i] for i, _t, _ts in islice(seq, max(len(seq) - 5, 0), None) if i in pos]
+            if space is not self:
+                space.index.sync()
+            vec = space.index.vecs[row]
+        if etype == "search" and ev.query:
             vec = space.query_vectors([ev.query]).get(ev.query)
+        s = self.settings
         applied = st.apply(
             ev.event_id,
-            ev.type,
-            ev.item_id,
+            etype,
+            item_id,
             ev.ts,
             vec,
-            max_seq_len=self.settings.max_seq_len,
-            dedup_window=self.settings.dedup_window,
+            max_seq_len=s.max_seq_len,
+            dedup_window=s.dedup_window,
             half_life_ms=self.half_life_ms,
             query=ev.query,
         )
         if applied and row is not None:
             # against the list that was live when the event happened (``apply`` leaves it alone)
-            attribute(st, ev.type, ev.item_id, ev.ts, self.window_ms, stats)
-            weight = EVENT_WEIGHTS.get(ev.type, 0.0)
+            attribute(st, etype, item_id, ev.ts, self.window_ms, stats)
+            weight = EVENT_WEIGHTS.get(etype, 0.0)
             if weight > 0:
-                self.index.bump(row, weight, ev.ts)
+                index.bump(row, weight, ev.ts)
                 self.covis.update(recent_rows, row)
-            self.recent.add(row, ev.type, ev.ts)
+            self.recent.add(row, etype, ev.ts)
         return applied
 
     async def _rank(self, touched: dict[str, _Touched]) -> list[Recommendation]:

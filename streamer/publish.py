@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from schemas import Recommendation, encode
 from streamer import metrics
+from streamer.attribution import Stats, queue_stats
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +30,31 @@ class Publisher:
     ttl_s: int = 604800
     max_backoff_s: float = 5.0
 
-    async def publish(self, recs: list[Recommendation]) -> list[bytes]:
+    async def publish(
+        self, recs: list[Recommendation], stats: Stats | None = None, stats_prefix: str = ""
+    ) -> list[bytes]:
         """Write every list; returns the encoded payloads. Retries Redis until it answers: a list
-        is never dropped because Redis was briefly away (the batch is not acked meanwhile)."""
+        is never dropped because Redis was briefly away (the batch is not acked meanwhile).
+
+        One Redis round trip per batch: the lists' SETs, then the batch's A/B counters
+        (``stats``, HINCRBY under ``stats_prefix``: ``streamer.attribution``) in the same pipeline
+        (a retry after a lost answer may count a batch twice, as a separate stats write could).
+        Then every list goes to the producer at once (one list per user per batch, so no key's
+        order depends on it); the call returns once all are queued."""
         payloads = [encode(r) for r in recs]
-        await self._write_redis(recs, payloads)
-        for rec, payload in zip(recs, payloads):
-            await self.send(rec.user_id.encode(), payload)
+        await self._write_redis(recs, payloads, stats, stats_prefix)
+        await asyncio.gather(*(self.send(rec.user_id.encode(), payload) for rec, payload in zip(recs, payloads)))
         return payloads
 
-    async def _write_redis(self, recs: list[Recommendation], payloads: list[bytes]) -> None:
+    async def _write_redis(
+        self, recs: list[Recommendation], payloads: list[bytes], stats: Stats | None = None, stats_prefix: str = ""
+    ) -> None:
         async def write() -> None:
             pipe = self.redis.pipeline(transaction=False)
             for rec, payload in zip(recs, payloads):
                 pipe.set(self.prefix + rec.user_id, payload, ex=self.ttl_s)
+            if stats:
+                queue_stats(pipe, stats, stats_prefix)
             await pipe.execute()
 
         await self._retry(write, "write")
