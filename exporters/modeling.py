@@ -12,7 +12,10 @@ Why the ranker looks the way it does:
 * The user's recent items enter a BertModel as ``inputs_embeds`` (item vector projected to the
   hidden size, plus a learned event-type embedding), so the pretrained attention layers model
   the sequence. Positions count back from the most recent real item (0 = newest), so the result
-  does not depend on which side the worker pads.
+  does not depend on which side the worker pads. A causal ranker (``causal``, what the job trains)
+  attends from each position to itself and older items only, with positions counting forward from
+  the oldest real item: its state at position t is exactly the user vector of the sequence cut
+  after t, which the next-item objective trains; the user vector is the newest position's.
 * The user vector is ``normalise(content + gate(transformer))``: ``content`` is the event-type
   weighted mean of the sequence's item vectors, and the transformer's output (last item and
   masked mean) enters through a linear gate. In the untuned bootstrap the gate is zero, because

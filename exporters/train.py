@@ -12,6 +12,13 @@ Stages (see ``run`` for the whole job):
    validation NDCG@10 (full ranking, the protocol's first mode); the best state is checkpointed
    and restored.
 
+Causal next-item objective (``next_item_weight``, SASRec-style): the ranker attends causally
+(``Ranker.causal``), so its state at every position of an example's sequence is the user vector of
+that prefix; each prefix is trained to put the sequence's next item first among all items (or the
+sampled candidates, with the same logQ correction), with logits = learned scale x cosine. One
+example then gives up to ``max_seq_len`` training signals instead of one, for one transformer pass
+(the extra cost is one [B, L, C] matmul). The example's own target keeps the feature-aware loss.
+
 Sampled softmax: the batch's targets and the batch users' own items are always candidates; the
 other ``sampled_negatives`` are drawn with replacement from ``popularity_share`` x training
 popularity + the rest uniform over the catalog, and each sampled column's logit is corrected by

@@ -130,25 +130,6 @@ def test_next_item_loss_learns_a_toy_sequence_task() -> None:
     assert hit > 0.9
 
 
-def test_sampled_rows_give_the_full_catalog_next_item_logits() -> None:
-    _, _, ranker = _causal_ranker()
-    n = 30
-    rng = np.random.default_rng(4)
-    tower = ItemTower(rng.normal(size=(n, ranker.item_dim)).astype(np.float32), [None] * n, [str(i) for i in range(n)])
-    step = TrainStep(ranker, tower).eval()
-    seq = torch.tensor([[-1, 3, 7, 7], [2, 29, 0, 5]])
-    types = torch.where(seq >= 0, 1, 0)
-    feats = torch.from_numpy(rng.normal(size=(2, n, 5)).astype(np.float32))
-    cands = torch.tensor([1, 7, 12, 28])
-    with torch.no_grad():
-        full, full_next = step(seq, types, feats, None, next_item=True)
-        part, part_next = step(seq, types, feats[:, cands], cands, next_item=True)
-        plain = step(seq, types, feats, None)
-    torch.testing.assert_close(part, full[:, cands], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(part_next, full_next[..., cands], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(plain, full, rtol=1e-6, atol=1e-6)
-
-
 def test_bidirectional_ranker_refuses_prefix_states() -> None:
     _, _, ranker = build_models(tiny=True, n_layers=1, max_text_len=8, seed=0)
     vecs, types, mask = _sequence(np.random.default_rng(0), 1, 3, ranker.item_dim)
