@@ -218,6 +218,8 @@ def _train(args: argparse.Namespace) -> int:
                     ("aux_target_weight", args.aux_weight),
                     ("val_every", args.val_every),
                     ("head_k", args.head_k),
+                    ("next_item_weight", 0.0 if args.bidirectional else args.next_item_weight),
+                    ("causal", False if args.bidirectional else None),
                 )
                 if v is not None
             },
@@ -429,6 +431,17 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="loss weight of the target's basket mates (the target has 1; 0 trains on the target alone)",
+    )
+    t.add_argument(
+        "--next-item-weight",
+        type=float,
+        default=None,
+        help="(default: RankerTrainConfig) weight of the causal next-item loss over every prefix of the sequence; 0: off",
+    )
+    t.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="bidirectional attention in the ranker (the ranker before issue 14's causal one); turns the next-item loss off",
     )
     t.add_argument("--tolerance", type=float, default=0.002, help="allowed NDCG@10 drop vs production")
     t.add_argument("--force", action="store_true", help="publish even if worse than production")

@@ -12,7 +12,10 @@ Why the ranker looks the way it does:
 * The user's recent items enter a BertModel as ``inputs_embeds`` (item vector projected to the
   hidden size, plus a learned event-type embedding), so the pretrained attention layers model
   the sequence. Positions count back from the most recent real item (0 = newest), so the result
-  does not depend on which side the worker pads.
+  does not depend on which side the worker pads. A causal ranker (``causal``, what the job trains)
+  attends from each position to itself and older items only, with positions counting forward from
+  the oldest real item: its state at position t is exactly the user vector of the sequence cut
+  after t, which the next-item objective trains; the user vector is the newest position's.
 * The user vector is ``normalise(content + gate(transformer))``: ``content`` is the event-type
   weighted mean of the sequence's item vectors, and the transformer's output (last item and
   masked mean) enters through a linear gate. In the untuned bootstrap the gate is zero, because
@@ -183,8 +186,13 @@ class Ranker(nn.Module):
     ``seq_mask`` is 0, on either side). Output: ``scores`` [B, C].
     """
 
-    def __init__(self, bert: BertModel, item_dim: int, feat_hidden: int = 32):
+    def __init__(self, bert: BertModel, item_dim: int, feat_hidden: int = 32, causal: bool = False):
         super().__init__()
+        # Causal attention (each position sees only itself and older items; positions count
+        # forward from the oldest real item): the state at every position is the user vector of
+        # that prefix, which the causal next-item objective (``exporters.train``) trains. The newest
+        # position sees the whole sequence, so the exported graph keeps its inputs and outputs.
+        self.causal = causal
         hidden = bert.config.hidden_size
         # The ranker never sees token ids: drop the 30k-row word table (saves 45 MB per checkpoint).
         bert.embeddings.word_embeddings = nn.Embedding(1, hidden)
@@ -225,25 +233,59 @@ class Ranker(nn.Module):
         self.feat_mlp[2].weight.zero_()
         self.feat_mlp[2].bias.zero_()
 
-    def user_vector(self, seq_vecs: torch.Tensor, seq_types: torch.Tensor, seq_mask: torch.Tensor) -> torch.Tensor:
-        """[B, L, D], [B, L], [B, L] -> L2-normalised user vectors [B, D] (zeros for an empty sequence)."""
-        mask = seq_mask.to(seq_vecs.dtype)
-        # Recency positions: 0 for the newest real item, counting back; padding side is irrelevant.
+    def _encode(
+        self, seq_vecs: torch.Tensor, seq_types: torch.Tensor, seq_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(transformer states [B, L, H], positions [B, L], event-type weights [B, L, 1])."""
         csum = torch.cumsum(seq_mask, dim=1)
-        positions = (csum[:, -1:] - csum).clamp(min=0) * seq_mask
+        if self.causal:
+            # Forward positions (0 = oldest real item) and a key <= query mask, both from tensor ops
+            # so the exported graph has no data-dependent shapes; the padding side is irrelevant.
+            positions = (csum - 1).clamp(min=0) * seq_mask
+            order = torch.cumsum(torch.ones_like(seq_mask), dim=1)
+            visible = (order[:, None, :] <= order[:, :, None]) & (seq_mask[:, None, :] > 0)
+            bias = ((1.0 - visible.to(seq_vecs.dtype)) * MASK_BIAS)[:, None]
+        else:
+            # Recency positions: 0 for the newest real item, counting back.
+            positions = (csum[:, -1:] - csum).clamp(min=0) * seq_mask
+            bias = additive_mask(seq_mask, seq_vecs.dtype)
         x = self.in_proj(seq_vecs) + self.type_emb(seq_types)
         h = self.bert(
             inputs_embeds=x,
-            attention_mask=additive_mask(seq_mask, x.dtype),
+            attention_mask=bias,
             position_ids=positions,
             token_type_ids=torch.zeros_like(seq_types),
         ).last_hidden_state
-        newest = (positions == 0).to(h.dtype) * mask
+        w = (self.type_weight(seq_types).squeeze(-1) * seq_mask.to(seq_vecs.dtype)).unsqueeze(-1)
+        return h, positions, w
+
+    def user_states(self, seq_vecs: torch.Tensor, seq_types: torch.Tensor, seq_mask: torch.Tensor) -> torch.Tensor:
+        """Causal ranker only: the unnormalised user vector of every prefix [B, L, D] (row t: the
+        sequence up to and including position t; meaningful at real positions)."""
+        assert self.causal, "per-prefix user vectors need causal attention"
+        h, _, w = self._encode(seq_vecs, seq_types, seq_mask)
+        m = seq_mask.to(h.dtype).unsqueeze(-1)
+        mean = torch.cumsum(h * m, dim=1) / torch.cumsum(m, dim=1).clamp(min=1.0)
+        content = torch.cumsum(seq_vecs * w, dim=1) / torch.cumsum(w, dim=1).clamp(min=1e-6)
+        return content + self.gate(torch.cat([h, mean], dim=-1))
+
+    def user_vector(self, seq_vecs: torch.Tensor, seq_types: torch.Tensor, seq_mask: torch.Tensor) -> torch.Tensor:
+        """[B, L, D], [B, L], [B, L] -> L2-normalised user vectors [B, D] (zeros for an empty sequence)."""
+        if self.causal:
+            return self.newest(self.user_states(seq_vecs, seq_types, seq_mask), seq_mask)
+        h, positions, w = self._encode(seq_vecs, seq_types, seq_mask)
+        newest = (positions == 0).to(h.dtype) * seq_mask.to(h.dtype)
         h_last = (h * newest.unsqueeze(-1)).sum(1)
         pooled = torch.cat([h_last, masked_mean(h, seq_mask)], dim=-1)
-        w = self.type_weight(seq_types).squeeze(-1) * mask
-        content = (seq_vecs * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
+        content = (seq_vecs * w).sum(1) / w.sum(1).clamp(min=1e-6)
         return F.normalize(content + self.gate(pooled), dim=-1)
+
+    @staticmethod
+    def newest(states: torch.Tensor, seq_mask: torch.Tensor) -> torch.Tensor:
+        """The newest real position's row of ``states`` [B, L, D], L2-normalised (zeros when none)."""
+        csum = torch.cumsum(seq_mask, dim=1)
+        pick = ((csum == csum[:, -1:]) & (seq_mask > 0)).to(states.dtype).unsqueeze(-1)
+        return F.normalize((states * pick).sum(1), dim=-1)
 
     def query(self, user: torch.Tensor) -> torch.Tensor:
         """User vector mapped through the bilinear form: score_taste = <query(u), cand>."""

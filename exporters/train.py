@@ -12,6 +12,13 @@ Stages (see ``run`` for the whole job):
    validation NDCG@10 (full ranking, the protocol's first mode); the best state is checkpointed
    and restored.
 
+Causal next-item objective (``next_item_weight``, SASRec-style): the ranker attends causally
+(``Ranker.causal``), so its state at every position of an example's sequence is the user vector of
+that prefix; each prefix is trained to put the sequence's next item first among all items (or the
+sampled candidates, with the same logQ correction), with logits = learned scale x cosine. One
+example then gives up to ``max_seq_len`` training signals instead of one, for one transformer pass
+(the extra cost is one [B, L, C] matmul). The example's own target keeps the feature-aware loss.
+
 Sampled softmax: the batch's targets and the batch users' own items are always candidates; the
 other ``sampled_negatives`` are drawn with replacement from ``popularity_share`` x training
 popularity + the rest uniform over the catalog, and each sampled column's logit is corrected by
@@ -79,6 +86,8 @@ class RankerTrainConfig:
         0  # >0: softmax over each example's current top head_k items plus its targets (a loss for the top of the list)
     )
     val_every: int = 0  # also validate (and checkpoint if better) every N steps inside an epoch; 0: epoch ends only
+    causal: bool = True  # causal attention in the ranker (needed by the next-item objective)
+    next_item_weight: float = 1.0  # weight of the causal next-item loss over every prefix (0: off)
 
 
 @dataclass
@@ -116,14 +125,25 @@ def distributed_context() -> tuple[int, int]:
 class TrainStep(nn.Module):
     """Ranker + item tower as one module, so DistributedDataParallel sees one forward."""
 
-    def __init__(self, ranker: Ranker, tower: ItemTower):
+    def __init__(self, ranker: Ranker, tower: ItemTower, next_item_scale: float = 10.0):
         super().__init__()
         self.ranker = ranker
         self.tower = tower
+        # Temperature of the causal next-item logits (cosine x scale), learned; training only
+        # (not part of the exported ranker, whose taste term is the bilinear form).
+        self.log_next_scale = nn.Parameter(torch.tensor(float(np.log(next_item_scale))))
 
     def forward(
-        self, seq_rows: torch.Tensor, seq_types: torch.Tensor, feats: torch.Tensor, cand_rows: torch.Tensor | None
-    ) -> torch.Tensor:
+        self,
+        seq_rows: torch.Tensor,
+        seq_types: torch.Tensor,
+        feats: torch.Tensor,
+        cand_rows: torch.Tensor | None,
+        next_item: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Scores [B, C] of the candidates (the catalog when ``cand_rows`` is None); with
+        ``next_item`` (causal ranker) also the next-item logits of every prefix [B, L, C]:
+        scale x cos(user vector of the prefix, candidate)."""
         mask = (seq_rows >= 0).long()
         if cand_rows is None:
             vecs = self.tower()
@@ -133,8 +153,36 @@ class TrainStep(nn.Module):
             vecs = self.tower(rows)
             cands, seq_vecs = vecs[inv[: len(cand_rows)]], vecs[inv[len(cand_rows) :]].view(*seq_rows.shape, -1)
         seq_vecs = seq_vecs * mask.unsqueeze(-1).to(vecs.dtype)
-        user = self.ranker.user_vector(seq_vecs, seq_types, mask)
-        return self.ranker.score_catalog(user, cands, feats)
+        if not next_item:
+            user = self.ranker.user_vector(seq_vecs, seq_types, mask)
+            return self.ranker.score_catalog(user, cands, feats)
+        states = self.ranker.user_states(seq_vecs, seq_types, mask)
+        user = self.ranker.newest(states, mask)
+        prefix = F.normalize(states, dim=-1) * self.log_next_scale.exp()
+        return self.ranker.score_catalog(user, cands, feats), prefix @ cands.T
+
+
+def next_item_targets(seq_rows: np.ndarray, cand_pos: dict[int, int] | None) -> np.ndarray:
+    """Causal objective's targets [B, L]: at each position the column of the sequence's next item
+    (-100, ignored, where this or the next position is padding, and at the newest position, whose
+    next item is the example's own target)."""
+    nxt = np.full(seq_rows.shape, -100, dtype=np.int64)
+    real = (seq_rows[:, :-1] >= 0) & (seq_rows[:, 1:] >= 0)
+    following = seq_rows[:, 1:]
+    if cand_pos is None:
+        cols = following
+    else:
+        cols = np.vectorize(lambda r: cand_pos.get(int(r), -100), otypes=[np.int64])(following)
+    nxt[:, :-1] = np.where(real, cols, -100)
+    return nxt
+
+
+def next_item_loss(seq_logits: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
+    """Mean cross-entropy of the next item over every real (prefix, next) pair of the batch."""
+    t = torch.from_numpy(targets).to(seq_logits.device)
+    if not (t >= 0).any():
+        return seq_logits.sum() * 0.0
+    return F.cross_entropy(seq_logits.reshape(-1, seq_logits.shape[-1]), t.reshape(-1), ignore_index=-100)
 
 
 def _batch_inputs(
@@ -239,12 +287,17 @@ def fit_ranker(
     """Train with early stopping on validation NDCG@10; restores the best state at the end."""
     rank, world = distributed_context()
     seed_everything(cfg.seed)
+    if cfg.next_item_weight > 0 and not cfg.causal:
+        raise ValueError("the next-item objective needs the causal ranker (causal=True)")
+    # Checkpoint 0 is the same either way: its gate is closed, the user vector is the content mean.
+    step.ranker.causal = cfg.causal
+    use_next = cfg.next_item_weight > 0
     model: nn.Module = step
     if world > 1:
         model = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
     bert_params = list(step.ranker.bert.parameters())
     bert_ids = {id(p) for p in bert_params}
-    head_params = [p for p in step.ranker.parameters() if id(p) not in bert_ids]
+    head_params = [p for p in step.ranker.parameters() if id(p) not in bert_ids] + [step.log_next_scale]
     groups = [{"params": bert_params, "lr": cfg.lr_bert}, {"params": head_params, "lr": cfg.lr_head}]
     if cfg.lr_items > 0:
         groups.append({"params": list(step.tower.parameters()), "lr": cfg.lr_items})
@@ -321,16 +374,29 @@ def fit_ranker(
             if full:
                 cand_rows, cand_pos, corr = None, None, None
             else:
-                forced = np.unique(np.concatenate([*targets, train.points.personal[idx].indices]))
+                seq_own = train.points.seq_items[idx].ravel() if use_next else np.zeros(0, np.int64)
+                forced = np.unique(
+                    np.concatenate([*targets, train.points.personal[idx].indices, seq_own[seq_own >= 0]])
+                )
                 cand_rows, corr = sampler.sample(rng, forced)
                 cand_pos = {int(c): i for i, c in enumerate(cand_rows)}
             seq_rows, seq_types, feats = _batch_inputs(train.points, idx, vecs, device, cand_rows)
-            logits = model(
-                seq_rows, seq_types, feats, None if cand_rows is None else torch.from_numpy(cand_rows).to(device)
+            out = model(
+                seq_rows,
+                seq_types,
+                feats,
+                None if cand_rows is None else torch.from_numpy(cand_rows).to(device),
+                next_item=use_next,
             )
+            logits, seq_logits = out if use_next else (out, None)
             if corr is not None:
-                logits = logits + torch.from_numpy(corr).to(device=device, dtype=logits.dtype)
+                corr_t = torch.from_numpy(corr).to(device=device, dtype=logits.dtype)
+                logits = logits + corr_t
+                seq_logits = None if seq_logits is None else seq_logits + corr_t
             loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device, cfg.head_k)
+            if seq_logits is not None:
+                nxt = next_item_targets(train.points.seq_items[idx], cand_pos)
+                loss = loss + cfg.next_item_weight * next_item_loss(seq_logits, nxt)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from exporters.train import NegativeSampler, _loss, head_mask
@@ -69,14 +70,19 @@ def test_logq_corrected_sampled_loss_estimates_the_full_softmax() -> None:
     assert abs(np.mean(with_corr) - full) < abs(np.mean(without) - full)
 
 
-def test_train_step_on_sampled_rows_scores_like_the_full_catalog() -> None:
-    """The sampled path computes only the rows it reads; its scores equal the full path's columns."""
+@pytest.mark.parametrize("causal", [False, True])
+def test_train_step_on_sampled_rows_scores_like_the_full_catalog(causal: bool) -> None:
+    """The sampled path computes only the rows it reads; its scores (and, causal, its next-item
+    logits of every prefix) equal the full path's columns."""
     from exporters.bootstrap import build_models
     from exporters.item_training import ItemTower
     from exporters.train import TrainStep
 
     _, _, ranker = build_models(True, 1, 8)
     ranker.reset_head()
+    ranker.causal = causal
+    with torch.no_grad():  # open the gate: the transformer path is part of what is compared
+        ranker.gate.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(0))
     n, dim = 30, ranker.item_dim
     rng = np.random.default_rng(0)
     tower = ItemTower(rng.normal(size=(n, dim)).astype(np.float32), [None] * n, [f"i{i}" for i in range(n)])
@@ -89,3 +95,9 @@ def test_train_step_on_sampled_rows_scores_like_the_full_catalog() -> None:
         full = step(seq, types, feats, None)
         part = step(seq, types, feats[:, cands], cands)
     torch.testing.assert_close(part, full[:, cands], rtol=1e-5, atol=1e-5)
+    if causal:
+        with torch.no_grad():
+            _, full_next = step(seq, types, feats, None, next_item=True)
+            part_scores, part_next = step(seq, types, feats[:, cands], cands, next_item=True)
+        torch.testing.assert_close(part_scores, part, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(part_next, full_next[..., cands], rtol=1e-5, atol=1e-5)
