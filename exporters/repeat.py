@@ -214,3 +214,92 @@ def fit_rebuy(
             ", ".join(f"{n} {w:+.3g}" for n, w in zip(REPEAT_FEATURES, fit.weights) if w),
         )
     return fits
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The rebuy rows of EVALUATION.md for one trained version: each rebuy score of
+    ``REBUY_VARIANTS`` and a LightGBM lambdarank reference on the same groups and features
+    (``exporters.gbm.fit``), each on top of the version's shipped ``list_params`` (its ``min_new``,
+    ``knn_weight``, stacked discovery score), graded on the validation and the test lists.
+
+        python -m exporters.repeat --dataset online_retail --version-dir <version>
+    """
+    import argparse
+    import json
+    import time
+    from dataclasses import replace
+    from pathlib import Path
+
+    from exporters.dataset import load_interactions, make_split
+    from exporters.gbm import fit as gbm_fit
+    from exporters.job import cut_spacing_days
+    from exporters.production import OnnxModel
+    from exporters.served import _stage, dense_candidate_scorer, item_neighbours, served_points
+    from schemas.serving import ListParams
+
+    ap = argparse.ArgumentParser(prog="python -m exporters.repeat", description=main.__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", required=True, choices=["online_retail", "taobao", "movielens"])
+    ap.add_argument("--version-dir", type=Path, required=True)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    inter = load_interactions(args.dataset)
+    model = OnnxModel(args.version_dir, variant="fp32")
+    vecs = model.catalog_vectors(inter)
+    base = ListParams.from_manifest(model.manifest, 20)
+    base = replace(base, rebuy=(), rebuy_rates=None)
+    val = {p: make_split(inter, p, "validation") for p in inter.protocols}
+    test = {p: make_split(inter, p, "test") for p in inter.protocols}
+    main_val = val[inter.protocols[0]]
+
+    def make_scorer(points):
+        return dense_candidate_scorer(model.scorer(inter, points))
+
+    step = cut_spacing_days(inter.ts[main_val.fit], int(main_val.case_time.max()))
+    groups = training_groups(inter, main_val, vecs, model.max_seq_len, step, make_scorer)
+    print(f"{len(groups)} groups, {sum(len(x) for x, _ in groups)} own-item rows ({time.perf_counter() - t0:.0f} s)")
+    fits = {name: fit_subset(groups, feats).weights for name, feats in REBUY_VARIANTS.items()} if groups else {}
+    x = np.concatenate([g for g, _ in groups])
+    y = np.concatenate([np.eye(len(g))[p] for g, p in groups])
+    gbm = gbm_fit(x, y, np.asarray([len(g) for g, _ in groups]))
+    out: dict = {"groups": len(groups), "rows": {}}
+    for stage, splits in (("validation", val), ("test", test)):
+        main_split = splits[inter.protocols[0]]
+        pts = served_points(inter, main_split, model.max_seq_len)
+        grid = {"before (ranker order)": base} | {n: replace(base, rebuy=w) for n, w in fits.items()}
+        grid["LightGBM lambdarank reference"] = replace(base, rebuy=(1.0,))
+        by_q = {}
+        for name, q in grid.items():
+            # the LightGBM reference: its prediction is the one rebuy feature of weight 1
+            transform = (
+                (lambda xs: [gbm.predict(v)[:, None] if len(v) else v[:, :1] for v in xs])
+                if q.rebuy == (1.0,)
+                else None
+            )
+            by, _ = _stage(
+                inter,
+                splits,
+                pts,
+                vecs,
+                make_scorer(pts),
+                [q],
+                item_neighbours(inter, main_split.fit),
+                rebuy_transform=transform,
+            )
+            by_q[name] = by[q]
+            cells = "; ".join(
+                f"{p} {m} HR@10 {v.hr:.4f} NDCG@10 {v.ndcg:.4f}" for p, pm in by[q].items() for m, v in pm.items()
+            )
+            print(f"{stage:10s} {name:32s} {cells}", flush=True)
+        out["rows"][stage] = {
+            n: {p: {m: v.as_dict() for m, v in pm.items()} for p, pm in r.items()} for n, r in by_q.items()
+        }
+    out["weights"] = {n: list(w) for n, w in fits.items()}
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

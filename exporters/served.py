@@ -321,6 +321,7 @@ def _stage(
     grid: list[ListParams],
     neighbours: ItemNeighbours | None = None,
     sources: tuple[str, ...] = SOURCES,
+    rebuy_transform: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
 ) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
     from exporters.stacking import stack_inputs
 
@@ -329,6 +330,8 @@ def _stage(
     scores = scorer(np.arange(len(cands.rows)), cands.rows)
     stack_x = stack_inputs(points, cands, scores, item_vecs) if any(q.stack for q in grid) else None
     rebuy_x = served_rebuy_inputs(inter, main, points, cands, scores, item_vecs) if any(q.rebuy for q in grid) else None
+    if rebuy_x is not None and rebuy_transform is not None:  # an offline reference model (exporters.repeat)
+        rebuy_x = rebuy_transform(rebuy_x)
     own = own_items(inter, main)
     index = {p: list_index(main.case_users, main.case_time, sp) for p, sp in splits.items()}
     out = {}
