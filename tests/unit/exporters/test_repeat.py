@@ -65,6 +65,18 @@ def worker_state(inter, user: str, upto: int) -> UserState:
     return st
 
 
+def worker_index(inter) -> ItemIndex:
+    index = ItemIndex(dim=2)
+    index.add_many(list(inter.item_ids), np.ones((inter.n_items, 2), np.float32))
+    return index
+
+
+def worker_candidates(cands, feats, c: int) -> Candidates:
+    """Case ``c``'s candidates as the worker holds them (``streamer.candidates.Candidates``)."""
+    rows = cands.rows[c]
+    return Candidates(rows, cands.sources[c].astype(np.int8), np.full(len(rows), -1), np.zeros(len(rows)), feats[c])
+
+
 def setup():
     inter = build_interactions(retail(ROWS), CUTS)
     line = make_split(inter, "next-line")
@@ -79,8 +91,7 @@ def test_worker_state_gives_the_offline_features():
     rates = repeat_rates(inter, line.fit)
     offline = served_rebuy_inputs(inter, line, points, cands, scores, None, rates)
     feats, _ = case_features(points, cands, None)
-    index = ItemIndex(dim=2)
-    index.add_many(list(inter.item_ids), np.ones((inter.n_items, 2), np.float32))
+    index = worker_index(inter)
     params = ListParams(4, 1, rebuy=(1.0,) * len(REPEAT_FEATURES), rebuy_rates=rates)
     col = {n: i for i, n in enumerate(REPEAT_FEATURES)}
     for c, u in enumerate(line.case_users):
