@@ -233,11 +233,11 @@ def served_lists(
     return lists
 
 
-def grade(
+def served_ranks(
     lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Interactions, mode: str, k: int = K
-) -> Metrics:
-    """Metrics of served lists for ``split``'s cases: ``list_of_case[c]`` is the row of ``lists``
-    served to case c (-1: no list, a miss). "ex" drops the user's visible items first."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per case, the rank of its target in the first ``k`` items of its list (inf: a miss), and
+    which items the lists' first ``k`` cover (``grade``)."""
     history = history_matrix(inter, split) if mode == "ex" else None
     ranks = np.full(len(split), np.inf)
     covered = np.zeros(inter.n_items, dtype=bool)
@@ -253,6 +253,15 @@ def grade(
         hit = np.flatnonzero(top == split.case_targets[c])
         if len(hit):
             ranks[c] = hit[0] + 1
+    return ranks, covered
+
+
+def grade(
+    lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Interactions, mode: str, k: int = K
+) -> Metrics:
+    """Metrics of served lists for ``split``'s cases: ``list_of_case[c]`` is the row of ``lists``
+    served to case c (-1: no list, a miss). "ex" drops the user's visible items first."""
+    ranks, covered = served_ranks(lists, list_of_case, split, inter, mode, k)
     hit = ranks <= k
     n = max(len(ranks), 1)
     return Metrics(
@@ -322,6 +331,7 @@ def _stage(
     neighbours: ItemNeighbours | None = None,
     sources: tuple[str, ...] = SOURCES,
     rebuy_transform: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+    case_ndcg: dict | None = None,
 ) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
     from exporters.stacking import stack_inputs
 
@@ -338,6 +348,11 @@ def _stage(
     for params in grid:
         lists = served_lists(cands, scorer, own, params, scores=scores, stack_x=stack_x, rebuy_x=rebuy_x)
         out[params] = {p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()}
+        if case_ndcg is not None:  # per case NDCG@10 of each protocol's first mode (paired comparisons)
+            case_ndcg[params] = {}
+            for p, sp in splits.items():
+                r, _ = served_ranks(lists, index[p], sp, inter, sp.modes[0])
+                case_ndcg[params][p] = np.where(r <= K, 1.0 / np.log2(r + 1), 0.0)
     recall = {}
     for p, sp in splits.items():
         ok = index[p] >= 0
@@ -367,6 +382,19 @@ def served_rebuy_inputs(
     as_of = last_event_before(inter, split.case_users, split.visible)
     rates = rates if rates is not None else repeat_rates(inter, split.fit)
     return case_repeat_features(inter, split.visible, as_of, points, cands.rows, scores, item_vecs, rates)
+
+
+REBUY_MIN_Z = 2.0  # a rebuy score ships only when its validation gain is this many standard errors
+
+
+def paired_gain(new: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(z, mean) of the per-case NDCG@10 differences ``new - old``, pooled over the protocols'
+    cases (z = mean / standard error; 0 when nothing differs)."""
+    d = np.concatenate([new[p] - old[p] for p in old])
+    if not len(d) or not d.any():
+        return 0.0, 0.0
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return (float(d.mean() / se) if se > 0 else 0.0), float(d.mean())
 
 
 def pick_params(
@@ -405,8 +433,10 @@ def served_evaluation(
     ``offline_val_ndcg``: the ranker's full-ranking validation NDCG@10 (first protocol, first
     mode); only parameters whose served lists keep ``SERVED_FLOOR`` of it compete (all of them
     when none does). ``rebuy``: rebuy scores to try (name -> weights, ``exporters.repeat``): each
-    on top of the parameters chosen without, kept when the mean validation NDCG@10 rises (and the
-    floor holds); the chosen one ships with the item repeat rates of the test split's fit events
+    on top of the parameters chosen without; the one with the largest mean per-case gain in
+    validation NDCG@10 (the protocols' cases pooled) ships where that gain is at least
+    ``REBUY_MIN_Z`` standard errors (``paired_gain``; a single validation month is noisy) and the
+    floor holds; the chosen one ships with the item repeat rates of the test split's fit events
     (``exporters.repeat.repeat_rates``, what the version ships)."""
     grid = grid or list_grid(knn_weight=KNN_WEIGHT_GRID if neighbours is not None else (0.0,))
     if stack:
@@ -430,14 +460,26 @@ def served_evaluation(
         from exporters.repeat import repeat_rates
 
         tried = {name: replace(best, rebuy=tuple(w)) for name, w in rebuy.items()}
-        by_rebuy, _ = _stage(inter, val, val_points, item_vecs, make_scorer(val_points), list(tried.values()), nb_val)
+        per_case: dict = {}
+        by_rebuy, _ = _stage(
+            inter,
+            val,
+            val_points,
+            item_vecs,
+            make_scorer(val_points),
+            [best, *tried.values()],
+            nb_val,
+            case_ndcg=per_case,
+        )
         rebuy_val = {name: {p: by_rebuy[q][p][val[p].modes[0]].ndcg for p in val} for name, q in tried.items()}
         floor = SERVED_FLOOR * offline_val_ndcg if offline_val_ndcg else 0.0
-        mean = lambda d: round(float(np.mean(list(d.values()))), 6)  # noqa: E731
-        score = mean(objective[(best.min_new, best.knn_weight, bool(best.stack))])
-        for name, nd in rebuy_val.items():
-            if mean(nd) > score and nd[next(iter(val))] >= floor:
-                chosen, score = name, mean(nd)
+        first = next(iter(val))
+        gain = 0.0
+        for name, q in tried.items():
+            z, d = paired_gain(per_case[q], per_case[best])
+            rebuy_val[name]["paired_z"] = z
+            if z >= REBUY_MIN_Z and d > gain and rebuy_val[name][first] >= floor:
+                chosen, gain = name, d
         if chosen is not None:
             best = replace(tried[chosen], rebuy_rates=repeat_rates(inter, next(iter(test.values())).fit))
     tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), [best], nb_test)

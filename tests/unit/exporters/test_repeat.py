@@ -227,3 +227,14 @@ def test_own_inputs_read_only_events_up_to_the_point():
     first = int(np.flatnonzero(inter.users == u1)[0])
     got = own_inputs(inter, line.visible, np.array([first]), SEQ_LEN, [np.array([inter.item_ids.index("A")])])[0]
     assert got[0].tolist() == [1.0, BEFORE - 40 * D, 1, BEFORE - 40 * D, 1, 1]
+
+
+def test_paired_gain_needs_a_clear_validation_win():
+    from exporters.served import paired_gain
+
+    old = {"a": np.zeros(400)}
+    clear = {"a": np.r_[np.full(100, 0.5), np.zeros(300)]}
+    noisy = {"a": np.r_[np.full(10, 0.5), np.full(9, -0.5), np.zeros(381)]}
+    assert paired_gain(clear, old)[0] > 2 and paired_gain(clear, old)[1] == pytest.approx(0.125)
+    assert paired_gain(noisy, old)[0] < 2
+    assert paired_gain(old, old) == (0.0, 0.0)
