@@ -2,7 +2,7 @@
 
 Offline, each case's own-item inputs are what the worker's state holds right after the user's
 last visible event: the user's events up to it replayed in log order through
-``schemas.repeat.update_profile`` (the worker's own rule) and their last ``max_seq_len`` events
+``schemas.repeat.update_profile`` (the worker's own rule) and their last ``SEQ_WINDOW`` events
 as the sequence (``own_inputs``).
 
 The fit: at the last ``REPEAT_CUTS`` training cuts before the validation cut (the job's cut
@@ -32,6 +32,7 @@ from exporters.stacking import StackFit, fit_listwise
 from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES
 from schemas.repeat import (
     REPEAT_FEATURES,
+    SEQ_WINDOW,
     RepeatRates,
     new_profile,
     repeat_features,
@@ -52,11 +53,10 @@ MAX_RATES = 50_000  # items listed in the shipped repeat rates (the most touched
 _TYPE_NAME = {v: k for k, v in EVENT_TYPE_IDS.items()}
 
 
-def own_inputs(
-    inter: Interactions, visible: np.ndarray, as_of: np.ndarray, max_seq_len: int, rows: list[np.ndarray]
-) -> list[np.ndarray]:
+def own_inputs(inter: Interactions, visible: np.ndarray, as_of: np.ndarray, rows: list[np.ndarray]) -> list[np.ndarray]:
     """Per point (the user's last input event ``as_of``): ``schemas.repeat.own_item_inputs`` [C, 6]
-    of the candidate ``rows`` of that point, from the user's ``visible`` events up to ``as_of``."""
+    of the candidate ``rows`` of that point, from the user's ``visible`` events up to ``as_of``
+    (the sequence: their last ``schemas.repeat.SEQ_WINDOW``)."""
     vis = np.flatnonzero(visible)
     vis = vis[np.lexsort((vis, inter.users[vis]))]
     bounds = np.searchsorted(inter.users[vis], np.arange(inter.n_users + 1))
@@ -76,7 +76,7 @@ def own_inputs(
             if prof is None:
                 prof = profiles[item] = new_profile(when)
             update_profile(prof, _TYPE_NAME[t], float(_WEIGHT_OF_TYPE[t]), when)
-        tail = max(len(items) - max_seq_len, 0)
+        tail = max(len(items) - SEQ_WINDOW, 0)
         out.append(state_inputs(profiles, zip(items[tail:], types[tail:], ts[tail:]), r.tolist()))
     return out
 
@@ -126,7 +126,7 @@ def case_repeat_features(
     """Per case: ``schemas.repeat.repeat_features`` of its candidate ``rows`` (what the worker
     computes), the items' repeat rates from ``rates``."""
     vecs = item_vecs if item_vecs is not None else np.zeros((points.pop_table.shape[1], 1), np.float32)
-    inputs = own_inputs(inter, visible, as_of, points.seq_items.shape[1], rows)
+    inputs = own_inputs(inter, visible, as_of, rows)
     out = []
     for p, r in enumerate(rows):
         feats = points.features(np.array([p]), vecs, r)[0] if len(r) else np.zeros((0, len(FEATURE_NAMES)))

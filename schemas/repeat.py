@@ -15,7 +15,7 @@ features (``REPEAT_FEATURES``):
 * ``log_due`` / ``abs_log_due``: for repeats, log1p(days since) - log1p(interval) and its absolute
   value (a rebuy is due when the elapsed time reaches the user's own interval for the item);
 * ``log_span``: log1p(days between the first and the last touch);
-* ``log_seq_count``: log1p(times the item occurs in the recent sequence);
+* ``log_seq_count``: log1p(times the item occurs in the last ``SEQ_WINDOW`` events);
 * ``last_basket``: the item is among the events at the time of the newest event of the sequence
   (the user's last basket / session moment);
 * ``log_item_repeat_rate``: log of the item's repeat rate over all users (``RepeatRates``: the
@@ -58,6 +58,10 @@ REPEAT_FEATURES: tuple[str, ...] = (
 # Profile entry layout (UserState.items values): [weight sum, last ts, purchases, first ts]. Values
 # written before the first ts existed have three fields: their first ts reads as the last one.
 WEIGHT, LAST, PURCHASES, FIRST = range(4)
+# The sequence features read the user's last SEQ_WINDOW events: a constant, not the worker's
+# STREAMREC_MAX_SEQ_LEN (default 50; a worker keeping fewer events computes them from fewer) nor the
+# ranker's max_seq_len, so a version's weights mean the same on every worker.
+SEQ_WINDOW = 20
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,9 @@ def first_ts(prof: Sequence) -> int:
 
 
 def sequence_stats(seq: Iterable[tuple]) -> tuple[dict, set]:
-    """From the recent sequence ``(item, type, ts)`` (oldest first): occurrences per item, and the
-    items of the newest moment (the events at the newest event's time)."""
-    seq = list(seq)
+    """From the recent sequence ``(item, type, ts)`` (oldest first), its last ``SEQ_WINDOW`` events:
+    occurrences per item, and the items of the newest moment (the events at the newest event's time)."""
+    seq = list(seq)[-SEQ_WINDOW:]
     counts: dict = {}
     for item, _t, _ts in seq:
         counts[item] = counts.get(item, 0) + 1

@@ -43,7 +43,7 @@ ROWS = [
     ("u2", "D", AFTER, "purchase"),  # u2: new
     ("u3", "E", AFTER, "purchase"),  # u3: a rebuy
 ]
-SEQ_LEN = 4  # shorter than u1's history: the sequence features read only the tail
+SEQ_LEN = 4  # the ranker's sequence: shorter than u1's history
 
 
 def worker_state(inter, user: str, upto: int) -> UserState:
@@ -58,7 +58,7 @@ def worker_state(inter, user: str, upto: int) -> UserState:
             inter.item_ids[inter.items[e]],
             int(inter.ts[e]),
             None,
-            max_seq_len=SEQ_LEN,
+            max_seq_len=50,  # the worker's default STREAMREC_MAX_SEQ_LEN
             dedup_window=100,
             half_life_ms=14 * D,
         )
@@ -112,9 +112,10 @@ def test_worker_state_gives_the_offline_features():
             assert x["B"][col["log_purchases"]] == pytest.approx(np.log(3)) and x["B"][col["repeat"]] == 1
             assert x["B"][col["log_interval"]] == pytest.approx(np.log1p(40.0))
             assert x["C"][col["log_purchases"]] == 0 and x["C"][col["log_days_since"]] == pytest.approx(np.log(3))
-            # the sequence holds the last 4 events: A (20 days ago), C, B, D; the last basket is B, D
+            # the sequence features read u1's last 20 events (all 8 here, not the ranker's 4): the last
+            # basket is B, D
             assert [x[i][col["last_basket"]] for i in "ABCD"] == [0, 1, 0, 1]
-            assert x["A"][col["log_seq_count"]] == pytest.approx(np.log(2))
+            assert x["A"][col["log_seq_count"]] == pytest.approx(np.log(4))
             assert x["A"][col["log_item_repeat_rate"]] == pytest.approx(np.log(rates.rates["A"]))
             new_rows = [r for r in cands.rows[c] if inter.item_ids[r] == "E"]
             assert new_rows and not offline[c][list(cands.rows[c]).index(new_rows[0]), 6:].any()  # new to u1
@@ -131,7 +132,7 @@ def test_old_state_without_first_time_still_loads_and_scores():
     col = {n: i for i, n in enumerate(REPEAT_FEATURES)}
     assert x[0, col["log_span"]] == 0 and x[0, col["log_interval"]] == 0  # first time unknown: no interval
     assert x[0, col["log_purchases"]] == pytest.approx(np.log(4))
-    loaded.apply("new", "purchase", "A", BEFORE + D, None, max_seq_len=4, dedup_window=10, half_life_ms=14 * D)
+    loaded.apply("new", "purchase", "A", BEFORE + D, None, max_seq_len=50, dedup_window=10, half_life_ms=14 * D)
     assert loaded.items["A"][:3] == [3 * EVENT_WEIGHTS["purchase"] + 1.0, BEFORE + D, 4]
 
 
@@ -221,11 +222,19 @@ def test_repeat_rates_shrink_to_the_overall_rate():
         ListParams.from_manifest({"list_params": {"rebuy": {"features": ["x"], "weights": [1.0]}}}, 20)
 
 
+def test_sequence_features_read_a_fixed_window():
+    from schemas.repeat import SEQ_WINDOW, sequence_stats
+
+    seq = [("old", 1, 0)] + [("x", 5, t) for t in range(1, SEQ_WINDOW + 1)]
+    counts, basket = sequence_stats(seq)
+    assert counts == {"x": SEQ_WINDOW} and basket == {"x"}  # "old" is outside the window
+
+
 def test_own_inputs_read_only_events_up_to_the_point():
     inter, line, points, cands = setup()
     u1 = inter.user_ids.index("u1")
     first = int(np.flatnonzero(inter.users == u1)[0])
-    got = own_inputs(inter, line.visible, np.array([first]), SEQ_LEN, [np.array([inter.item_ids.index("A")])])[0]
+    got = own_inputs(inter, line.visible, np.array([first]), [np.array([inter.item_ids.index("A")])])[0]
     assert got[0].tolist() == [1.0, BEFORE - 40 * D, 1, BEFORE - 40 * D, 1, 1]
 
 
