@@ -52,6 +52,7 @@ from exporters.modeling import (
 )
 from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
+from exporters.repeat import fit_rebuy
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
 from exporters.served import dense_candidate_scorer, item_neighbours, served_evaluation
 from exporters.stacking import fit_stacker
@@ -363,6 +364,17 @@ def _run(
         make_scorer,
     )
     timings["stacking_fit"] = time.perf_counter() - t1
+    # the rebuy score (the own items' order, exporters.repeat), fitted at training cuts the same way
+    t1 = time.perf_counter()
+    rebuy_fits = fit_rebuy(
+        inter,
+        val,
+        served_vecs,
+        cfg.max_seq_len,
+        cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max())),
+        make_scorer,
+    )
+    timings["rebuy_fit"] = time.perf_counter() - t1
     served = served_evaluation(
         inter,
         val_splits,
@@ -373,15 +385,17 @@ def _run(
         neighbours=neighbours,
         stack=stack_fit.weights if stack_fit else (),
         offline_val_ndcg=fit.best_val_ndcg,
+        rebuy={name: f.weights for name, f in rebuy_fits.items()},
     )
     served_ratio = (
         served.test[protocol][mode].ndcg / ours_offline if (ours_offline := rows[MODEL_NAME][mode].ndcg) > 0 else 0.0
     )
     log.info(
-        "served lists (min_new=%d, knn_weight=%g, stacked %s): %s; served/offline NDCG@10 %.3f",
+        "served lists (min_new=%d, knn_weight=%g, stacked %s, rebuy %s): %s; served/offline NDCG@10 %.3f",
         served.params.min_new,
         served.params.knn_weight,
         bool(served.params.stack),
+        served.rebuy,
         ", ".join(f"{p} {m} {x.ndcg:.4f}" for p, per in served.test.items() for m, x in per.items()),
         served_ratio,
     )
@@ -482,6 +496,7 @@ def _run(
             "stack_fit": None
             if stack_fit is None
             else {"groups": stack_fit.groups, "rows": stack_fit.rows, "loss": stack_fit.loss},
+            "rebuy_fit": {name: {"groups": f.groups, "rows": f.rows, "loss": f.loss} for name, f in rebuy_fits.items()},
         }
         report["other_protocols"] = {
             name: {"cases": len(sp), "test": metrics_json(r)} for name, (sp, r) in other.items()

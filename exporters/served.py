@@ -206,12 +206,14 @@ def served_lists(
     params: ListParams,
     scores: list[np.ndarray] | None = None,
     stack_x: list[np.ndarray] | None = None,
+    rebuy_x: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """The published lists [cases, size] of item rows (-1 = empty slot). ``own`` [cases, items] is
     non-zero on the items the user touched (what the worker's profile holds). ``scores`` (per case,
     per candidate) skips the scorer when they are known (tuning ``min_new`` over one scoring).
     With ``params.stack``: ``stack_x`` (``exporters.stacking.stack_inputs`` of these candidates and
-    scores) gives the stacked score (``schemas.stacking``, the same product the worker computes)."""
+    scores) gives the stacked score (``schemas.stacking``, the same product the worker computes).
+    With ``params.rebuy``: ``rebuy_x`` (``exporters.repeat.case_repeat_features``) orders the own items."""
     n = len(cands.rows)
     if scores is None:
         scores = scorer(np.arange(n), cands.rows)
@@ -225,17 +227,18 @@ def served_lists(
         knn = cands.knn[i] if cands.knn is not None else None
         # with a stacked score: the same product as schemas.stacking, from the precomputed features
         stacked = stack_x[i] @ np.asarray(params.stack, dtype=np.float64) if params.stack else None
-        final = list_scores(scores[i], knn, params, new, stacked=stacked)
+        rx = rebuy_x[i] if rebuy_x is not None and params.rebuy else None
+        final = list_scores(scores[i], knn, params, new, stacked=stacked, rebuy_x=rx)
         picked = rows[assemble(final, new, params)]
         lists[i, : len(picked)] = picked
     return lists
 
 
-def grade(
+def served_ranks(
     lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Interactions, mode: str, k: int = K
-) -> Metrics:
-    """Metrics of served lists for ``split``'s cases: ``list_of_case[c]`` is the row of ``lists``
-    served to case c (-1: no list, a miss). "ex" drops the user's visible items first."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per case, the rank of its target in the first ``k`` items of its list (inf: a miss), and
+    which items the lists' first ``k`` cover (``grade``)."""
     history = history_matrix(inter, split) if mode == "ex" else None
     ranks = np.full(len(split), np.inf)
     covered = np.zeros(inter.n_items, dtype=bool)
@@ -251,6 +254,15 @@ def grade(
         hit = np.flatnonzero(top == split.case_targets[c])
         if len(hit):
             ranks[c] = hit[0] + 1
+    return ranks, covered
+
+
+def grade(
+    lists: np.ndarray, list_of_case: np.ndarray, split: Split, inter: Interactions, mode: str, k: int = K
+) -> Metrics:
+    """Metrics of served lists for ``split``'s cases: ``list_of_case[c]`` is the row of ``lists``
+    served to case c (-1: no list, a miss). "ex" drops the user's visible items first."""
+    ranks, covered = served_ranks(lists, list_of_case, split, inter, mode, k)
     hit = ranks <= k
     n = max(len(ranks), 1)
     return Metrics(
@@ -287,6 +299,8 @@ class ServedReport:
     test: dict[str, dict[str, Metrics]]
     recall: dict[str, float]  # test: share of each protocol's targets among the candidates
     val_recall: dict[str, float] | None = None
+    rebuy_validation: dict[str, dict[str, float]] | None = None  # rebuy variant -> protocol -> NDCG@10
+    rebuy: str | None = None  # the rebuy variant chosen (None: the ranker orders the own items)
 
     def as_dict(self) -> dict:
         return {
@@ -297,6 +311,8 @@ class ServedReport:
             "test": {p: {m: x.as_dict() for m, x in per.items()} for p, per in self.test.items()},
             "candidate_recall": self.recall,
             "validation_candidate_recall": self.val_recall,
+            "rebuy_validation_ndcg@10": self.rebuy_validation,
+            "rebuy": self.rebuy,
         }
 
 
@@ -315,6 +331,8 @@ def _stage(
     grid: list[ListParams],
     neighbours: ItemNeighbours | None = None,
     sources: tuple[str, ...] = SOURCES,
+    rebuy_transform: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+    case_ndcg: dict | None = None,
 ) -> tuple[dict[ListParams, dict[str, dict[str, Metrics]]], dict[str, float]]:
     from exporters.stacking import stack_inputs
 
@@ -322,12 +340,20 @@ def _stage(
     cands = candidate_sets(points, item_vecs, neighbours=neighbours, sources=sources)
     scores = scorer(np.arange(len(cands.rows)), cands.rows)
     stack_x = stack_inputs(points, cands, scores, item_vecs) if any(q.stack for q in grid) else None
+    rebuy_x = served_rebuy_inputs(inter, main, points, cands, scores, item_vecs) if any(q.rebuy for q in grid) else None
+    if rebuy_x is not None and rebuy_transform is not None:  # an offline reference model (exporters.repeat)
+        rebuy_x = rebuy_transform(rebuy_x)
     own = own_items(inter, main)
     index = {p: list_index(main.case_users, main.case_time, sp) for p, sp in splits.items()}
     out = {}
     for params in grid:
-        lists = served_lists(cands, scorer, own, params, scores=scores, stack_x=stack_x)
+        lists = served_lists(cands, scorer, own, params, scores=scores, stack_x=stack_x, rebuy_x=rebuy_x)
         out[params] = {p: {m: grade(lists, index[p], sp, inter, m) for m in sp.modes} for p, sp in splits.items()}
+        if case_ndcg is not None:  # per case NDCG@10 of each protocol's first mode (paired comparisons)
+            case_ndcg[params] = {}
+            for p, sp in splits.items():
+                r, _ = served_ranks(lists, index[p], sp, inter, sp.modes[0])
+                case_ndcg[params][p] = np.where(r <= K, 1.0 / np.log2(r + 1), 0.0)
     recall = {}
     for p, sp in splits.items():
         ok = index[p] >= 0
@@ -337,6 +363,39 @@ def _stage(
             else 0.0
         )
     return out, recall
+
+
+def served_rebuy_inputs(
+    inter: Interactions,
+    split: Split,
+    points: PointSet,
+    cands: CandidateSets,
+    scores: list[np.ndarray],
+    item_vecs: np.ndarray | None,
+    rates=None,
+) -> list[np.ndarray]:
+    """Per case of ``split`` (the points of ``served_points``): ``schemas.repeat.repeat_features`` of
+    its candidates, as the worker computes them when it publishes the list. Item repeat rates:
+    ``rates`` (a version's ``ListParams.rebuy_rates``), by default from the split's fit events
+    (``exporters.repeat.repeat_rates``: what a version trained on them ships)."""
+    from exporters.repeat import case_repeat_features, repeat_rates
+
+    as_of = last_event_before(inter, split.case_users, split.visible)
+    rates = rates if rates is not None else repeat_rates(inter, split.fit)
+    return case_repeat_features(inter, split.visible, as_of, points, cands.rows, scores, item_vecs, rates)
+
+
+REBUY_MIN_Z = 2.0  # a rebuy score ships only when its validation gain is this many standard errors
+
+
+def paired_gain(new: dict[str, np.ndarray], old: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(z, mean) of the per-case NDCG@10 differences ``new - old``, pooled over the protocols'
+    cases (z = mean / standard error; 0 when nothing differs)."""
+    d = np.concatenate([new[p] - old[p] for p in old])
+    if not len(d) or not d.any():
+        return 0.0, 0.0
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return (float(d.mean() / se) if se > 0 else 0.0), float(d.mean())
 
 
 def pick_params(
@@ -363,6 +422,7 @@ def served_evaluation(
     neighbours: tuple[ItemNeighbours, ItemNeighbours] | None = None,
     stack: tuple[float, ...] = (),
     offline_val_ndcg: float | None = None,
+    rebuy: dict[str, tuple[float, ...]] | None = None,
 ) -> ServedReport:
     """Tune the list parameters (``grid``, default ``list_grid()``; the ``knn_weight`` part only
     with ``neighbours``) on the validation lists, grade the test lists with them. ``val`` /
@@ -373,7 +433,12 @@ def served_evaluation(
     stacked score's weights (``exporters.stacking``); the grid is then tried with and without it.
     ``offline_val_ndcg``: the ranker's full-ranking validation NDCG@10 (first protocol, first
     mode); only parameters whose served lists keep ``SERVED_FLOOR`` of it compete (all of them
-    when none does)."""
+    when none does). ``rebuy``: rebuy scores to try (name -> weights, ``exporters.repeat``): each
+    on top of the parameters chosen without; the one with the largest mean per-case gain in
+    validation NDCG@10 (the protocols' cases pooled) ships where that gain is at least
+    ``REBUY_MIN_Z`` standard errors (``paired_gain``; a single validation month is noisy) and the
+    floor holds; the chosen one ships with the item repeat rates of the test split's fit events
+    (``exporters.repeat.repeat_rates``, what the version ships)."""
     grid = grid or list_grid(knn_weight=KNN_WEIGHT_GRID if neighbours is not None else (0.0,))
     if stack:
         grid = grid + [replace(q, stack=tuple(stack)) for q in grid if not q.stack]
@@ -391,8 +456,35 @@ def served_evaluation(
         next(iter(val)),
         SERVED_FLOOR * offline_val_ndcg if offline_val_ndcg else 0.0,
     )
+    rebuy_val, chosen = None, None
+    if rebuy:
+        from exporters.repeat import repeat_rates
+
+        tried = {name: replace(best, rebuy=tuple(w)) for name, w in rebuy.items()}
+        per_case: dict = {}
+        by_rebuy, _ = _stage(
+            inter,
+            val,
+            val_points,
+            item_vecs,
+            make_scorer(val_points),
+            [best, *tried.values()],
+            nb_val,
+            case_ndcg=per_case,
+        )
+        rebuy_val = {name: {p: by_rebuy[q][p][val[p].modes[0]].ndcg for p in val} for name, q in tried.items()}
+        floor = SERVED_FLOOR * offline_val_ndcg if offline_val_ndcg else 0.0
+        first = next(iter(val))
+        gain = 0.0
+        for name, q in tried.items():
+            z, d = paired_gain(per_case[q], per_case[best])
+            rebuy_val[name]["paired_z"] = z
+            if z >= REBUY_MIN_Z and d > gain and rebuy_val[name][first] >= floor:
+                chosen, gain = name, d
+        if chosen is not None:
+            best = replace(tried[chosen], rebuy_rates=repeat_rates(inter, next(iter(test.values())).fit))
     tested, recall = _stage(inter, test, test_points, item_vecs, make_scorer(test_points), [best], nb_test)
-    return ServedReport(best, objective, tested[best], recall, val_recall)
+    return ServedReport(best, objective, tested[best], recall, val_recall, rebuy_val, chosen)
 
 
 @dataclass
@@ -523,7 +615,10 @@ def evaluate_served_replay(
         from exporters.stacking import stack_inputs
 
         stack_x = stack_inputs(points, cands, scores, vecs)
-    offline_lists = served_lists(cands, scorer, own_items(sub, main), params, scores=scores, stack_x=stack_x)
+    rebuy_x = served_rebuy_inputs(sub, main, points, cands, scores, vecs, params.rebuy_rates) if params.rebuy else None
+    offline_lists = served_lists(
+        cands, scorer, own_items(sub, main), params, scores=scores, stack_x=stack_x, rebuy_x=rebuy_x
+    )
 
     def by_user(list_idx: np.ndarray, split: Split) -> np.ndarray:
         row_of_user = {int(u): int(list_idx[c]) for c, u in enumerate(main.case_users)}

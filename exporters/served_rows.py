@@ -6,8 +6,10 @@ its parameters tuned on validation (the job's rule), graded on test.
 Rows: the ranker's score over the candidates without the ``knn`` source (the lists before it);
 with the ``knn`` source, the ranker's score (``knn_weight`` 0); with the validated ``knn_weight``;
 the stacked score (``exporters.stacking``, refitted here with the version's ONNX ranker, the
-job's procedure) — each with its own validated ``min_new``. Also the candidate recall of each
-candidate set. The ranker is the version's fp32 ONNX file. ``--knn-k`` / ``--knn-power``: grade
+job's procedure) — each with its own validated ``min_new``; then each rebuy score
+(``exporters.repeat.REBUY_VARIANTS``, refitted the same way) on top of the last row's validated
+parameters (the job's rule). Also the candidate recall of each candidate set. The ranker is the
+version's fp32 ONNX file. ``--knn-k`` / ``--knn-power``: grade
 other neighbour lists than the shipped ones (``--knn-k 50 --knn-power 1``: the lists before
 ``KNN_POWER``).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from exporters.dataset import load_interactions, make_split
@@ -37,6 +40,7 @@ from schemas.serving import KNN_K, KNN_POWER, ListParams
 def main(argv: list[str] | None = None) -> int:
     from exporters.job import cut_spacing_days
     from exporters.production import OnnxModel
+    from exporters.repeat import fit_rebuy
     from exporters.stacking import fit_stacker
 
     ap = argparse.ArgumentParser(prog="python -m exporters.served_rows", description=__doc__.split("\n\n")[0])
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     fit = fit_stacker(inter, main_val, vecs, model.max_seq_len, step, make_scorer, neighbours=neighbours)
     fit_s = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    rebuy_fits = fit_rebuy(inter, main_val, vecs, model.max_seq_len, step, make_scorer)
+    rebuy_s = time.perf_counter() - t1
     plain = list_grid(knn_weight=(0.0,))
     variants = {
         "ranker, no knn source": (False, plain),
@@ -101,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": {},
     }
+    for name, f in rebuy_fits.items():
+        variants[f"rebuy score: {name}"] = (True, f.weights)  # on top of the row before's choice
+    out["rebuy_fit"] = {
+        name: {"groups": f.groups, "loss": f.loss, "weights": list(f.weights)} for name, f in rebuy_fits.items()
+    }
+    base_row = None
     for name, (with_knn, grid) in variants.items():
+        if name.startswith("rebuy score"):
+            grid = [replace(base_row, rebuy=grid)]
         res = {}
         for stage in ("validation", "test"):
             sp = splits[stage]
@@ -134,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         out["rows"][name] = res
-    print(f"total {time.perf_counter() - t0:.0f} s (stacked score fit {fit_s:.0f} s)")
+        if not name.startswith("rebuy score"):
+            base_row = best
+    print(f"total {time.perf_counter() - t0:.0f} s (stacked score fit {fit_s:.0f} s, rebuy fit {rebuy_s:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

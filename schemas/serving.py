@@ -27,10 +27,13 @@ Two steps, numpy only, no state of their own:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from schemas.repeat import RepeatRates
 
 SOURCES: tuple[str, ...] = ("history", "search", "knn", "covis", "ann", "trending")
 LIST_PARAMS_KEY = "list_params"  # manifest entry: {"size": .., "min_new": .., "knn_weight": ..}
@@ -61,38 +64,50 @@ class ListParams:
     min_new: int = 0
     knn_weight: float = 0.0  # list score = ranker score + knn_weight x item-kNN score
     stack: tuple[float, ...] = ()  # weights of schemas.stacking.STACK_FEATURES; () = the ranker's score as is
+    rebuy: tuple[float, ...] = ()  # weights of schemas.repeat.REPEAT_FEATURES (own items); () = the ranker's order
+    rebuy_rates: "RepeatRates | None" = field(default=None, compare=False, hash=False)  # shipped with ``rebuy``
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, object], size: int) -> "ListParams":
         """The manifest's list parameters; raises ValueError when its stacked score expects other
         features than ``schemas.stacking`` computes."""
+        from schemas.repeat import REPEAT_FEATURES, RepeatRates
         from schemas.stacking import STACK_FEATURES
 
         params = manifest.get(LIST_PARAMS_KEY) or {}
         stack = params.get("stack") or {}  # type: ignore[union-attr]
-        if stack and tuple(stack.get("features", ())) != STACK_FEATURES:
-            raise ValueError(
-                f"list_params.stack expects features {stack.get('features')}, this code computes {list(STACK_FEATURES)}"
-            )
+        rebuy = params.get("rebuy") or {}  # type: ignore[union-attr]
+        for name, entry, ours in (("stack", stack, STACK_FEATURES), ("rebuy", rebuy, REPEAT_FEATURES)):
+            if entry and tuple(entry.get("features", ())) != ours:
+                raise ValueError(
+                    f"list_params.{name} expects features {entry.get('features')}, this code computes {list(ours)}"
+                )
         return cls(
             size=size,
             min_new=min(int(params.get("min_new", 0)), size),  # type: ignore[union-attr]
             knn_weight=float(params.get("knn_weight", 0.0)),  # type: ignore[union-attr]
             stack=tuple(float(w) for w in stack.get("weights", ())),
+            rebuy=tuple(float(w) for w in rebuy.get("weights", ())),
+            rebuy_rates=RepeatRates.from_dict(rebuy.get("item_repeat_rate")),
         )
 
     def as_dict(self) -> dict[str, object]:
+        from schemas.repeat import REPEAT_FEATURES
         from schemas.stacking import STACK_FEATURES
 
         out: dict[str, object] = {"size": self.size, "min_new": self.min_new, "knn_weight": self.knn_weight}
         if self.stack:
             out["stack"] = {"features": list(STACK_FEATURES), "weights": list(self.stack)}
+        if self.rebuy:
+            out["rebuy"] = {"features": list(REPEAT_FEATURES), "weights": list(self.rebuy)}
+            if self.rebuy_rates is not None:
+                out["rebuy"]["item_repeat_rate"] = self.rebuy_rates.as_dict()  # type: ignore[index]
         return out
 
 
 def discovery(params: ListParams) -> bool:
     """Whether new items get their own order (``list_scores``)."""
-    return bool(params.stack) or params.knn_weight != 0.0
+    return bool(params.stack) or bool(params.rebuy) or params.knn_weight != 0.0
 
 
 def list_scores(
@@ -104,6 +119,7 @@ def list_scores(
     src: np.ndarray | None = None,
     profile_items: int = 0,
     stacked: np.ndarray | None = None,
+    rebuy_x: np.ndarray | None = None,
 ) -> np.ndarray:
     """The scores the list is assembled by. Plain (no ``stack``, ``knn_weight`` 0): the ranker's.
     Otherwise rebuys and discovery are ordered apart: the user's own items keep the ranker's
@@ -112,7 +128,9 @@ def list_scores(
     candidates' features ``feats``, sources ``src`` and the user's profile size) plus
     ``knn_weight`` x item-kNN score — and placed below every own item, so they enter the list
     through its ``min_new`` slots or where the user has too few own items. ``stacked``: the
-    stacked score when it is already computed (the offline evaluator's precomputed features)."""
+    stacked score when it is already computed (the offline evaluator's precomputed features).
+    With ``params.rebuy`` the own items are ordered by the rebuy score of ``schemas.repeat`` over
+    ``rebuy_x`` (``repeat_features`` of the candidates) instead of the ranker's score."""
     scores = np.asarray(scores, dtype=np.float64)
     if not discovery(params):
         return scores
@@ -124,6 +142,10 @@ def list_scores(
         disc = stacked if stacked is not None else stacked_scores(params.stack, scores, feats, knn, src, profile_items)
     if knn is not None and params.knn_weight != 0.0:
         disc = disc + params.knn_weight * np.asarray(knn, dtype=np.float64)
+    if params.rebuy and rebuy_x is not None:
+        from schemas.repeat import rebuy_scores
+
+        scores = np.where(new, scores, rebuy_scores(params.rebuy, rebuy_x))
     if not new.any():
         return scores
     floor = float(scores[~new].min()) - 1.0 if (~new).any() else 0.0

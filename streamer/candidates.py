@@ -336,9 +336,9 @@ def gather_batch(
     for r in users:
         st = r.state
         rows = np.fromiter(map(pos.get, st.items, repeat(-1)), dtype=np.int64, count=len(st.items))
-        vals = np.fromiter(chain.from_iterable(st.items.values()), dtype=np.float64, count=3 * len(st.items)).reshape(
-            -1, 3
-        )
+        vals = np.fromiter(
+            chain.from_iterable(v[:3] for v in st.items.values()), dtype=np.float64, count=3 * len(st.items)
+        ).reshape(-1, 3)
         prof_rows.append(rows)
         prof_vals.append(vals)
         recent.append([pos[i] for i, _t, _ts in list(st.seq)[-COVIS_WINDOW:] if i in pos])

@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from schemas import RecItem, Recommendation
+from schemas.repeat import repeat_features, state_inputs
 from schemas.serving import ListParams, assemble, discovery, list_scores, order_with_search
 from streamer.candidates import Candidates
 from streamer.items import ItemIndex
@@ -92,6 +93,17 @@ def reason_for(source: str, evidence, row: int, user: UserState, index: ItemInde
     return "new in the catalog"
 
 
+def rebuy_inputs(
+    user: UserState, cands: Candidates, scores: np.ndarray, index: ItemIndex, params: ListParams, now_ms: int
+) -> np.ndarray:
+    """``schemas.repeat.repeat_features`` of the candidates from the user's state (the rebuy score's
+    input, ``ListParams.rebuy``); ``now_ms``: the time the candidates' features were computed at."""
+    ids = [index.ids[int(r)] for r in cands.rows]
+    inputs = state_inputs(user.items, user.seq, ids)
+    rate = params.rebuy_rates.lookup(ids) if params.rebuy_rates is not None else None
+    return repeat_features(scores, cands.feats, inputs, now_ms, rate)
+
+
 def build_list(
     user_id: str,
     user: UserState,
@@ -121,7 +133,8 @@ def build_list(
                 (index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows)
             )
         )
-    scores = list_scores(scores, cands.knn, params, new, cands.feats, cands.src, len(user.items))
+    rebuy_x = rebuy_inputs(user, cands, scores, index, params, max(event_ts, user.emb_ts)) if params.rebuy else None
+    scores = list_scores(scores, cands.knn, params, new, cands.feats, cands.src, len(user.items), rebuy_x=rebuy_x)
     assembled = assemble(scores, new, params)
     order, final = order_with_search(scores, cands.query_sim, assembled, params.size, search_slots)
     items = []

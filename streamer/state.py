@@ -3,8 +3,10 @@
 A user's state holds:
 
 * ``seq``: the bounded recent interaction sequence ``(item_id, type, ts)``, fed to the ranker;
-* ``items``: the personal profile ``item_id -> [weight sum, last ts]`` (repeat purchases matter
-  in wholesale data: a user's own counts are the strongest single signal);
+* ``items``: the personal profile ``item_id -> [weight sum, last ts, purchases, first ts]``
+  (``schemas.repeat.update_profile``; repeat purchases matter in wholesale data: a user's own
+  counts are the strongest single signal; a value written before ``first ts`` existed has three
+  fields and still loads: ``schemas.repeat.first_ts`` reads its last ts);
 * ``emb``: a running user embedding, the event-type weighted, time-decayed sum of item vectors.
   Decay is applied in *event time* relative to ``emb_ts``, which makes the sum commutative: the
   same set of events gives the same embedding whatever order they arrive in;
@@ -35,6 +37,7 @@ import numpy as np
 import orjson
 
 from schemas.ranking import EVENT_TYPE_IDS, EVENT_WEIGHTS
+from schemas.repeat import new_profile, update_profile
 
 MAX_PROFILE_ITEMS = 1000
 
@@ -51,7 +54,7 @@ class UserState:
     emb: np.ndarray | None = None
     emb_ts: int = 0
     seq: deque = field(default_factory=deque)  # of (item_id, type_id, ts)
-    items: dict[str, list] = field(default_factory=dict)  # item_id -> [weight, last_ts, purchases]
+    items: dict[str, list] = field(default_factory=dict)  # item_id -> [weight, last_ts, purchases, first_ts]
     seen: deque = field(default_factory=deque)
     seen_set: set = field(default_factory=set)
     last_query: str | None = None
@@ -97,15 +100,10 @@ class UserState:
         if item_id is not None:
             prof = self.items.get(item_id)
             if prof is None:
-                prof = self.items[item_id] = [0.0, ts, 0]
+                prof = self.items[item_id] = new_profile(ts)
                 if len(self.items) > MAX_PROFILE_ITEMS:
                     self._evict_profile()
-            prof[0] += weight
-            prof[1] = max(prof[1], ts)
-            if etype == "purchase":
-                prof[2] += 1
-            elif etype == "cancel":
-                prof[2] = max(prof[2] - 1, 0)
+            update_profile(prof, etype, weight, ts)  # schemas.repeat: the rebuy score reads it
             self.seq.append((item_id, EVENT_TYPE_IDS[etype], ts))
             while len(self.seq) > max_seq_len:
                 self.seq.popleft()
@@ -135,7 +133,7 @@ class UserState:
         self.emb = None
         self.emb_ts = 0
         self.dim = dim
-        for item_id, (weight, last_ts, _bought) in sorted(self.items.items(), key=lambda kv: kv[1][1]):
+        for item_id, (weight, last_ts, *_rest) in sorted(self.items.items(), key=lambda kv: kv[1][1]):
             vec = vectors.get(item_id)
             if vec is not None and weight > 0:
                 self._add_to_embedding(vec, weight, last_ts, half_life_ms)
@@ -208,7 +206,7 @@ class UserState:
         """Comparable summary used to prove crash-and-redeliver == clean single pass."""
         return {
             "seq": list(self.seq),
-            "items": {k: [round(v[0], 6), v[1], v[2]] for k, v in sorted(self.items.items())},
+            "items": {k: [round(v[0], 6), *v[1:]] for k, v in sorted(self.items.items())},
             "emb": None if self.emb is None else np.round(self.emb, 4).tolist(),
             "n": self.events_applied,
         }

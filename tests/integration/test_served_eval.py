@@ -5,14 +5,17 @@ quantised per call, so its scores move with the batch's other rows)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from devtools import served_replay
-from exporters.dataset import build_interactions
+from exporters.dataset import build_interactions, make_split
 from exporters.job import run
+from exporters.repeat import repeat_rates
 from exporters.served import evaluate_served_replay
+from schemas.repeat import REPEAT_FEATURES
 from schemas.serving import ListParams
 from schemas.stacking import STACK_FEATURES
 from tests.unit.exporters.test_retrain_job import config, shop
@@ -20,7 +23,7 @@ from tests.unit.exporters.test_retrain_job import config, shop
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("list_params", ["as trained", "stacked"])
+@pytest.mark.parametrize("list_params", ["as trained", "stacked", "stacked + rebuy"])
 def test_served_metrics_equal_offline_on_a_small_replay(stack, tmp_path, list_params) -> None:
     data = shop()
     cfg = config(tmp_path / "models", publish=False)
@@ -28,9 +31,13 @@ def test_served_metrics_equal_offline_on_a_small_replay(stack, tmp_path, list_pa
     inter = build_interactions(data, cfg.split)
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["item_neighbours"]["files"]  # the knn source's lists ship with every version
-    if list_params == "stacked":  # the worker's stacked-score and knn-blend path, whatever validation chose
+    if list_params != "as trained":  # the worker's stacked-score and knn-blend path, whatever validation chose
         rng = np.random.default_rng(0)
-        manifest["list_params"] = ListParams(20, 5, 0.3, tuple(rng.uniform(-1, 1, len(STACK_FEATURES)))).as_dict()
+        params = ListParams(20, 5, 0.3, tuple(rng.uniform(-1, 1, len(STACK_FEATURES))))
+        if list_params == "stacked + rebuy":  # and the rebuy score over the worker's state, with the item rates
+            rates = repeat_rates(inter, make_split(inter, "next-item", "test").fit)
+            params = replace(params, rebuy=tuple(rng.uniform(-1, 1, len(REPEAT_FEATURES))), rebuy_rates=rates)
+        manifest["list_params"] = params.as_dict()
         (version / "manifest.json").write_text(json.dumps(manifest))
 
     def replay(events, model_root, out, **kw):
