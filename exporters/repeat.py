@@ -25,11 +25,11 @@ from typing import Callable
 
 import numpy as np
 
-from exporters.dataset import Interactions, Split, cut_targets, last_event_before
+from exporters.dataset import Interactions, Split
 from exporters.features import _WEIGHT_OF_TYPE, PointSet, build_points
 from exporters.served import CandidateScorer
-from exporters.stacking import StackFit, fit_listwise
-from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES
+from exporters.stacking import StackFit, fit_listwise, training_cuts
+from schemas.ranking import EVENT_TYPE_IDS, FEATURE_NAMES
 from schemas.repeat import (
     REPEAT_FEATURES,
     SEQ_WINDOW,
@@ -146,18 +146,8 @@ def training_groups(
     quota: CandidateQuota = CandidateQuota(),
 ) -> list[tuple[np.ndarray, int]]:
     """The labelled own-item groups at the last ``cuts`` training cuts (module docstring)."""
-    val_cut = int(val.case_time.max())
-    step = int(step_days * DAY_MS)
     groups: list[tuple[np.ndarray, int]] = []
-    for c in [val_cut - step * i for i in range(cuts, 0, -1)]:
-        before = inter.ts < c
-        if not before.any():
-            continue
-        tgt = cut_targets(inter, "next-item", int(c), val_cut)
-        if not len(tgt):
-            continue
-        users = inter.users[tgt]
-        as_of = last_event_before(inter, users, before)
+    for before, tgt, _users, as_of in training_cuts(inter, val, step_days, cuts, "next-item"):
         pts = build_points(inter, before, before, as_of, max_seq_len, upto_event=True)
         rows = own_rows(pts, quota.history)
         target = inter.items[tgt]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from scipy.optimize import minimize
@@ -98,6 +98,26 @@ def fit_listwise(groups: list[tuple[np.ndarray, int]], l2: float = L2) -> StackF
     return StackFit(tuple(float(v) for v in res.x / std), len(groups), len(x), float(res.fun))
 
 
+def training_cuts(
+    inter: Interactions, val: Split, step_days: float, cuts: int, question: str
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The last ``cuts`` training cuts before the validation cut, ``step_days`` apart, oldest
+    first: per cut with events before it and ``question`` targets after it, (the mask of the
+    events before the cut, the target events up to the validation cut, their users, each user's
+    last event before the cut). Shared by the stacked score and the rebuy score."""
+    val_cut = int(val.case_time.max())
+    step = int(step_days * DAY_MS)
+    for c in [val_cut - step * i for i in range(cuts, 0, -1)]:
+        before = inter.ts < c
+        if not before.any():
+            continue
+        tgt = cut_targets(inter, question, int(c), val_cut)
+        if not len(tgt):
+            continue
+        users = inter.users[tgt]
+        yield before, tgt, users, last_event_before(inter, users, before)
+
+
 def training_groups(
     inter: Interactions,
     val: Split,
@@ -110,18 +130,9 @@ def training_groups(
 ) -> list[tuple[np.ndarray, int]]:
     """The labelled candidate groups at the last ``cuts`` training cuts (module docstring);
     ``neighbours(inter, events)``: the knn source's lists from the events before a cut."""
-    val_cut = int(val.case_time.max())
-    step = int(step_days * DAY_MS)
     groups: list[tuple[np.ndarray, int]] = []
-    for c in [val_cut - step * i for i in range(cuts, 0, -1)]:
-        before = inter.ts < c
-        if not before.any():
-            continue
-        tgt = cut_targets(inter, "next-new", int(c), val_cut)
-        if not len(tgt):
-            continue
-        users = inter.users[tgt]
-        pts = build_points(inter, before, before, last_event_before(inter, users, before), max_seq_len, upto_event=True)
+    for before, tgt, users, as_of in training_cuts(inter, val, step_days, cuts, "next-new"):
+        pts = build_points(inter, before, before, as_of, max_seq_len, upto_event=True)
         cands = candidate_sets(pts, item_vecs, neighbours=neighbours(inter, before))
         ranker = make_scorer(pts)(np.arange(len(pts)), cands.rows)
         xs = stack_inputs(pts, cands, ranker, item_vecs)
