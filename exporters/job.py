@@ -354,26 +354,13 @@ def _run(
     make_scorer = lambda pts: dense_candidate_scorer(model_scorer(step, pts, device))  # noqa: E731
     # the stacked list score (ranker score + repeat/discovery features), fitted on the worker's
     # candidates at the last training cuts; served only where it wins on validation
+    cut_step = cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max()))
     t1 = time.perf_counter()
-    stack_fit = fit_stacker(
-        inter,
-        val,
-        served_vecs,
-        cfg.max_seq_len,
-        cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max())),
-        make_scorer,
-    )
+    stack_fit = fit_stacker(inter, val, served_vecs, cfg.max_seq_len, cut_step, make_scorer)
     timings["stacking_fit"] = time.perf_counter() - t1
     # the rebuy score (the own items' order, exporters.repeat), fitted at training cuts the same way
     t1 = time.perf_counter()
-    rebuy_fits = fit_rebuy(
-        inter,
-        val,
-        served_vecs,
-        cfg.max_seq_len,
-        cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max())),
-        make_scorer,
-    )
+    rebuy_fits = fit_rebuy(inter, val, served_vecs, cfg.max_seq_len, cut_step, make_scorer)
     timings["rebuy_fit"] = time.perf_counter() - t1
     served = served_evaluation(
         inter,

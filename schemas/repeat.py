@@ -56,8 +56,9 @@ REPEAT_FEATURES: tuple[str, ...] = (
     "log_item_repeat_rate",
 )
 # Profile entry layout (UserState.items values): [weight sum, last ts, purchases, first ts]. Values
-# written before the first ts existed have three fields: their first ts reads as the last one.
+# written before the first ts existed have three fields: ``upgrade_profiles`` fills it as they load.
 WEIGHT, LAST, PURCHASES, FIRST = range(4)
+PROFILE_FIELDS = 4
 # The sequence features read the user's last SEQ_WINDOW events: a constant, not the worker's
 # STREAMREC_MAX_SEQ_LEN (default 50; a worker keeping fewer events computes them from fewer) nor the
 # ranker's max_seq_len, so a version's weights mean the same on every worker.
@@ -98,12 +99,23 @@ def update_profile(prof: list, etype: str, weight: float, ts: int) -> None:
         prof[PURCHASES] += 1
     elif etype == "cancel":
         prof[PURCHASES] = max(prof[PURCHASES] - 1, 0)
-    if len(prof) > FIRST:
-        prof[FIRST] = min(prof[FIRST], ts)
+    prof[FIRST] = min(prof[FIRST], ts)
+
+
+def upgrade_profiles(items: dict[str, list]) -> dict[str, list]:
+    """``items`` as loaded, every entry with four fields (``streamer.state.UserState.from_bytes``).
+    A value is written whole, so its entries share one layout: one look at the first tells. Entries
+    written before the first time was kept have three: their last time stands in for the first
+    (in place)."""
+    first = next(iter(items.values()), None)
+    if first is not None and len(first) < PROFILE_FIELDS:
+        for prof in items.values():
+            prof.append(prof[LAST])
+    return items
 
 
 def first_ts(prof: Sequence) -> int:
-    return int(prof[FIRST]) if len(prof) > FIRST else int(prof[LAST])
+    return int(prof[FIRST])
 
 
 def sequence_stats(seq: Iterable[tuple]) -> tuple[dict, set]:

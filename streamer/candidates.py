@@ -43,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 from schemas.ranking import COVIS_WINDOW, candidate_features
+from schemas.repeat import PROFILE_FIELDS
 from schemas.serving import SOURCES, CandidateQuota
 from streamer.items import ItemIndex
 from streamer.state import UserState
@@ -337,8 +338,8 @@ def gather_batch(
         st = r.state
         rows = np.fromiter(map(pos.get, st.items, repeat(-1)), dtype=np.int64, count=len(st.items))
         vals = np.fromiter(
-            chain.from_iterable(v[:3] for v in st.items.values()), dtype=np.float64, count=3 * len(st.items)
-        ).reshape(-1, 3)
+            chain.from_iterable(st.items.values()), dtype=np.float64, count=PROFILE_FIELDS * len(st.items)
+        ).reshape(-1, PROFILE_FIELDS)[:, :3]
         prof_rows.append(rows)
         prof_vals.append(vals)
         recent.append([pos[i] for i, _t, _ts in list(st.seq)[-COVIS_WINDOW:] if i in pos])

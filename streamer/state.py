@@ -6,7 +6,7 @@ A user's state holds:
 * ``items``: the personal profile ``item_id -> [weight sum, last ts, purchases, first ts]``
   (``schemas.repeat.update_profile``; repeat purchases matter in wholesale data: a user's own
   counts are the strongest single signal; a value written before ``first ts`` existed has three
-  fields and still loads: ``schemas.repeat.first_ts`` reads its last ts);
+  fields and is upgraded as it loads: ``schemas.repeat.upgrade_profiles`` sets its first ts to its last);
 * ``emb``: a running user embedding, the event-type weighted, time-decayed sum of item vectors.
   Decay is applied in *event time* relative to ``emb_ts``, which makes the sum commutative: the
   same set of events gives the same embedding whatever order they arrive in;
@@ -37,7 +37,7 @@ import numpy as np
 import orjson
 
 from schemas.ranking import EVENT_TYPE_IDS, EVENT_WEIGHTS
-from schemas.repeat import new_profile, update_profile
+from schemas.repeat import new_profile, update_profile, upgrade_profiles
 
 MAX_PROFILE_ITEMS = 1000
 
@@ -187,7 +187,7 @@ class UserState:
             emb=emb,
             emb_ts=d["et"],
             seq=deque(tuple(x) for x in d["q"]),
-            items=d["i"],
+            items=upgrade_profiles(d["i"]),
             seen=seen,
             seen_set=set(seen),
             last_query=d.get("lq"),
