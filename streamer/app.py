@@ -151,6 +151,9 @@ class Worker:
         # (``faust_compat.install_batch_delivery``), not through a faust agent's per-event stream.
         self.sink = faust_compat.BatchSink(app, capacity=4 * s.max_batch)
         faust_compat.install_batch_delivery(app, events, self.sink)
+        # Every commit waits until the broker acknowledged the changelog writes and the messages
+        # sent for the events it covers (faust's own flush may return before: faust_compat.Deliveries).
+        self.deliveries = faust_compat.install_delivery_guard(app, self._lost_write)
 
         @app.task
         async def on_events() -> None:
@@ -209,7 +212,7 @@ class Worker:
         self.probe.ready = True
 
     async def _send_rec(self, key: bytes, value: bytes) -> None:
-        await self.recs_topic.send(key=key, value=value)
+        self.deliveries.track(await self.recs_topic.send(key=key, value=value))
 
     # ---- the hot path -----------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -266,11 +269,16 @@ class Worker:
         commits nothing: the supervisor restarts the worker, everything after the last commit is
         redelivered, and the idempotent state makes the redelivery harmless.
         """
+        self._exit_uncommitted("event batch failed", exc)
+
+    def _lost_write(self, exc: BaseException) -> None:
+        """The producer gave up on a changelog write or a sent message (``faust_compat.Deliveries``):
+        the events it belongs to must not be committed, so end the process as for a failed batch."""
+        self._exit_uncommitted("a produced message was not delivered", exc)
+
+    def _exit_uncommitted(self, what: str, exc: BaseException) -> None:
         log.critical(
-            "event batch failed, exiting (code %d) without committing it: %s: %s",
-            EXIT_BATCH_FAILED,
-            type(exc).__name__,
-            exc,
+            "%s, exiting (code %d) without committing it: %s: %s", what, EXIT_BATCH_FAILED, type(exc).__name__, exc
         )
         self.probe.ready = False
         for handler in logging.getLogger().handlers + log.handlers:
@@ -279,7 +287,8 @@ class Worker:
         os._exit(EXIT_BATCH_FAILED)
 
     async def _send_dead_letter(self, dl: DeadLetter) -> None:
-        await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(bounded_dead_letter(dl)))
+        sent = await self.dlq_topic.send(key=str(dl.offset).encode(), value=encode(bounded_dead_letter(dl)))
+        self.deliveries.track(sent)
 
     # ---- side feeds -----------------------------------------------------------------------
     def _spawn(self, coro_or_task) -> asyncio.Task:

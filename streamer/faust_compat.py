@@ -435,3 +435,76 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
 
 
 _drain_messages.__streamrec__ = True
+
+
+class Deliveries:
+    """Messages handed to the producer whose broker acknowledgement has not arrived yet.
+
+    faust commits offsets after ``app.producer.flush()`` (``Consumer._commit_offsets``), but in
+    0.15 that flush does not wait for everything: its first step, ``ProducerBuffer.flush``, returns
+    as soon as 0.1 s pass without a message leaving faust's buffer (``flush_atmost``'s timeout, hit
+    on a busy event loop), and a message its sender task has taken off the buffer but not yet
+    handed to aiokafka is in neither the buffer nor aiokafka's accumulator. A commit could so pass
+    changelog writes that were still in the process: a SIGKILL then lost them while the offsets of
+    their events were committed (CI, ``test_sigkill_and_restart_equals_clean_run``: three users
+    each lacked 3–4 events, found in no changelog record). Every changelog write (faust's buffer)
+    and every message the worker sends (lists, dead letters) is tracked here until the broker has
+    acknowledged it, and ``wait`` (run by the patched flush, so before every commit) returns only
+    when none is outstanding. A message the producer gave up on is a lost write: ``on_lost`` is
+    called (the worker exits without committing, as for a failed batch)."""
+
+    def __init__(self, on_lost) -> None:
+        self._pending: set = set()
+        self._on_lost = on_lost
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def track(self, fut) -> None:
+        if fut.done():
+            self._settled(fut)
+            return
+        self._pending.add(fut)
+        fut.add_done_callback(self._settled)
+
+    def _settled(self, fut) -> None:
+        self._pending.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            self._on_lost(fut.exception())
+
+    async def wait(self) -> None:
+        """Wait for the messages outstanding now. A commit's offsets are computed before its flush
+        starts, and an event is acked only after all its writes were handed over, so what is sent
+        later belongs to events the commit does not cover (and must not hold it up under load)."""
+        pending = list(self._pending)
+        if pending:
+            await asyncio.wait(pending)
+
+
+def install_delivery_guard(app, on_lost) -> Deliveries:
+    """Make ``app.producer.flush()`` (and so every offset commit) wait for ``Deliveries``; returns
+    the app's tracker, to which the worker adds the messages it sends itself."""
+    from faust.transport.drivers.aiokafka import Producer
+    from faust.transport.producer import ProducerBuffer
+
+    deliveries = app.__dict__["_streamrec_deliveries"] = Deliveries(on_lost)
+    if getattr(ProducerBuffer.put, "__streamrec__", False):
+        return deliveries
+    put, flush = ProducerBuffer.put, Producer.flush
+
+    def guarded_put(self, fut) -> None:
+        tracker = self.app.__dict__.get("_streamrec_deliveries") if self.app is not None else None
+        if tracker is not None:
+            tracker.track(fut)
+        put(self, fut)
+
+    async def guarded_flush(self) -> None:
+        await flush(self)
+        tracker = self.app.__dict__.get("_streamrec_deliveries")
+        if tracker is not None:
+            await tracker.wait()
+
+    guarded_put.__streamrec__ = guarded_flush.__streamrec__ = True
+    guarded_put.__wrapped__, guarded_flush.__wrapped__ = put, flush
+    ProducerBuffer.put, Producer.flush = guarded_put, guarded_flush
+    return deliveries

@@ -9,7 +9,8 @@ and all of the batch's users together: candidates and features as array operatio
 whole batch (``candidates.gather_batch``), one ranker call per chunk of users on the ranker's own
 thread, overlapped with this thread's work (``_rank``).
 A user touched only by redelivered duplicates is re-ranked too, so a list lost in a crash between
-state write and publish is published on redelivery.
+state write and publish is published on redelivery; and their state is written again, so a
+changelog write lost in a crash (the state kept only by the local store) is made on redelivery.
 
 Users' states are written after ranking, together with the list just built for them (its items
 and variant, for attributing later conversions: ``streamer.attribution``); the batch's A/B
@@ -302,6 +303,11 @@ class Pipeline:
                 t.dirty = t.applied = True
                 out.applied += 1
             else:
+                # A redelivered event is already in the state read here, but maybe only in the local
+                # store: a crash can lose the changelog write that carried it (the commit waits for
+                # that write, so its events are redelivered). Writing the state again puts it back in
+                # the changelog, which a restarted or new owner of the partition recovers from.
+                t.dirty = True
                 out.duplicates += 1
         # per-event counters, counted once per batch (``inc`` per event cost ~2 us)
         for outcome, n in (

@@ -86,3 +86,17 @@ async def test_swap_to_another_dimension_rebuilds_user_embeddings(tiny_model_roo
     np.testing.assert_allclose(
         UserState.from_bytes(store.data["u1"]).emb, UserState.from_bytes(fresh.data["u1"]).emb, rtol=1e-5, atol=1e-6
     )
+
+
+async def test_a_redelivered_event_writes_the_user_s_state_again(pipeline):
+    """The state may be only in the local store (a crash lost its changelog write, and the commit
+    waited for that write, so the event comes again): writing it again puts it in the changelog.
+    tests/integration/test_crash_recovery.py is the end-to-end proof."""
+    store = DictStore()
+    first = await pipeline.process([msg(ev(1, "u1", "71053"))], store)
+    state = store.data["u1"]
+    writes = store.writes
+    again = await pipeline.process([msg(ev(1, "u1", "71053"))], store)
+    assert (first.applied, again.applied, again.duplicates) == (1, 0, 1)
+    assert store.writes == writes + 1
+    assert UserState.from_bytes(store.data["u1"]).seen_set == UserState.from_bytes(state).seen_set
