@@ -46,6 +46,7 @@ from schemas.ranking import COVIS_WINDOW, candidate_features
 from schemas.repeat import PROFILE_FIELDS
 from schemas.serving import SOURCES, CandidateQuota
 from streamer.items import ItemIndex
+from streamer.ranking import pad_width
 from streamer.state import UserState
 
 COVIS_MAX_NEIGHBOURS = 200
@@ -255,15 +256,40 @@ class CandidateBatch:
     ev_count: np.ndarray  # float64 [N]
     feats: np.ndarray  # float32 [N, F]
     knn: np.ndarray | None  # float64 [N] item-kNN score, None when the index has no neighbours
-    vecs: np.ndarray  # float32 [N, D] the candidates' item vectors (gathered once, the ranker reuses them)
+    flat_vecs: np.ndarray | None  # float32 [N, D] the candidates' item vectors, or None when gathered padded
     query_sim: np.ndarray  # float32 [N] (0 where the user has no active query)
     queries: list  # [U] the search query behind the ``search`` source, or None
     has_query: np.ndarray  # bool [U]
     trending_evidence: list | None
     own: np.ndarray | None = None  # bool [N]: the item is in its user's profile
+    # float32 [U, W, D]: user u's candidate vectors in [u, :count], zeros after, W = ``pad_width`` of
+    # the largest count: the ranker's input layout, gathered once (``gather_batch(pad_vectors=True)``)
+    padded_vecs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def vecs(self) -> np.ndarray:
+        """float32 [N, D] the candidates' item vectors, flat."""
+        if self.flat_vecs is None:
+            counts = self.counts
+            user = np.repeat(np.arange(len(counts)), counts)
+            self.flat_vecs = self.padded_vecs[user, np.arange(len(user)) - self.offsets[user]]
+        return self.flat_vecs
+
+    def padded(self, values: np.ndarray, width: int | None = None) -> np.ndarray:
+        """Per-candidate ``values`` [N, ...] as [U, width, ...], zeros after each user's count."""
+        counts = self.counts
+        width = pad_width(counts) if width is None else width
+        user = np.repeat(np.arange(len(counts)), counts)
+        out = np.zeros((len(counts), width) + values.shape[1:], dtype=values.dtype)
+        out[user, np.arange(len(user)) - self.offsets[user]] = values
+        return out
 
     def user(self, u: int) -> Candidates:
         a, b = int(self.offsets[u]), int(self.offsets[u + 1])
@@ -318,6 +344,7 @@ def gather_batch(
     trending_rows: np.ndarray | None = None,
     trending_evidence: list | None = None,
     meaningful: Callable[[int], bool] | None = None,
+    pad_vectors: bool = False,
 ) -> CandidateBatch:
     """Candidates for every user of a micro-batch: each source proposes for all users at once (one
     HNSW call per source), ``_merge`` picks per ``source_plan`` with array operations over the
@@ -325,7 +352,9 @@ def gather_batch(
     candidates. ``meaningful(row)`` says whether an item's vector carries meaning (model catalog,
     text or category) rather than being an id-hash placeholder; the ``ann`` source is skipped for a
     user none of whose recent items has one (the neighbours of a random vector are noise: a cold
-    user then gets trending instead), and its "similar to" anchor is always such an item."""
+    user then gets trending instead), and its "similar to" anchor is always such an item.
+    ``pad_vectors``: gather the candidates' vectors straight into the ranker's padded layout
+    (``CandidateBatch.padded_vecs``) instead of flat: one copy of them instead of two."""
     n_users, n = len(users), cfg.n
     plan = source_plan(n)
     n_items = len(index)
@@ -466,17 +495,27 @@ def gather_batch(
     if len(cov_keys):
         hit, at = _lookup(cov_keys, keys)
         cov[hit] = cov_totals[at]
-    cand_vecs = index.vecs[rows]
+    counts = np.diff(offsets)
+    cand_vecs = padded_vecs = None
+    if pad_vectors:  # the ranker's layout: user u's vectors in [u, :count], zeros after
+        width = pad_width(counts)
+        slot = np.zeros((n_users, width), dtype=np.int64)  # item row per slot (padding: row 0, zeroed below)
+        slot[sel_u, np.arange(len(rows)) - offsets[sel_u]] = rows
+        padded_vecs = index.vecs[slot]
+        padded_vecs[np.arange(width) >= counts[:, None]] = 0.0
+    else:
+        cand_vecs = index.vecs[rows]
     sim = np.zeros(len(rows), dtype=np.float32)
     qsim = np.zeros(len(rows), dtype=np.float32)
     for u, r in enumerate(users):  # one matrix-vector product per user (BLAS)
         a, b = offsets[u], offsets[u + 1]
         if a == b:
             continue
+        block = padded_vecs[u, : b - a] if padded_vecs is not None else cand_vecs[a:b]
         if uvecs[u] is not None:
-            sim[a:b] = cand_vecs[a:b] @ uvecs[u]
+            sim[a:b] = block @ uvecs[u]
         if r.query_vec is not None:
-            qsim[a:b] = cand_vecs[a:b] @ r.query_vec
+            qsim[a:b] = block @ r.query_vec
     now = np.asarray([r.now_ms for r in users], dtype=np.int64)[sel_u]
     feats = candidate_features(personal, last, now, cov, index.popularity[rows], sim)
     knn_score = None
@@ -494,18 +533,42 @@ def gather_batch(
         ev_count=ev_count,
         feats=feats,
         knn=knn_score,
-        vecs=cand_vecs,
+        flat_vecs=cand_vecs,
         query_sim=qsim,
         queries=[r.state.last_query for r in users],
         has_query=has_q,
         trending_evidence=trending_evidence,
         own=own,
+        padded_vecs=padded_vecs,
     )
+
+
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of non-negative int64 keys, as one sort of unique keys
+    (each key times ``len(keys)`` plus its position; numpy's vectorised sort, ~5x faster than
+    the stable one here) where that cannot overflow."""
+    n = len(keys)
+    if n < 2 or int(keys.max()) >= (1 << 62) // n or int(keys.min()) < 0:
+        return np.argsort(keys, kind="stable")
+    return np.argsort(keys * n + np.arange(n, dtype=np.int64))
+
+
+def _rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """``np.lexsort((tie, -score, groups))``: by group (non-negative ints), then score descending,
+    then ``tie`` (distinct non-negative ints) ascending; one sort of a composite int key."""
+    n = len(groups)
+    if n < 2:
+        return np.lexsort((tie, -score, groups))
+    levels, dense = np.unique(-score, return_inverse=True)  # equal scores share a level
+    tie_base = int(tie.max()) + 1
+    if int(groups.max()) + 1 >= (1 << 62) // (len(levels) * tie_base) or int(tie.min()) < 0:
+        return np.lexsort((tie, -score, groups))
+    return np.argsort((groups * len(levels) + dense) * tie_base + tie)
 
 
 def _lookup(sorted_or_not: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of ``keys`` found in ``sorted_or_not`` (unique keys): (mask over keys, index)."""
-    order = np.argsort(sorted_or_not, kind="stable")
+    order = stable_argsort(sorted_or_not)
     ref = sorted_or_not[order]
     i = np.minimum(np.searchsorted(ref, keys), len(ref) - 1)
     hit = ref[i] == keys
@@ -541,17 +604,23 @@ def _covis_batch(covis: CoVisitation, recent: list[list[int]], k: int, key_base:
     anc = np.repeat(np.asarray(anchors_used, np.int64), lens)
     # position in ``keys`` = global appearance order (users in order, anchors in order): a stable
     # sort by key keeps it as the tie-break
-    order = np.argsort(keys, kind="stable")
+    order = stable_argsort(keys)
     ks = keys[order]
-    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    vs = vals[order]
+    head = np.empty(size, dtype=bool)  # first entry of each key
+    head[0] = True
+    np.not_equal(ks[1:], ks[:-1], out=head[1:])
+    starts = np.flatnonzero(head)
     ukeys = ks[starts]
-    totals = np.add.reduceat(vals[order], starts)
+    totals = np.add.reduceat(vs, starts)
     first = order[starts]
-    by_count = np.argsort(-vals, kind="stable")  # per key: largest count, then first seen
-    by_best = by_count[np.argsort(keys[by_count], kind="stable")]
-    best = by_best[np.flatnonzero(np.r_[True, keys[by_best][1:] != keys[by_best][:-1]])]
+    # per key: the entry with the largest count, the first seen among equal ones (entries of a key
+    # are in appearance order within ``order``)
+    seg = np.cumsum(head) - 1
+    top = np.flatnonzero(vs == np.maximum.reduceat(vs, starts)[seg])
+    best = order[top[np.r_[True, seg[top[1:]] != seg[top[:-1]]]]]
     users = ukeys // key_base
-    rank = np.lexsort((first, -totals, users))
+    rank = _rank_in_groups(users, totals, first)
     u_sorted = users[rank]
     ustart = np.searchsorted(u_sorted, np.arange(n_users))
     pos_in_user = np.arange(len(rank)) - ustart[u_sorted]
@@ -584,9 +653,10 @@ def _merge(blocks, limits: list[int], n: int, key_base: int):
             new &= ref[np.minimum(np.searchsorted(ref, keys), len(ref) - 1)] != keys
         # first occurrence within the source
         flat = np.where(new, keys, -1).ravel()
-        _, first = np.unique(flat, return_index=True)
+        order = stable_argsort(flat + 1)
+        sorted_flat = flat[order]
         firsts = np.zeros(flat.shape, dtype=bool)
-        firsts[first] = True
+        firsts[order[np.r_[True, sorted_flat[1:] != sorted_flat[:-1]]]] = True
         new &= firsts.reshape(props.shape)
         allowed = np.minimum(limit, np.maximum(n - total, 0))
         take = new & (np.cumsum(new, axis=1) <= allowed[:, None])

@@ -53,7 +53,7 @@ from streamer.ingest import Pseudonymizer, RawMessage, parse_event
 from streamer.items import ItemIndex, item_text
 from streamer.lists import build_list
 from streamer.model import ModelBundle, ServedVersion, cached_query_vectors
-from streamer.ranking import CandidateScorer, OnnxRanker
+from streamer.ranking import CandidateScorer, OnnxRanker, pad_width
 from streamer.settings import Settings
 from streamer.state import UserState
 from streamer.variants import Split, arm_version, variant_for
@@ -441,20 +441,30 @@ class Pipeline:
                 trending_rows=trending,
                 trending_evidence=trending_evidence,
                 meaningful=self._meaningful,
+                pad_vectors=any(use_ranker[i] for i in part),
             )
             off = batch.offsets
             rankable = [k for k, i in enumerate(part) if use_ranker[i] and off[k + 1] > off[k]]
             pending = None
             if rankable:
                 seqs = [self._seq_rows(ts[part[k]].state) for k in rankable]
+                # the ranker's padded input, gathered by ``gather_batch``: a view when every user
+                # of the chunk is ranked, else their rows at the width their own counts need
+                counts = batch.counts[rankable]
+                width = pad_width(counts)
+                c_vecs, c_feats = batch.padded_vecs, batch.padded(batch.feats, batch.padded_vecs.shape[1])
+                if len(rankable) < len(part) or width < c_vecs.shape[1]:
+                    c_vecs = np.ascontiguousarray(c_vecs[rankable, :width])
+                    c_feats = np.ascontiguousarray(c_feats[rankable, :width])
                 pending = loop.run_in_executor(
                     self._ranker_thread,
-                    space.ranker.score_rows,
+                    space.ranker.score_padded,
                     index.vecs,
                     [r for r, _ in seqs],
                     [t for _, t in seqs],
-                    [batch.vecs[off[k] : off[k + 1]] for k in rankable],
-                    [batch.feats[off[k] : off[k + 1]] for k in rankable],
+                    c_vecs,
+                    c_feats,
+                    counts,
                 )
             work.append((part, batch, rankable, pending))
         recs: dict[int, Recommendation] = {}
