@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Callable
 
 import numpy as np
@@ -60,21 +61,30 @@ class CoVisitation:
 
     def update(self, recent_rows: list[int], row: int) -> None:
         counts = self.counts
+        mine = None
         for other in set(recent_rows):
             if other == row:
                 continue
             nb = counts[other]  # (other, row), then (row, other)
-            nb[row] = nb.get(row, 0.0) + 1.0
-            if len(nb) > COVIS_MAX_NEIGHBOURS:
-                self._prune(nb)
-            nb = counts[row]
-            nb[other] = nb.get(other, 0.0) + 1.0
-            if len(nb) > COVIS_MAX_NEIGHBOURS:
-                self._prune(nb)
+            if row in nb:
+                nb[row] += 1.0
+            else:
+                nb[row] = 1.0
+                if len(nb) > COVIS_MAX_NEIGHBOURS:
+                    self._prune(nb)
+            if mine is None:
+                mine = counts[row]
+            if other in mine:
+                mine[other] += 1.0
+            else:
+                mine[other] = 1.0
+                if len(mine) > COVIS_MAX_NEIGHBOURS:
+                    self._prune(mine)
 
     @staticmethod
     def _prune(nb: dict[int, float]) -> None:
-        keep = sorted(nb.items(), key=lambda kv: -kv[1])[: COVIS_MAX_NEIGHBOURS // 2]
+        """Keep the ``COVIS_MAX_NEIGHBOURS // 2`` largest counts (ties: the earlier inserted), in that order."""
+        keep = sorted(nb.items(), key=itemgetter(1), reverse=True)[: COVIS_MAX_NEIGHBOURS // 2]  # stable
         nb.clear()
         nb.update(keep)
 
@@ -553,7 +563,7 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     return np.argsort(keys * n + np.arange(n, dtype=np.int64))
 
 
-def _rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
+def rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
     """``np.lexsort((tie, -score, groups))``: by group (non-negative ints), then score descending,
     then ``tie`` (distinct non-negative ints) ascending; one sort of a composite int key."""
     n = len(groups)
@@ -620,7 +630,7 @@ def _covis_batch(covis: CoVisitation, recent: list[list[int]], k: int, key_base:
     top = np.flatnonzero(vs == np.maximum.reduceat(vs, starts)[seg])
     best = order[top[np.r_[True, seg[top[1:]] != seg[top[:-1]]]]]
     users = ukeys // key_base
-    rank = _rank_in_groups(users, totals, first)
+    rank = rank_in_groups(users, totals, first)
     u_sorted = users[rank]
     ustart = np.searchsorted(u_sorted, np.arange(n_users))
     pos_in_user = np.arange(len(rank)) - ustart[u_sorted]

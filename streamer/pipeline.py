@@ -51,7 +51,7 @@ from streamer.attribution import Stats, attribute, record_list
 from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, UserRequest, gather_batch
 from streamer.ingest import Pseudonymizer, RawMessage, parse_event
 from streamer.items import ItemIndex, item_text
-from streamer.lists import build_list
+from streamer.lists import build_lists
 from streamer.model import ModelBundle, ServedVersion, cached_query_vectors
 from streamer.ranking import CandidateScorer, OnnxRanker, pad_width
 from streamer.settings import Settings
@@ -394,7 +394,7 @@ class Pipeline:
     async def _rank_group(self, touched: dict[str, _Touched], space, trending=None) -> list[Recommendation]:
         """Lists for ``touched`` users of one version (``space``: the Pipeline or a ServedVersion).
         Candidates for many users at once (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
-        one feature blend for the ``control`` arm, then one list per user (``lists.build_list``).
+        one feature blend for the ``control`` arm, then the lists of every user at once (``lists.build_lists``).
 
         A batch of at least ``2 * RANK_CHUNK`` users goes in two chunks so the ranker (onnxruntime,
         its own thread, no GIL) scores the first while this thread gathers the second's candidates,
@@ -479,22 +479,22 @@ class Pipeline:
             if pending is not None:
                 for k, sc in zip(rankable, await pending):
                     scores[k] = sc
-            for k, i in enumerate(part):
-                t = ts[i]
-                version = space.bundle.version if use_ranker[i] else f"{self.bundle.version}+control"
-                recs[i] = build_list(
-                    users[i],
-                    t.state,
-                    batch.user(k),
-                    scores[k],
-                    index,
-                    params=space.list_params,
-                    model_version=version,
-                    variant=variants[i],
-                    event_id=t.last_event.event_id,
-                    event_ts=t.last_event.ts,
-                    search_slots=self.search_slots(intents[i]),
-                )
+            built = build_lists(
+                [users[i] for i in part],
+                [ts[i].state for i in part],
+                batch,
+                scores,
+                index,
+                params=space.list_params,
+                model_versions=[
+                    space.bundle.version if use_ranker[i] else f"{self.bundle.version}+control" for i in part
+                ],
+                variants=[variants[i] for i in part],
+                event_ids=[ts[i].last_event.event_id for i in part],
+                event_ts=[ts[i].last_event.ts for i in part],
+                search_slots=[self.search_slots(intents[i]) for i in part],
+            )
+            recs.update(zip(part, built))
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]
 
