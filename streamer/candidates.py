@@ -60,26 +60,24 @@ class CoVisitation:
         self.counts: dict[int, dict[int, float]] = defaultdict(dict)
 
     def update(self, recent_rows: list[int], row: int) -> None:
-        counts = self.counts
+        counts, add = self.counts, self._add
         mine = None
         for other in set(recent_rows):
             if other == row:
                 continue
-            nb = counts[other]  # (other, row), then (row, other)
-            if row in nb:
-                nb[row] += 1.0
-            else:
-                nb[row] = 1.0
-                if len(nb) > COVIS_MAX_NEIGHBOURS:
-                    self._prune(nb)
+            add(counts[other], row)  # (other, row), then (row, other)
             if mine is None:
                 mine = counts[row]
-            if other in mine:
-                mine[other] += 1.0
-            else:
-                mine[other] = 1.0
-                if len(mine) > COVIS_MAX_NEIGHBOURS:
-                    self._prune(mine)
+            add(mine, other)
+
+    @classmethod
+    def _add(cls, nb: dict[int, float], key: int) -> None:
+        if key in nb:
+            nb[key] += 1.0
+        else:  # only a new key can take a dict past the cap
+            nb[key] = 1.0
+            if len(nb) > COVIS_MAX_NEIGHBOURS:
+                cls._prune(nb)
 
     @staticmethod
     def _prune(nb: dict[int, float]) -> None:

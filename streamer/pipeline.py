@@ -348,8 +348,9 @@ class Pipeline:
         if item_id is not None:
             row = index.ensure(item_id)
             pos, seq = index.pos, st.seq
-            # the user's last 5 items before this event (a deque: no copy of the whole sequence)
-            recent_rows = [pos[i] for i, _t, _ts in islice(seq, max(len(seq) - 5, 0), None) if i in pos]
+            # the user's last 5 items before this event (read from the newest end of the deque)
+            recent_rows = [pos[i] for i, _t, _ts in islice(reversed(seq), 5) if i in pos]
+            recent_rows.reverse()  # oldest first, as the co-visitation update has always seen them
             if space is not self:
                 space.index.sync()
             vec = space.index.vecs[row]
@@ -447,7 +448,7 @@ class Pipeline:
             rankable = [k for k, i in enumerate(part) if use_ranker[i] and off[k + 1] > off[k]]
             pending = None
             if rankable:
-                seqs = [self._seq_rows(ts[part[k]].state) for k in rankable]
+                seqs = [self._seq_rows(ts[part[k]].state, space.ranker.max_seq_len) for k in rankable]
                 # the ranker's padded input, gathered by ``gather_batch``: a view when every user
                 # of the chunk is ranked, else their rows at the width their own counts need
                 counts = batch.counts[rankable]
@@ -498,11 +499,18 @@ class Pipeline:
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]
 
-    def _seq_rows(self, st: UserState) -> tuple[np.ndarray, np.ndarray]:
-        """Item rows and type ids of the user's sequence (items the index knows), oldest first."""
+    def _seq_rows(self, st: UserState, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Item rows and type ids of the user's sequence (items the index knows), oldest first;
+        only its ``last`` such items when given (all the ranker reads: ``OnnxRanker.max_seq_len``)."""
         pos = self.index.pos
-        seq = [(pos[i], ty) for i, ty, _ts in st.seq if i in pos]
+        seq = []
+        for i, ty, _ts in reversed(st.seq):  # from the newest: no walk over what the ranker does not read
+            if i in pos:
+                seq.append((pos[i], ty))
+                if len(seq) == last:
+                    break
         if not seq:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        seq.reverse()
         arr = np.asarray(seq, dtype=np.int64)
         return arr[:, 0], arr[:, 1]
