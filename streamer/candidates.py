@@ -642,34 +642,43 @@ def _covis_batch(covis: CoVisitation, recent: list[list[int]], k: int, key_base:
 
 def _merge(blocks, limits: list[int], n: int, key_base: int):
     """Pick per ``source_plan`` for all users at once. Returns, over the concatenated proposal
-    columns [U, K]: the user of each entry, its source, its position, and whether it is picked."""
+    columns [U, K]: the user of each entry, its source, its position, and whether it is picked.
+
+    One sort of every entry's (user, row) key up front: each entry's group (its user's item) and
+    whether an earlier entry of its own source proposes the same item; then, source by source, an
+    entry is new when it is valid, first in its source, and no earlier source took its group."""
     n_users = blocks[0][1].shape[0]
     widths = [b[1].shape[1] for b in blocks]
     col_src = np.repeat(np.asarray([b[0] for b in blocks]), widths)
     u_idx = np.repeat(np.arange(n_users, dtype=np.int64)[:, None], sum(widths), axis=1)
     keep = np.zeros((n_users, sum(widths)), dtype=bool)
+    props = np.concatenate([b[1] for b in blocks], axis=1)
+    valid = props >= 0
+    keys = np.where(valid, u_idx * key_base + props, -1).ravel()
+    order = stable_argsort(keys + 1)  # by key, then entry order: (user, source, position)
+    sorted_keys = keys[order]
+    head = np.empty(len(keys), dtype=bool)
+    head[:1] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=head[1:])
+    group = np.empty(len(keys), dtype=np.int64)
+    group[order] = np.cumsum(head) - 1
+    src_of = np.broadcast_to(col_src, props.shape).ravel()
+    repeated = np.zeros(len(keys), dtype=bool)  # an earlier entry of the same source has the item
+    repeated[order[1:]] = ~head[1:] & (src_of[order[1:]] == src_of[order[:-1]])
+    first_valid = (valid.ravel() & ~repeated).reshape(props.shape)
+    group = group.reshape(props.shape)
+    taken = np.zeros(int(group.max(initial=-1)) + 1, dtype=bool)  # per group: picked by an earlier source
     total = np.zeros(n_users, dtype=np.int64)
-    picked = np.zeros(0, dtype=np.int64)
     col = 0
-    for (_src, props, *_ev), limit, w in zip(blocks, limits, widths):
+    for limit, w in zip(limits, widths):
         if w == 0:
             continue
-        keys = np.arange(n_users, dtype=np.int64)[:, None] * key_base + props
-        new = props >= 0
-        if len(picked):
-            ref = np.sort(picked)
-            new &= ref[np.minimum(np.searchsorted(ref, keys), len(ref) - 1)] != keys
-        # first occurrence within the source
-        flat = np.where(new, keys, -1).ravel()
-        order = stable_argsort(flat + 1)
-        sorted_flat = flat[order]
-        firsts = np.zeros(flat.shape, dtype=bool)
-        firsts[order[np.r_[True, sorted_flat[1:] != sorted_flat[:-1]]]] = True
-        new &= firsts.reshape(props.shape)
+        g = group[:, col : col + w]
+        new = first_valid[:, col : col + w] & ~taken[g]
         allowed = np.minimum(limit, np.maximum(n - total, 0))
         take = new & (np.cumsum(new, axis=1) <= allowed[:, None])
         keep[:, col : col + w] = take
         total += take.sum(axis=1)
-        picked = np.concatenate([picked, keys[take]])
+        taken[g[take]] = True
         col += w
     return u_idx, np.broadcast_to(col_src, keep.shape), None, keep
