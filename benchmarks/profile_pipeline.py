@@ -121,7 +121,7 @@ STAGES = (
     ("state load/save (from_bytes, to_bytes)", ("from_bytes", "to_bytes")),
     ("candidates + features (gather / gather_batch)", ("gather", "gather_batch")),
     ("ranker (event loop waiting on onnxruntime)", ("<method 'poll' of 'select.epoll' objects>",)),
-    ("lists + reasons (build_list)", ("build_list",)),
+    ("lists + reasons (build_list / build_lists)", ("build_list", "build_lists")),
 )
 
 

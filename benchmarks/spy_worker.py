@@ -36,8 +36,8 @@ STAGES = (
     ),
     ("state update per event (Pipeline._apply)", ("Pipeline._apply",)),
     ("candidates + features (gather_batch)", ("gather_batch",)),
-    ("ranker (onnxruntime and its inputs)", ("OnnxRanker.score_rows",)),
-    ("lists (build_list, control scores)", ("build_list", "Pipeline._rank_group")),
+    ("ranker (onnxruntime and its inputs)", ("OnnxRanker.score_rows", "OnnxRanker.score_padded")),
+    ("lists (build_list(s), control scores)", ("build_list", "build_lists", "Pipeline._rank_group")),
     ("Redis writes (Publisher, redis-py)", ("Publisher._write_redis", "Pipeline.execute", "AbstractConnection")),
     (
         "producer: lists + changelog (faust/aiokafka send path)",
@@ -83,6 +83,7 @@ def summarize(path: Path) -> str:
                 "Pipeline._rank",
                 "gather_batch",
                 "build_list",
+                "build_lists",
                 "Pipeline._apply",
                 "parse_event",
                 "UserState.from_bytes",

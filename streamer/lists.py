@@ -16,8 +16,8 @@ import numpy as np
 
 from schemas import RecItem, Recommendation
 from schemas.repeat import repeat_features, state_inputs
-from schemas.serving import ListParams, assemble, discovery, list_scores, order_with_search
-from streamer.candidates import Candidates
+from schemas.serving import SOURCES, ListParams, assemble, discovery, list_scores, order_with_search
+from streamer.candidates import ANN, COVIS, KNN, SEARCH, TRENDING, CandidateBatch, Candidates, rank_in_groups
 from streamer.items import ItemIndex
 from streamer.state import UserState
 
@@ -104,6 +104,71 @@ def rebuy_inputs(
     return repeat_features(scores, cands.feats, inputs, now_ms, rate)
 
 
+def _order(
+    user: UserState,
+    cands: Candidates,
+    scores: np.ndarray,
+    index: ItemIndex,
+    params: ListParams,
+    event_ts: int,
+    search_slots: int,
+) -> tuple[list[int], np.ndarray]:
+    """One user's list as candidate positions, best first, and the published scores by position:
+    ``schemas.serving.list_scores``, ``assemble`` and ``order_with_search``."""
+    new = None  # which candidates the user never touched: only needed when slots are reserved for them
+    if params.min_new > 0 or discovery(params):
+        new = (
+            ~cands.own
+            if cands.own is not None
+            else np.fromiter(
+                (index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows)
+            )
+        )
+    rebuy_x = rebuy_inputs(user, cands, scores, index, params, max(event_ts, user.emb_ts)) if params.rebuy else None
+    scores = list_scores(scores, cands.knn, params, new, cands.feats, cands.src, len(user.items), rebuy_x=rebuy_x)
+    assembled = assemble(scores, new, params)
+    return order_with_search(scores, cands.query_sim, assembled, params.size, search_slots)
+
+
+def _items(
+    user: UserState,
+    index: ItemIndex,
+    rows: list,
+    src: list,
+    ev_row: list,
+    ev_count: list,
+    scores: list,
+    query: str | None,
+    trending_evidence: list | None,
+) -> tuple[RecItem, ...]:
+    """The list's items from the picked candidates' fields, best first (Python lists, one entry per
+    item): the evidence of ``Candidates.evidence`` turned into a reason by ``reason_for``."""
+    ids, titles = index.ids, index.titles
+    items = []
+    for row, s, ev_r, ev_c, score in zip(rows, src, ev_row, ev_count, scores):
+        if s == SEARCH:
+            evidence = query
+        elif s == COVIS:
+            evidence = (ev_r, ev_c)
+        elif s == ANN or s == KNN:
+            evidence = ev_r if ev_r >= 0 else None
+        elif s == TRENDING:
+            evidence = trending_evidence[ev_r] if trending_evidence is not None else None
+        else:
+            evidence = None
+        source = SOURCES[s]
+        items.append(
+            RecItem(
+                item_id=ids[row],
+                score=round(score, 6),
+                reason=reason_for(source, evidence, row, user, index),
+                title=titles[row],
+                source=source,
+            )
+        )
+    return tuple(items)
+
+
 def build_list(
     user_id: str,
     user: UserState,
@@ -123,39 +188,107 @@ def build_list(
     the user never touched; with ``knn_weight`` or ``stack`` the own items keep the ranker's order
     and the new ones follow in the order of their discovery score), then the search pins.
     ``params`` is the serving version's validated mix (``ListParams.from_manifest``), built once
-    per version, not per list."""
-    new = None  # which candidates the user never touched: only needed when slots are reserved for them
-    if params.min_new > 0 or discovery(params):
-        new = (
-            ~cands.own
-            if cands.own is not None
-            else np.fromiter(
-                (index.ids[int(r)] not in user.items for r in cands.rows), dtype=bool, count=len(cands.rows)
-            )
-        )
-    rebuy_x = rebuy_inputs(user, cands, scores, index, params, max(event_ts, user.emb_ts)) if params.rebuy else None
-    scores = list_scores(scores, cands.knn, params, new, cands.feats, cands.src, len(user.items), rebuy_x=rebuy_x)
-    assembled = assemble(scores, new, params)
-    order, final = order_with_search(scores, cands.query_sim, assembled, params.size, search_slots)
-    items = []
-    # Python ints and floats of the picked candidates at once (not a numpy scalar per field)
-    for j, row, score in zip(order, cands.rows[order].tolist(), final[order].tolist()):
-        source = cands.source(j)
-        items.append(
-            RecItem(
-                item_id=index.ids[row],
-                score=round(score, 6),
-                reason=reason_for(source, cands.evidence(j), row, user, index),
-                title=index.titles[row],
-                source=source,
-            )
-        )
+    per version, not per list. ``build_lists`` does the same for every user of a batch."""
+    order, final = _order(user, cands, scores, index, params, event_ts, search_slots)
+    items = _items(
+        user,
+        index,
+        cands.rows[order].tolist(),
+        cands.src[order].tolist(),
+        cands.ev_row[order].tolist(),
+        cands.ev_count[order].tolist(),
+        final[order].tolist(),
+        cands.query,
+        cands.trending_evidence,
+    )
     return Recommendation(
         user_id=user_id,
-        items=tuple(items),
+        items=items,
         model_version=model_version,
         variant=variant,
         event_id=event_id,
         event_ts=event_ts,
         published_ts=int(time.time() * 1000),
     )
+
+
+def build_lists(
+    user_ids: list[str],
+    users: list[UserState],
+    batch: CandidateBatch,
+    scores: list[np.ndarray],
+    index: ItemIndex,
+    *,
+    params: ListParams,
+    model_versions: list[str],
+    variants: list[str],
+    event_ids: list[str],
+    event_ts: list[int],
+    search_slots: list[int],
+) -> list[Recommendation]:
+    """``build_list`` for every user of a ``CandidateBatch`` (user ``k``: ``scores[k]`` over its
+    candidates, and the ``k``-th entry of each list argument), the same lists.
+
+    With plain list parameters (no ``min_new``, no discovery order: ``list_scores`` is the score
+    itself) every user's ``assemble`` — the ``size`` best by score, ties in candidate order — is one
+    sort over the whole batch (by user, score descending, position); otherwise each user goes
+    through ``schemas.serving`` as in ``build_list``. Then the picked candidates' fields are read
+    out of the batch arrays at once, and only the items themselves (reasons) are built one by one."""
+    n_users = len(batch)
+    offsets = batch.offsets
+    counts = batch.counts
+    picks: list[np.ndarray] = []  # per user: picked candidate positions in the batch, best first
+    finals: list[np.ndarray] = []  # per user: published scores by position within the user
+    if params.min_new <= 0 and not discovery(params):
+        flat = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores] + [np.zeros(0)])
+        user_of = np.repeat(np.arange(n_users), counts)
+        ranked = rank_in_groups(user_of, flat, np.arange(len(flat)) - offsets[user_of])
+        first = offsets[:-1]
+        for k in range(n_users):
+            a = int(first[k])
+            top = ranked[a : a + min(params.size, int(counts[k]))]
+            final = flat[a : int(offsets[k + 1])]
+            if search_slots[k] > 0 and batch.has_query[k]:
+                order, final = order_with_search(
+                    final, batch.query_sim[a : int(offsets[k + 1])], (top - a).tolist(), params.size, search_slots[k]
+                )
+                top = np.asarray(order, dtype=np.int64) + a
+            picks.append(top)
+            finals.append(final)
+    else:
+        for k in range(n_users):
+            order, final = _order(users[k], batch.user(k), scores[k], index, params, event_ts[k], search_slots[k])
+            picks.append(np.asarray(order, dtype=np.int64) + int(offsets[k]))
+            finals.append(final)
+    every = np.concatenate(picks + [np.zeros(0, np.int64)])
+    rows, src = batch.rows[every].tolist(), batch.src[every].tolist()
+    ev_row, ev_count = batch.ev_row[every].tolist(), batch.ev_count[every].tolist()
+    published = int(time.time() * 1000)
+    out = []
+    at = 0
+    for k in range(n_users):
+        n = len(picks[k])
+        b = at + n
+        out.append(
+            Recommendation(
+                user_id=user_ids[k],
+                items=_items(
+                    users[k],
+                    index,
+                    rows[at:b],
+                    src[at:b],
+                    ev_row[at:b],
+                    ev_count[at:b],
+                    finals[k][picks[k] - int(offsets[k])].tolist(),
+                    batch.queries[k],
+                    batch.trending_evidence,
+                ),
+                model_version=model_versions[k],
+                variant=variants[k],
+                event_id=event_ids[k],
+                event_ts=event_ts[k],
+                published_ts=published,
+            )
+        )
+        at = b
+    return out

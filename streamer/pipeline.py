@@ -52,9 +52,9 @@ from streamer.attribution import Stats, attribute, record_list
 from streamer.candidates import CandidateConfig, CoVisitation, RecentCounts, UserRequest, gather_batch
 from streamer.ingest import Pseudonymizer, RawMessage, parse_event
 from streamer.items import ItemIndex, item_text
-from streamer.lists import build_list
+from streamer.lists import build_lists
 from streamer.model import ModelBundle, ServedVersion, cached_query_vectors
-from streamer.ranking import CandidateScorer, OnnxRanker
+from streamer.ranking import CandidateScorer, OnnxRanker, pad_width
 from streamer.settings import Settings
 from streamer.state import UserState
 from streamer.variants import Split, arm_version, variant_for
@@ -354,8 +354,9 @@ class Pipeline:
         if item_id is not None:
             row = index.ensure(item_id)
             pos, seq = index.pos, st.seq
-            # the user's last 5 items before this event (a deque: no copy of the whole sequence)
-            recent_rows = [pos[i] for i, _t, _ts in islice(seq, max(len(seq) - 5, 0), None) if i in pos]
+            # the user's last 5 items before this event (read from the newest end of the deque)
+            recent_rows = [pos[i] for i, _t, _ts in islice(reversed(seq), 5) if i in pos]
+            recent_rows.reverse()  # oldest first, as the co-visitation update has always seen them
             if space is not self:
                 space.index.sync()
             vec = space.index.vecs[row]
@@ -400,7 +401,7 @@ class Pipeline:
     async def _rank_group(self, touched: dict[str, _Touched], space, trending=None) -> list[Recommendation]:
         """Lists for ``touched`` users of one version (``space``: the Pipeline or a ServedVersion).
         Candidates for many users at once (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
-        one feature blend for the ``control`` arm, then one list per user (``lists.build_list``).
+        one feature blend for the ``control`` arm, then the lists of every user at once (``lists.build_lists``).
 
         A batch of at least ``2 * RANK_CHUNK`` users goes in two chunks so the ranker (onnxruntime,
         its own thread, no GIL) scores the first while this thread gathers the second's candidates,
@@ -447,20 +448,30 @@ class Pipeline:
                 trending_rows=trending,
                 trending_evidence=trending_evidence,
                 meaningful=self._meaningful,
+                pad_vectors=any(use_ranker[i] for i in part),
             )
             off = batch.offsets
             rankable = [k for k, i in enumerate(part) if use_ranker[i] and off[k + 1] > off[k]]
             pending = None
             if rankable:
-                seqs = [self._seq_rows(ts[part[k]].state) for k in rankable]
+                seqs = [self._seq_rows(ts[part[k]].state, space.ranker.max_seq_len) for k in rankable]
+                # the ranker's padded input, gathered by ``gather_batch``: a view when every user
+                # of the chunk is ranked, else their rows at the width their own counts need
+                counts = batch.counts[rankable]
+                width = pad_width(counts)
+                c_vecs, c_feats = batch.padded_vecs, batch.padded(batch.feats, batch.padded_vecs.shape[1])
+                if len(rankable) < len(part) or width < c_vecs.shape[1]:
+                    c_vecs = np.ascontiguousarray(c_vecs[rankable, :width])
+                    c_feats = np.ascontiguousarray(c_feats[rankable, :width])
                 pending = loop.run_in_executor(
                     self._ranker_thread,
-                    space.ranker.score_rows,
+                    space.ranker.score_padded,
                     index.vecs,
                     [r for r, _ in seqs],
                     [t for _, t in seqs],
-                    [batch.vecs[off[k] : off[k + 1]] for k in rankable],
-                    [batch.feats[off[k] : off[k + 1]] for k in rankable],
+                    c_vecs,
+                    c_feats,
+                    counts,
                 )
             work.append((part, batch, rankable, pending))
         recs: dict[int, Recommendation] = {}
@@ -475,30 +486,37 @@ class Pipeline:
             if pending is not None:
                 for k, sc in zip(rankable, await pending):
                     scores[k] = sc
-            for k, i in enumerate(part):
-                t = ts[i]
-                version = space.bundle.version if use_ranker[i] else f"{self.bundle.version}+control"
-                recs[i] = build_list(
-                    users[i],
-                    t.state,
-                    batch.user(k),
-                    scores[k],
-                    index,
-                    params=space.list_params,
-                    model_version=version,
-                    variant=variants[i],
-                    event_id=t.last_event.event_id,
-                    event_ts=t.last_event.ts,
-                    search_slots=self.search_slots(intents[i]),
-                )
+            built = build_lists(
+                [users[i] for i in part],
+                [ts[i].state for i in part],
+                batch,
+                scores,
+                index,
+                params=space.list_params,
+                model_versions=[
+                    space.bundle.version if use_ranker[i] else f"{self.bundle.version}+control" for i in part
+                ],
+                variants=[variants[i] for i in part],
+                event_ids=[ts[i].last_event.event_id for i in part],
+                event_ts=[ts[i].last_event.ts for i in part],
+                search_slots=[self.search_slots(intents[i]) for i in part],
+            )
+            recs.update(zip(part, built))
         # the ranker arm's lists first, as before
         return [recs[i] for i in range(n) if use_ranker[i]] + [recs[i] for i in range(n) if not use_ranker[i]]
 
-    def _seq_rows(self, st: UserState) -> tuple[np.ndarray, np.ndarray]:
-        """Item rows and type ids of the user's sequence (items the index knows), oldest first."""
+    def _seq_rows(self, st: UserState, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Item rows and type ids of the user's sequence (items the index knows), oldest first;
+        only its ``last`` such items when given (all the ranker reads: ``OnnxRanker.max_seq_len``)."""
         pos = self.index.pos
-        seq = [(pos[i], ty) for i, ty, _ts in st.seq if i in pos]
+        seq = []
+        for i, ty, _ts in reversed(st.seq):  # from the newest: no walk over what the ranker does not read
+            if i in pos:
+                seq.append((pos[i], ty))
+                if len(seq) == last:
+                    break
         if not seq:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        seq.reverse()
         arr = np.asarray(seq, dtype=np.int64)
         return arr[:, 0], arr[:, 1]

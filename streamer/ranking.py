@@ -37,6 +37,11 @@ def _bucket(n: int, step: int = 8) -> int:
     return max(step, -(-n // step) * step)
 
 
+def pad_width(counts) -> int:
+    """The candidate width a batch is padded to: its largest candidate count, bucketed."""
+    return _bucket(int(max(counts, default=0)))
+
+
 class CandidateScorer:
     """The no-ranker scores: a fixed blend of features (control arm, ranking disabled)."""
 
@@ -72,26 +77,47 @@ class OnnxRanker:
         if not cand_vecs:
             return []
         b = len(cand_vecs)
+        counts = [len(r) for r in cand_vecs]
+        c = pad_width(counts)
+        c_vecs = np.zeros((b, c, self.dim), dtype=np.float32)
+        feats = np.zeros((b, c, NUM_FEATURES), dtype=np.float32)
+        for i, k in enumerate(counts):
+            c_vecs[i, :k] = cand_vecs[i]
+            feats[i, :k] = cand_feats[i]
+        return self.score_padded(vecs, seq_rows, seq_types, c_vecs, feats, counts)
+
+    def score_padded(
+        self,
+        vecs: np.ndarray,
+        seq_rows: list[np.ndarray],
+        seq_types: list[np.ndarray],
+        c_vecs: np.ndarray,
+        feats: np.ndarray,
+        counts,
+    ) -> list[np.ndarray]:
+        """``score_rows`` with the candidates already in the padded layout: user i's vectors and
+        features in ``c_vecs[i, :counts[i]]`` [B, W, D] and ``feats[i, :counts[i]]`` [B, W, F],
+        zeros after, W = ``pad_width(counts)`` (``candidates.gather_batch(pad_vectors=True)``
+        gathers them so: no second copy)."""
+        if not len(counts):
+            return []
+        if c_vecs.shape[:2] != (len(counts), pad_width(counts)) or feats.shape[:2] != c_vecs.shape[:2]:
+            raise ValueError(f"padded candidates {c_vecs.shape} / {feats.shape} for counts {list(counts)}")
+        b = len(counts)
         lens = [min(len(t), self.max_seq_len) for t in seq_types]
         l = self._seq_len(lens)
-        c = _bucket(max(len(r) for r in cand_vecs))
         s_rows = np.zeros((b, l), dtype=np.int64)
         s_types = np.zeros((b, l), dtype=np.int64)
         s_mask = np.zeros((b, l), dtype=np.int64)
-        c_vecs = np.zeros((b, c, self.dim), dtype=np.float32)
-        feats = np.zeros((b, c, NUM_FEATURES), dtype=np.float32)
         for i, n in enumerate(lens):
             if n:
                 s_rows[i, :n] = seq_rows[i][-n:]
                 s_types[i, :n] = seq_types[i][-n:]
                 s_mask[i, :n] = 1
-            k = len(cand_vecs[i])
-            c_vecs[i, :k] = cand_vecs[i]
-            feats[i, :k] = cand_feats[i]
         seq_vecs = vecs[s_rows]
         seq_vecs[s_mask == 0] = 0.0
         scores = self.bundle.score(seq_vecs, s_types, s_mask, c_vecs, feats)
-        return [scores[i, : len(r)] for i, r in enumerate(cand_vecs)]
+        return [scores[i, :k] for i, k in enumerate(counts)]
 
     def score(self, requests: list[RankRequest]) -> list[np.ndarray]:
         if not requests:

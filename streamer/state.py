@@ -116,8 +116,9 @@ class UserState:
             self.emb = np.zeros(self.dim, dtype=np.float32)
             self.emb_ts = ts
         if ts >= self.emb_ts:
-            self.emb *= np.float32(math.pow(0.5, (ts - self.emb_ts) / half_life_ms))
-            self.emb_ts = ts
+            if ts > self.emb_ts:  # at the same time the decay is 0.5 ** 0 = 1: nothing to scale
+                self.emb *= np.float32(math.pow(0.5, (ts - self.emb_ts) / half_life_ms))
+                self.emb_ts = ts
             self.emb += np.float32(weight) * vec
         else:
             self.emb += np.float32(weight * math.pow(0.5, (self.emb_ts - ts) / half_life_ms)) * vec
@@ -178,7 +179,7 @@ class UserState:
     @classmethod
     def from_bytes(cls, raw: bytes) -> "UserState":
         d = orjson.loads(raw)
-        seen = deque(int(x) for x in np.frombuffer(base64.b64decode(d["s"]), dtype=np.uint64))
+        seen = deque(np.frombuffer(base64.b64decode(d["s"]), dtype=np.uint64).tolist())
         emb = None if d["e"] is None else np.frombuffer(base64.b64decode(d["e"]), dtype=np.float32).copy()
         rl = d.get("rl")
         return cls(

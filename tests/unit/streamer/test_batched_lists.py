@@ -1,6 +1,7 @@
-"""The batched hot path (``candidates.gather_batch``, ``OnnxRanker.score_rows``, one list per user)
+"""The batched hot path (``candidates.gather_batch``, ``OnnxRanker.score_padded``, ``lists.build_lists``)
 gives the same lists as the per-user path it replaced (``reference_lists``): same items in the
-same order, same sources and reasons, scores within float tolerance, on random users built by
+same order, same sources and reasons, scores within float tolerance (and ``build_lists`` exactly
+``build_list``'s list per user), on random users built by
 real event batches (co-visitation, trending, searches, cancels, unknown and text-less items, both
 A/B arms), with the tiny real ONNX model."""
 
@@ -12,9 +13,11 @@ import random
 import numpy as np
 import pytest
 
+import streamer.pipeline
 from schemas import Item
 from schemas.serving import ItemNeighbours
 from schemas.stacking import STACK_FEATURES
+from streamer.lists import build_list, build_lists
 from streamer.model import ModelBundle, latest_version_dir
 from streamer.pipeline import Pipeline
 from streamer.settings import Settings
@@ -75,7 +78,7 @@ def random_batches(rng: random.Random, users: int, items: int, batches: int, siz
     ],
     ids=["small-filters-ab", "default", "min-new-slots", "knn-source", "stacked-score", "ranking-off"],
 )
-async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
+async def test_batched_lists_equal_per_user_lists(tiny_model_root, env, monkeypatch):
     rng = random.Random(len(env) * 1000 + int(env["STREAMREC_CANDIDATES"]))
     env = dict(env)
     min_new = int(env.pop("min_new", 0))  # the manifest's list_params (schemas.serving.ListParams)
@@ -105,6 +108,30 @@ async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
         return new
 
     pipe._rank = both
+
+    def lists_as_one_by_one(user_ids, users, batch, scores, index, **kw):
+        """``lists.build_lists`` must give exactly ``build_list``'s list for each user of the chunk."""
+        out = build_lists(user_ids, users, batch, scores, index, **kw)
+        for k, rec in enumerate(out):
+            one = build_list(
+                user_ids[k],
+                users[k],
+                batch.user(k),
+                scores[k],
+                index,
+                params=kw["params"],
+                model_version=kw["model_versions"][k],
+                variant=kw["variants"][k],
+                event_id=kw["event_ids"][k],
+                event_ts=kw["event_ts"][k],
+                search_slots=kw["search_slots"][k],
+            )
+            assert rec.replace(published_ts=0) == one.replace(published_ts=0)
+        built.append(len(out))
+        return out
+
+    built = []
+    monkeypatch.setattr(streamer.pipeline, "build_lists", lists_as_one_by_one)
     store = DictStore()
     for batch in random_batches(rng, users=40, items=300, batches=25, size=30):
         await pipe.process(batch, store)
@@ -128,7 +155,7 @@ async def test_batched_lists_equal_per_user_lists(tiny_model_root, env):
             n_lists += 1
             n_items += len(a.items)
             sources |= {i.source for i in a.items}
-    assert n_lists > 100 and n_items > 0.8 * n_lists * s.list_size
+    assert n_lists > 100 and n_items > 0.8 * n_lists * s.list_size and sum(built) == n_lists
     # the comparison covered every source (search and covis included)
     assert {"history", "covis", "ann", "trending", "search"} <= sources, sources
     assert ("knn" in sources) == bool(knn_weight), sources

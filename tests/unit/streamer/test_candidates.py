@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from streamer.candidates import rank_in_groups, stable_argsort
 from streamer.model import ModelBundle, latest_version_dir
 from streamer.pipeline import Pipeline
 from tests.unit.streamer.helpers import DictStore, ev, msg, settings
@@ -23,3 +26,16 @@ async def test_filters(tiny_model_root):
     res = await p.process([msg(ev(1, item="71053")), msg(ev(2, item="22633", etype="view"), 1)], store)
     ids = {i.item_id for i in res.recs[0].items}
     assert "71053" not in ids and "22633" not in ids
+
+
+def test_vectorised_sorts_equal_the_stable_sorts_they_replace():
+    """``stable_argsort`` = ``np.argsort(kind="stable")`` and ``rank_in_groups`` = the three-key
+    ``np.lexsort``, ties included, on the composite-key path and on the fallback for huge keys."""
+    rng = np.random.default_rng(7)
+    for n, high in ((0, 5), (1, 5), (500, 7), (5000, 300), (300, 1 << 61)):
+        keys = rng.integers(0, high, n, dtype=np.int64)
+        np.testing.assert_array_equal(stable_argsort(keys), np.argsort(keys, kind="stable"))
+        groups = np.sort(rng.integers(0, 9, n))
+        score = rng.integers(0, 4, n).astype(np.float64) / 2  # many ties
+        tie = rng.permutation(n)
+        np.testing.assert_array_equal(rank_in_groups(groups, score, tie), np.lexsort((tie, -score, groups)))

@@ -4,10 +4,11 @@ the no-ranker blend of the control arm."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from schemas.ranking import NUM_FEATURES
 from streamer.model import ModelBundle, latest_version_dir
-from streamer.ranking import CONTROL_WEIGHTS, CandidateScorer, OnnxRanker, RankRequest
+from streamer.ranking import CONTROL_WEIGHTS, CandidateScorer, OnnxRanker, RankRequest, pad_width
 
 
 def users(bundle, rng, sizes):
@@ -42,6 +43,27 @@ def test_a_user_s_scores_do_not_depend_on_the_batch_padding(tiny_model_root):
     for a, b in zip(ranker.score(requests), together):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert ranker.score_rows(vecs, [], [], [], []) == [] and ranker.score([]) == []
+
+
+def test_padded_candidates_score_bit_for_bit_like_per_user_arrays(tiny_model_root):
+    """``score_padded`` (the layout ``gather_batch(pad_vectors=True)`` gathers) gives exactly the
+    scores of ``score_rows`` over the same users, and refuses a layout of the wrong width."""
+    bundle = ModelBundle.load(latest_version_dir(tiny_model_root))
+    ranker = OnnxRanker(bundle)
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((8, bundle.dim)).astype(np.float32)
+    rows, types, cand_vecs, cand_feats = map(list, zip(*users(bundle, rng, [(3, 5), (9, 17), (1, 0), (2, 9)])))
+    counts = [len(c) for c in cand_vecs]
+    width = pad_width(counts)
+    padded_vecs = np.zeros((len(counts), width, bundle.dim), np.float32)
+    padded_feats = np.zeros((len(counts), width, NUM_FEATURES), np.float32)
+    for i, k in enumerate(counts):
+        padded_vecs[i, :k], padded_feats[i, :k] = cand_vecs[i], cand_feats[i]
+    padded = ranker.score_padded(vecs, rows, types, padded_vecs, padded_feats, counts)
+    for a, b in zip(padded, ranker.score_rows(vecs, rows, types, cand_vecs, cand_feats)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError):
+        ranker.score_padded(vecs, rows, types, padded_vecs[:, :-8], padded_feats[:, :-8], counts)
 
 
 def test_control_arm_scores_are_the_fixed_feature_blend():
