@@ -219,6 +219,8 @@ def _train(args: argparse.Namespace) -> int:
                     ("val_every", args.val_every),
                     ("head_k", args.head_k),
                     ("next_item_weight", 0.0 if args.bidirectional else args.next_item_weight),
+                    ("next_item_positions", args.next_item_positions),
+                    ("examples_per_epoch", args.examples_per_epoch),
                     ("causal", False if args.bidirectional else None),
                 )
                 if v is not None
@@ -437,6 +439,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="(default: RankerTrainConfig) weight of the causal next-item loss over every prefix of the sequence; 0: off",
+    )
+    t.add_argument(
+        "--next-item-positions",
+        type=int,
+        default=None,
+        help="(default: RankerTrainConfig) next-item loss on the newest N prefixes of each sequence only",
+    )
+    t.add_argument(
+        "--examples-per-epoch",
+        type=int,
+        default=None,
+        help="(default: RankerTrainConfig) at most N training examples per epoch (a fresh seeded sample each epoch)",
     )
     t.add_argument(
         "--bidirectional",

@@ -88,6 +88,7 @@ class RankerTrainConfig:
     val_every: int = 0  # also validate (and checkpoint if better) every N steps inside an epoch; 0: epoch ends only
     causal: bool = True  # causal attention in the ranker (needed by the next-item objective)
     next_item_weight: float = 1.0  # weight of the causal next-item loss over every prefix (0: off)
+    next_item_positions: int | None = None  # next-item loss on the newest N prefixes only (None: every prefix)
 
 
 @dataclass
@@ -140,10 +141,13 @@ class TrainStep(nn.Module):
         feats: torch.Tensor,
         cand_rows: torch.Tensor | None,
         next_item: bool = False,
+        next_positions: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Scores [B, C] of the candidates (the catalog when ``cand_rows`` is None); with
         ``next_item`` (causal ranker) also the next-item logits of every prefix [B, L, C]:
-        scale x cos(user vector of the prefix, candidate)."""
+        scale x cos(user vector of the prefix, candidate); with ``next_positions`` = N only those
+        of the newest N prefixes that have a next item in the sequence [B, N, C] (columns
+        L-1-N .. L-2: sequences are right-aligned)."""
         mask = (seq_rows >= 0).long()
         if cand_rows is None:
             vecs = self.tower()
@@ -158,8 +162,15 @@ class TrainStep(nn.Module):
             return self.ranker.score_catalog(user, cands, feats)
         states = self.ranker.user_states(seq_vecs, seq_types, mask)
         user = self.ranker.newest(states, mask)
+        if next_positions is not None:
+            states = states[:, _newest_prefixes(states.shape[1], next_positions)]
         prefix = F.normalize(states, dim=-1) * self.log_next_scale.exp()
         return self.ranker.score_catalog(user, cands, feats), prefix @ cands.T
+
+
+def _newest_prefixes(length: int, n: int) -> slice:
+    """Columns of the newest ``n`` prefixes that have a next item inside a right-aligned sequence."""
+    return slice(max(length - 1 - n, 0), length - 1)
 
 
 def next_item_targets(seq_rows: np.ndarray, cand_pos: dict[int, int] | None) -> np.ndarray:
@@ -274,6 +285,61 @@ def _loss(
     return total / len(targets)
 
 
+def batch_loss(
+    model: nn.Module,
+    train: Examples,
+    idx: np.ndarray,
+    vecs: np.ndarray,
+    cfg: RankerTrainConfig,
+    sampler: NegativeSampler | None,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """The training loss of one batch of examples ``idx``: the feature-aware softmax over the
+    catalog (``sampler`` None) or the sampled candidates, plus ``cfg.next_item_weight`` x the causal
+    next-item loss. ``model`` is the ``TrainStep`` (or its DistributedDataParallel wrapper); ``vecs``
+    the no-grad vector table the features read."""
+    use_next = cfg.next_item_weight > 0
+    targets = [train.targets[i] for i in idx]
+    if sampler is None:
+        cand_rows, cand_pos, corr = None, None, None
+    else:
+        seq_own = train.points.seq_items[idx].ravel() if use_next else np.zeros(0, np.int64)
+        forced = np.unique(np.concatenate([*targets, train.points.personal[idx].indices, seq_own[seq_own >= 0]]))
+        cand_rows, corr = sampler.sample(rng, forced)
+        cand_pos = {int(c): i for i, c in enumerate(cand_rows)}
+    seq_rows, seq_types, feats = _batch_inputs(train.points, idx, vecs, device, cand_rows)
+    out = model(
+        seq_rows,
+        seq_types,
+        feats,
+        None if cand_rows is None else torch.from_numpy(cand_rows).to(device),
+        next_item=use_next,
+        next_positions=cfg.next_item_positions,
+    )
+    logits, seq_logits = out if use_next else (out, None)
+    if corr is not None:
+        corr_t = torch.from_numpy(corr).to(device=device, dtype=logits.dtype)
+        logits = logits + corr_t
+        seq_logits = None if seq_logits is None else seq_logits + corr_t
+    loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device, cfg.head_k)
+    if seq_logits is not None:
+        nxt = next_item_targets(train.points.seq_items[idx], cand_pos)
+        if cfg.next_item_positions is not None:
+            nxt = np.ascontiguousarray(nxt[:, _newest_prefixes(nxt.shape[1], cfg.next_item_positions)])
+        loss = loss + cfg.next_item_weight * next_item_loss(seq_logits, nxt)
+    return loss
+
+
+def train_batch(model: nn.Module, opt: torch.optim.Optimizer, *batch) -> float:
+    """One optimizer step on a batch (``batch``: ``batch_loss``'s arguments after the model); returns the loss."""
+    loss = batch_loss(model, *batch)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def fit_ranker(
     step: TrainStep,
     train: Examples,
@@ -291,7 +357,6 @@ def fit_ranker(
         raise ValueError("the next-item objective needs the causal ranker (causal=True)")
     # Checkpoint 0 is the same either way: its gate is closed, the user vector is the content mean.
     step.ranker.causal = cfg.causal
-    use_next = cfg.next_item_weight > 0
     model: nn.Module = step
     if world > 1:
         model = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
@@ -311,6 +376,9 @@ def fit_ranker(
     n_examples = len(train.points) if cfg.max_examples is None else min(cfg.max_examples, len(train.points))
     if cfg.examples_per_epoch is not None:
         n_examples = min(n_examples, cfg.examples_per_epoch)
+    # Every rank gets the same number of examples, hence of steps (an extra step on one rank would
+    # wait forever for the others' gradients).
+    n_examples -= n_examples % world
     sampler = (
         None
         if full
@@ -367,40 +435,10 @@ def fit_ranker(
         last_line = t0
         for step_no, s in enumerate(bar, start=1):
             idx = order[s : s + cfg.batch_size]
-            targets = [train.targets[i] for i in idx]
             if full or (step_no - 1) % max(cfg.tower_refresh_steps, 1) == 0:
                 with torch.no_grad():
                     vecs = step.tower().float().cpu().numpy()
-            if full:
-                cand_rows, cand_pos, corr = None, None, None
-            else:
-                seq_own = train.points.seq_items[idx].ravel() if use_next else np.zeros(0, np.int64)
-                forced = np.unique(
-                    np.concatenate([*targets, train.points.personal[idx].indices, seq_own[seq_own >= 0]])
-                )
-                cand_rows, corr = sampler.sample(rng, forced)
-                cand_pos = {int(c): i for i, c in enumerate(cand_rows)}
-            seq_rows, seq_types, feats = _batch_inputs(train.points, idx, vecs, device, cand_rows)
-            out = model(
-                seq_rows,
-                seq_types,
-                feats,
-                None if cand_rows is None else torch.from_numpy(cand_rows).to(device),
-                next_item=use_next,
-            )
-            logits, seq_logits = out if use_next else (out, None)
-            if corr is not None:
-                corr_t = torch.from_numpy(corr).to(device=device, dtype=logits.dtype)
-                logits = logits + corr_t
-                seq_logits = None if seq_logits is None else seq_logits + corr_t
-            loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device, cfg.head_k)
-            if seq_logits is not None:
-                nxt = next_item_targets(train.points.seq_items[idx], cand_pos)
-                loss = loss + cfg.next_item_weight * next_item_loss(seq_logits, nxt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+            total += train_batch(model, opt, train, idx, vecs, cfg, sampler, rng, device) * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
             if rank == 0 and time.perf_counter() - last_line >= PROGRESS_EVERY_S:
