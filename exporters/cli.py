@@ -221,6 +221,7 @@ def _train(args: argparse.Namespace) -> int:
                     ("next_item_weight", 0.0 if args.bidirectional else args.next_item_weight),
                     ("next_item_positions", args.next_item_positions),
                     ("examples_per_epoch", args.examples_per_epoch),
+                    ("time_budget_s", args.ranker_budget),
                     ("causal", False if args.bidirectional else None),
                 )
                 if v is not None
@@ -451,6 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="(default: RankerTrainConfig) at most N training examples per epoch (a fresh seeded sample each epoch)",
+    )
+    t.add_argument(
+        "--ranker-budget",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="hard bound on the ranker's training wall time (e.g. 20m): it stops after the step that crosses it, "
+        "validates that point and keeps the best checkpoint (default: none; the work is bounded by "
+        "epochs x examples per epoch)",
     )
     t.add_argument(
         "--bidirectional",

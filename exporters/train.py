@@ -89,6 +89,10 @@ class RankerTrainConfig:
     causal: bool = True  # causal attention in the ranker (needed by the next-item objective)
     next_item_weight: float = 1.0  # weight of the causal next-item loss over every prefix (0: off)
     next_item_positions: int | None = None  # next-item loss on the newest N prefixes only (None: every prefix)
+    # Hard bound on the ranker's wall time (s, from its start, checkpoint-0 validation included):
+    # training stops after the step that crosses it, and that point is validated like an epoch end.
+    # None: no bound (the work is bounded by epochs x examples_per_epoch, the time is not).
+    time_budget_s: float | None = None
 
 
 @dataclass
@@ -413,11 +417,13 @@ def fit_ranker(
                 torch.save(step.state_dict(), checkpoint)
         return ndcg, better
 
+    t_fit = time.perf_counter()
     validate(0)
     result.initial_val_ndcg = result.best_val_ndcg
     if rank == 0:
         log.info("validation NDCG@10 before ranker training: %.4f", result.best_val_ndcg)
     bad_epochs = 0
+    out_of_time = False
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         step.train()
@@ -466,19 +472,27 @@ def fit_ranker(
                     result.best_val_ndcg,
                 )
                 step.train()
+            if cfg.time_budget_s is not None:
+                over = torch.tensor([int(time.perf_counter() - t_fit >= cfg.time_budget_s)])
+                if world > 1:  # rank 0's clock decides, so every rank stops after the same step
+                    dist.broadcast(over, src=0)
+                if over.item():
+                    out_of_time = True
+                    break
         train_s = time.perf_counter() - t0
-        val_ndcg, improved = validate(epoch)
+        at = round(epoch - 1 + step_no / n_steps, 3) if out_of_time else epoch
+        val_ndcg, improved = validate(at)
         if improved or improved_inside:
             bad_epochs = 0
         else:
             bad_epochs += 1
-        entry = EpochLog(epoch, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
+        entry = EpochLog(at, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
         result.history.append(entry)
         if rank == 0:
             log.info(
-                "epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs (%d examples, %.1f examples/s training, "
-                "%.1f incl. validation)",
-                epoch,
+                "epoch %g: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs (%d examples, %.1f examples/s training, "
+                "%.1f incl. validation)%s",
+                at,
                 entry.loss,
                 val_ndcg,
                 result.best_val_ndcg,
@@ -487,8 +501,9 @@ def fit_ranker(
                 seen,
                 seen / max(train_s, 1e-9),
                 seen / max(entry.seconds, 1e-9),
+                f"; time budget of {cfg.time_budget_s:g}s reached, training stops" if out_of_time else "",
             )
-        stop = torch.tensor([int(bad_epochs >= cfg.patience)])
+        stop = torch.tensor([int(bad_epochs >= cfg.patience or out_of_time)])
         if world > 1:
             dist.broadcast(stop, src=0)
         if stop.item():
