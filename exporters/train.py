@@ -455,7 +455,7 @@ def fit_ranker(
                     step_no,
                     n_steps,
                     total / seen,
-                    seen / (last_line - t0),
+                    seen * world / (last_line - t0),
                 )
             if cfg.val_every and rank == 0 and step_no % cfg.val_every == 0 and step_no < n_steps:
                 # A check inside the epoch: checkpoint when better; stopping is decided at epoch ends
@@ -488,7 +488,7 @@ def fit_ranker(
             bad_epochs += 1
         entry = EpochLog(at, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
         result.history.append(entry)
-        if rank == 0:
+        if rank == 0:  # examples of all ranks (each trains as many); the loss is rank 0's share
             log.info(
                 "epoch %g: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs (%d examples, %.1f examples/s training, "
                 "%.1f incl. validation)%s",
@@ -498,9 +498,9 @@ def fit_ranker(
                 result.best_val_ndcg,
                 result.best_epoch,
                 entry.seconds,
-                seen,
-                seen / max(train_s, 1e-9),
-                seen / max(entry.seconds, 1e-9),
+                seen * world,
+                seen * world / max(train_s, 1e-9),
+                seen * world / max(entry.seconds, 1e-9),
                 f"; time budget of {cfg.time_budget_s:g}s reached, training stops" if out_of_time else "",
             )
         stop = torch.tensor([int(bad_epochs >= cfg.patience or out_of_time)])
