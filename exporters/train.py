@@ -33,9 +33,11 @@ validation NDCG@10 on a seeded sample of at most ``val_cases`` validation cases 
 
 Determinism: one seed drives numpy, torch and the example order. CUDA is used when present.
 Distributed data parallel: start with ``torchrun --nproc_per_node=G -m exporters.cli train
-...``; every rank trains on its share of each epoch's examples (gradients all-reduced by
-``DistributedDataParallel``), rank 0 validates, decides early stopping for all, and alone
-evaluates, exports and publishes.
+...`` (NCCL on GPUs, gloo on CPU); every rank trains on its share of each epoch's examples
+(gradients all-reduced by ``DistributedDataParallel``), rank 0 validates, decides early stopping
+for all, and alone evaluates, exports and publishes. ``batch_size`` is the global batch (each rank
+takes ``batch_size // G`` of it: the same steps on the same examples as one process; raise it to
+keep G GPUs busy).
 """
 
 from __future__ import annotations
@@ -383,6 +385,9 @@ def fit_ranker(
     # Every rank gets the same number of examples, hence of steps (an extra step on one rank would
     # wait forever for the others' gradients).
     n_examples -= n_examples % world
+    # batch_size is the global batch: rank r's k-th batch is every world-th example of the one
+    # process's k-th batch, so 1 and N processes take the same steps on the same examples.
+    rank_batch = max(1, cfg.batch_size // world)
     sampler = (
         None
         if full
@@ -430,7 +435,7 @@ def fit_ranker(
         order = rng.permutation(len(train.points))[:n_examples][rank::world]
         total, seen = 0.0, 0
         bar = tqdm(
-            range(0, len(order), cfg.batch_size),
+            range(0, len(order), rank_batch),
             desc=f"ranker epoch {epoch}",
             leave=False,
             mininterval=5,
@@ -440,7 +445,7 @@ def fit_ranker(
         improved_inside = False
         last_line = t0
         for step_no, s in enumerate(bar, start=1):
-            idx = order[s : s + cfg.batch_size]
+            idx = order[s : s + rank_batch]
             if full or (step_no - 1) % max(cfg.tower_refresh_steps, 1) == 0:
                 with torch.no_grad():
                     vecs = step.tower().float().cpu().numpy()
