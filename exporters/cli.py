@@ -17,7 +17,8 @@ Protocol for any log: ``--split time`` (default: test = the last ``--test-days``
 Exit status: 0 done (published or kept unpublished by the gate), 3 refused (log too small or
 too stale: no version written, the refusal recorded in ``<model-root>/runs.jsonl``).
 
-``train`` with several GPUs: ``torchrun --nproc_per_node=G -m exporters.cli train ...``.
+``train`` with several GPUs: ``torchrun --nproc_per_node=G -m exporters.cli train ...``; on CPU the same
+with gloo (``--nproc_per_node=2`` on 2 cores). ``--batch-size`` is the global batch.
 """
 
 from __future__ import annotations
