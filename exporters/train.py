@@ -402,12 +402,13 @@ def fit_ranker(
         val_idx = np.sort(np.random.default_rng(cfg.seed).choice(len(val), cfg.val_cases, replace=False))
     result = RankerTrainResult()
     log.info(
-        "ranker: %d of %d examples per epoch, %s, early stopping on %d of %d validation cases",
+        "ranker: %d of %d examples per epoch, %s, early stopping on %d of %d validation cases%s",
         n_examples,
         len(train.points),
         "softmax over the catalog" if full else f"sampled softmax ({cfg.sampled_negatives} negatives)",
         len(val_idx),
         len(val),
+        f" (rank {rank} of {world})" if world > 1 else "",
     )
 
     def validate(at: float) -> tuple[float, bool]:
