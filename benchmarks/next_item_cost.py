@@ -12,7 +12,9 @@ Variants (``RankerTrainConfig`` overrides):
 * ``bidirectional``: the ranker before the causal objective (``causal=False``, no next-item loss);
 * ``causal``: causal attention, no next-item loss;
 * ``causal+next``: today's default (next-item loss over every prefix);
-* ``causal+next@K``: the next-item loss on the newest ``K`` prefixes only (``next_item_positions``).
+* ``causal+next@K``: the next-item loss on the newest ``K`` prefixes only (``next_item_positions``);
+* ``causal+next, 1 thread``: today's default with ``torch.set_num_threads(1)`` during its steps
+  (what each process of ``torchrun --nproc_per_node=2`` runs with), against the process's default.
 
 Run: ``PYTHONPATH=$PWD nice -n 10 python -m benchmarks.next_item_cost --dataset movielens --steps 30``
 """
@@ -43,6 +45,7 @@ VARIANTS = {
     "causal": {"next_item_weight": 0.0},
     "causal+next": {},
     "causal+next@4": {"next_item_positions": 4},
+    "causal+next, 1 thread": {"threads": 1},
 }
 
 
@@ -72,7 +75,7 @@ def main() -> None:
     p.add_argument("--dataset", default="movielens")
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("STREAMREC_DATA", "../shared/data")))
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = p.parse_args()
     torch.manual_seed(0)
     inter, val, train, tower, ranker = build(args.dataset, args.data_dir)
@@ -81,8 +84,11 @@ def main() -> None:
     full = inter.n_items <= base.full_softmax_max_items
     popularity = np.bincount(inter.items[val.fit], minlength=inter.n_items).astype(np.float64)
     runs = {}
+    threads: dict[str, int] = {}
     for name in args.variants:
-        cfg = dataclasses.replace(base, **VARIANTS[name])
+        overrides = dict(VARIANTS[name])
+        threads[name] = overrides.pop("threads", torch.get_num_threads())
+        cfg = dataclasses.replace(base, **overrides)
         step = TrainStep(copy.deepcopy(ranker), copy.deepcopy(tower))
         step.ranker.causal = cfg.causal
         opt = torch.optim.AdamW(step.parameters(), lr=cfg.lr_bert, fused=True)
@@ -94,6 +100,7 @@ def main() -> None:
     for b in range(args.steps + 1):  # batch 0 warms every variant up and is not timed
         idx = order[b * base.batch_size : (b + 1) * base.batch_size]
         for name, (cfg, step, opt, sampler, rng, times) in runs.items():
+            torch.set_num_threads(threads[name])
             t0 = time.perf_counter()
             step.train()
             if full or b % cfg.tower_refresh_steps == 0:  # as fit_ranker refreshes the feature table
@@ -110,13 +117,14 @@ def main() -> None:
         "steps": args.steps,
         "batch": base.batch_size,
         "load": [round(load0, 2), round(os.getloadavg()[0], 2)],
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads_default": max(threads.values()),
         "variants": {},
     }
     for name, (*_, times) in runs.items():
         ms = 1000 * float(np.median(times))
         first = first or ms
         out["variants"][name] = {
+            "threads": threads[name],
             "ms_per_step_median": round(ms, 1),
             "ms_per_step_mean": round(1000 * float(np.mean(times)), 1),
             "examples_per_s": round(base.batch_size / (ms / 1000), 1),
