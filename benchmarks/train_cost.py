@@ -43,7 +43,7 @@ STAGES = ("data", "item_vectors", "examples", "ranker", "evaluation", "served", 
 class _EpochLines(logging.Handler):
     """Collects the ranker's per-epoch lines (examples, examples/s)."""
 
-    PATTERN = re.compile(r"^epoch (\d+): .*\((\d+) examples, ([\d.]+) examples/s training")
+    PATTERN = re.compile(r"^epoch ([\d.]+): .*\((\d+) examples, ([\d.]+) examples/s training")
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -52,7 +52,7 @@ class _EpochLines(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         m = self.PATTERN.match(record.getMessage())
         if m:
-            self.epochs.append({"epoch": int(m[1]), "examples": int(m[2]), "examples_per_s": float(m[3])})
+            self.epochs.append({"epoch": float(m[1]), "examples": int(m[2]), "examples_per_s": float(m[3])})
 
 
 def run_one(label: str, cfg: JobConfig, dataset=None) -> dict:

@@ -17,7 +17,8 @@ Protocol for any log: ``--split time`` (default: test = the last ``--test-days``
 Exit status: 0 done (published or kept unpublished by the gate), 3 refused (log too small or
 too stale: no version written, the refusal recorded in ``<model-root>/runs.jsonl``).
 
-``train`` with several GPUs: ``torchrun --nproc_per_node=G -m exporters.cli train ...``.
+``train`` with several GPUs: ``torchrun --nproc_per_node=G -m exporters.cli train ...``; on CPU the same
+with gloo (``--nproc_per_node=2`` on 2 cores). ``--batch-size`` is the global batch.
 """
 
 from __future__ import annotations
@@ -219,6 +220,9 @@ def _train(args: argparse.Namespace) -> int:
                     ("val_every", args.val_every),
                     ("head_k", args.head_k),
                     ("next_item_weight", 0.0 if args.bidirectional else args.next_item_weight),
+                    ("next_item_positions", args.next_item_positions),
+                    ("examples_per_epoch", args.examples_per_epoch),
+                    ("time_budget_s", args.ranker_budget),
                     ("causal", False if args.bidirectional else None),
                 )
                 if v is not None
@@ -437,6 +441,27 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="(default: RankerTrainConfig) weight of the causal next-item loss over every prefix of the sequence; 0: off",
+    )
+    t.add_argument(
+        "--next-item-positions",
+        type=int,
+        default=None,
+        help="(default: RankerTrainConfig) next-item loss on the newest N prefixes of each sequence only",
+    )
+    t.add_argument(
+        "--examples-per-epoch",
+        type=int,
+        default=None,
+        help="(default: RankerTrainConfig) at most N training examples per epoch (a fresh seeded sample each epoch)",
+    )
+    t.add_argument(
+        "--ranker-budget",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="hard bound on the ranker's training wall time (e.g. 20m): it stops after the step that crosses it, "
+        "validates that point and keeps the best checkpoint (default: none; the work is bounded by "
+        "epochs x examples per epoch)",
     )
     t.add_argument(
         "--bidirectional",

@@ -341,6 +341,7 @@ def _run(
 
     # The lists the worker will serve (its candidates, the validated share of new items), graded as
     # served; the data set's protocols that share a cut are graded on the same lists.
+    beat.stage("served lists")
     t0 = time.perf_counter()
     protocols = (protocol, *[p for p in inter.protocols if p != protocol])
     val_splits = {p: val if p == protocol else make_split(inter, p, "validation") for p in protocols}

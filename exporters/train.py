@@ -33,9 +33,11 @@ validation NDCG@10 on a seeded sample of at most ``val_cases`` validation cases 
 
 Determinism: one seed drives numpy, torch and the example order. CUDA is used when present.
 Distributed data parallel: start with ``torchrun --nproc_per_node=G -m exporters.cli train
-...``; every rank trains on its share of each epoch's examples (gradients all-reduced by
-``DistributedDataParallel``), rank 0 validates, decides early stopping for all, and alone
-evaluates, exports and publishes.
+...`` (NCCL on GPUs, gloo on CPU); every rank trains on its share of each epoch's examples
+(gradients all-reduced by ``DistributedDataParallel``), rank 0 validates, decides early stopping
+for all, and alone evaluates, exports and publishes. ``batch_size`` is the global batch (each rank
+takes ``batch_size // G`` of it: the same steps on the same examples as one process; raise it to
+keep G GPUs busy).
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ class RankerTrainConfig:
     val_every: int = 0  # also validate (and checkpoint if better) every N steps inside an epoch; 0: epoch ends only
     causal: bool = True  # causal attention in the ranker (needed by the next-item objective)
     next_item_weight: float = 1.0  # weight of the causal next-item loss over every prefix (0: off)
+    next_item_positions: int | None = None  # next-item loss on the newest N prefixes only (None: every prefix)
+    # Hard bound on the ranker's wall time (s, from its start, checkpoint-0 validation included):
+    # training stops after the step that crosses it, and that point is validated like an epoch end.
+    # None: no bound (the work is bounded by epochs x examples_per_epoch, the time is not).
+    time_budget_s: float | None = None
 
 
 @dataclass
@@ -140,10 +147,13 @@ class TrainStep(nn.Module):
         feats: torch.Tensor,
         cand_rows: torch.Tensor | None,
         next_item: bool = False,
+        next_positions: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Scores [B, C] of the candidates (the catalog when ``cand_rows`` is None); with
         ``next_item`` (causal ranker) also the next-item logits of every prefix [B, L, C]:
-        scale x cos(user vector of the prefix, candidate)."""
+        scale x cos(user vector of the prefix, candidate); with ``next_positions`` = N only those
+        of the newest N prefixes that have a next item in the sequence [B, N, C] (columns
+        L-1-N .. L-2: sequences are right-aligned)."""
         mask = (seq_rows >= 0).long()
         if cand_rows is None:
             vecs = self.tower()
@@ -158,8 +168,15 @@ class TrainStep(nn.Module):
             return self.ranker.score_catalog(user, cands, feats)
         states = self.ranker.user_states(seq_vecs, seq_types, mask)
         user = self.ranker.newest(states, mask)
+        if next_positions is not None:
+            states = states[:, _newest_prefixes(states.shape[1], next_positions)]
         prefix = F.normalize(states, dim=-1) * self.log_next_scale.exp()
         return self.ranker.score_catalog(user, cands, feats), prefix @ cands.T
+
+
+def _newest_prefixes(length: int, n: int) -> slice:
+    """Columns of the newest ``n`` prefixes that have a next item inside a right-aligned sequence."""
+    return slice(max(length - 1 - n, 0), length - 1)
 
 
 def next_item_targets(seq_rows: np.ndarray, cand_pos: dict[int, int] | None) -> np.ndarray:
@@ -274,6 +291,61 @@ def _loss(
     return total / len(targets)
 
 
+def batch_loss(
+    model: nn.Module,
+    train: Examples,
+    idx: np.ndarray,
+    vecs: np.ndarray,
+    cfg: RankerTrainConfig,
+    sampler: NegativeSampler | None,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """The training loss of one batch of examples ``idx``: the feature-aware softmax over the
+    catalog (``sampler`` None) or the sampled candidates, plus ``cfg.next_item_weight`` x the causal
+    next-item loss. ``model`` is the ``TrainStep`` (or its DistributedDataParallel wrapper); ``vecs``
+    the no-grad vector table the features read."""
+    use_next = cfg.next_item_weight > 0
+    targets = [train.targets[i] for i in idx]
+    if sampler is None:
+        cand_rows, cand_pos, corr = None, None, None
+    else:
+        seq_own = train.points.seq_items[idx].ravel() if use_next else np.zeros(0, np.int64)
+        forced = np.unique(np.concatenate([*targets, train.points.personal[idx].indices, seq_own[seq_own >= 0]]))
+        cand_rows, corr = sampler.sample(rng, forced)
+        cand_pos = {int(c): i for i, c in enumerate(cand_rows)}
+    seq_rows, seq_types, feats = _batch_inputs(train.points, idx, vecs, device, cand_rows)
+    out = model(
+        seq_rows,
+        seq_types,
+        feats,
+        None if cand_rows is None else torch.from_numpy(cand_rows).to(device),
+        next_item=use_next,
+        next_positions=cfg.next_item_positions,
+    )
+    logits, seq_logits = out if use_next else (out, None)
+    if corr is not None:
+        corr_t = torch.from_numpy(corr).to(device=device, dtype=logits.dtype)
+        logits = logits + corr_t
+        seq_logits = None if seq_logits is None else seq_logits + corr_t
+    loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device, cfg.head_k)
+    if seq_logits is not None:
+        nxt = next_item_targets(train.points.seq_items[idx], cand_pos)
+        if cfg.next_item_positions is not None:
+            nxt = np.ascontiguousarray(nxt[:, _newest_prefixes(nxt.shape[1], cfg.next_item_positions)])
+        loss = loss + cfg.next_item_weight * next_item_loss(seq_logits, nxt)
+    return loss
+
+
+def train_batch(model: nn.Module, opt: torch.optim.Optimizer, *batch) -> float:
+    """One optimizer step on a batch (``batch``: ``batch_loss``'s arguments after the model); returns the loss."""
+    loss = batch_loss(model, *batch)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def fit_ranker(
     step: TrainStep,
     train: Examples,
@@ -291,7 +363,6 @@ def fit_ranker(
         raise ValueError("the next-item objective needs the causal ranker (causal=True)")
     # Checkpoint 0 is the same either way: its gate is closed, the user vector is the content mean.
     step.ranker.causal = cfg.causal
-    use_next = cfg.next_item_weight > 0
     model: nn.Module = step
     if world > 1:
         model = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
@@ -311,6 +382,12 @@ def fit_ranker(
     n_examples = len(train.points) if cfg.max_examples is None else min(cfg.max_examples, len(train.points))
     if cfg.examples_per_epoch is not None:
         n_examples = min(n_examples, cfg.examples_per_epoch)
+    # Every rank gets the same number of examples, hence of steps (an extra step on one rank would
+    # wait forever for the others' gradients).
+    n_examples -= n_examples % world
+    # batch_size is the global batch: rank r's k-th batch is every world-th example of the one
+    # process's k-th batch, so 1 and N processes take the same steps on the same examples.
+    rank_batch = max(1, cfg.batch_size // world)
     sampler = (
         None
         if full
@@ -325,12 +402,13 @@ def fit_ranker(
         val_idx = np.sort(np.random.default_rng(cfg.seed).choice(len(val), cfg.val_cases, replace=False))
     result = RankerTrainResult()
     log.info(
-        "ranker: %d of %d examples per epoch, %s, early stopping on %d of %d validation cases",
+        "ranker: %d of %d examples per epoch, %s, early stopping on %d of %d validation cases%s",
         n_examples,
         len(train.points),
         "softmax over the catalog" if full else f"sampled softmax ({cfg.sampled_negatives} negatives)",
         len(val_idx),
         len(val),
+        f" (rank {rank} of {world})" if world > 1 else "",
     )
 
     def validate(at: float) -> tuple[float, bool]:
@@ -345,18 +423,20 @@ def fit_ranker(
                 torch.save(step.state_dict(), checkpoint)
         return ndcg, better
 
+    t_fit = time.perf_counter()
     validate(0)
     result.initial_val_ndcg = result.best_val_ndcg
     if rank == 0:
         log.info("validation NDCG@10 before ranker training: %.4f", result.best_val_ndcg)
     bad_epochs = 0
+    out_of_time = False
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         step.train()
         order = rng.permutation(len(train.points))[:n_examples][rank::world]
         total, seen = 0.0, 0
         bar = tqdm(
-            range(0, len(order), cfg.batch_size),
+            range(0, len(order), rank_batch),
             desc=f"ranker epoch {epoch}",
             leave=False,
             mininterval=5,
@@ -366,41 +446,11 @@ def fit_ranker(
         improved_inside = False
         last_line = t0
         for step_no, s in enumerate(bar, start=1):
-            idx = order[s : s + cfg.batch_size]
-            targets = [train.targets[i] for i in idx]
+            idx = order[s : s + rank_batch]
             if full or (step_no - 1) % max(cfg.tower_refresh_steps, 1) == 0:
                 with torch.no_grad():
                     vecs = step.tower().float().cpu().numpy()
-            if full:
-                cand_rows, cand_pos, corr = None, None, None
-            else:
-                seq_own = train.points.seq_items[idx].ravel() if use_next else np.zeros(0, np.int64)
-                forced = np.unique(
-                    np.concatenate([*targets, train.points.personal[idx].indices, seq_own[seq_own >= 0]])
-                )
-                cand_rows, corr = sampler.sample(rng, forced)
-                cand_pos = {int(c): i for i, c in enumerate(cand_rows)}
-            seq_rows, seq_types, feats = _batch_inputs(train.points, idx, vecs, device, cand_rows)
-            out = model(
-                seq_rows,
-                seq_types,
-                feats,
-                None if cand_rows is None else torch.from_numpy(cand_rows).to(device),
-                next_item=use_next,
-            )
-            logits, seq_logits = out if use_next else (out, None)
-            if corr is not None:
-                corr_t = torch.from_numpy(corr).to(device=device, dtype=logits.dtype)
-                logits = logits + corr_t
-                seq_logits = None if seq_logits is None else seq_logits + corr_t
-            loss = _loss(logits, targets, cand_pos, cfg.aux_target_weight, device, cfg.head_k)
-            if seq_logits is not None:
-                nxt = next_item_targets(train.points.seq_items[idx], cand_pos)
-                loss = loss + cfg.next_item_weight * next_item_loss(seq_logits, nxt)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+            total += train_batch(model, opt, train, idx, vecs, cfg, sampler, rng, device) * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total / seen:.4f}")
             if rank == 0 and time.perf_counter() - last_line >= PROGRESS_EVERY_S:
@@ -411,7 +461,7 @@ def fit_ranker(
                     step_no,
                     n_steps,
                     total / seen,
-                    seen / (last_line - t0),
+                    seen * world / (last_line - t0),
                 )
             if cfg.val_every and rank == 0 and step_no % cfg.val_every == 0 and step_no < n_steps:
                 # A check inside the epoch: checkpoint when better; stopping is decided at epoch ends
@@ -428,29 +478,38 @@ def fit_ranker(
                     result.best_val_ndcg,
                 )
                 step.train()
+            if cfg.time_budget_s is not None:
+                over = torch.tensor([int(time.perf_counter() - t_fit >= cfg.time_budget_s)])
+                if world > 1:  # rank 0's clock decides, so every rank stops after the same step
+                    dist.broadcast(over, src=0)
+                if over.item():
+                    out_of_time = True
+                    break
         train_s = time.perf_counter() - t0
-        val_ndcg, improved = validate(epoch)
+        at = round(epoch - 1 + step_no / n_steps, 3) if out_of_time else epoch
+        val_ndcg, improved = validate(at)
         if improved or improved_inside:
             bad_epochs = 0
         else:
             bad_epochs += 1
-        entry = EpochLog(epoch, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
+        entry = EpochLog(at, total / max(seen, 1), val_ndcg, time.perf_counter() - t0)
         result.history.append(entry)
-        if rank == 0:
+        if rank == 0:  # examples of all ranks (each trains as many); the loss is rank 0's share
             log.info(
-                "epoch %d: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs (%d examples, %.1f examples/s training, "
-                "%.1f incl. validation)",
-                epoch,
+                "epoch %g: loss %.4f, validation NDCG@10 %.4f (best %.4f @ %g), %.0fs (%d examples, %.1f examples/s training, "
+                "%.1f incl. validation)%s",
+                at,
                 entry.loss,
                 val_ndcg,
                 result.best_val_ndcg,
                 result.best_epoch,
                 entry.seconds,
-                seen,
-                seen / max(train_s, 1e-9),
-                seen / max(entry.seconds, 1e-9),
+                seen * world,
+                seen * world / max(train_s, 1e-9),
+                seen * world / max(entry.seconds, 1e-9),
+                f"; time budget of {cfg.time_budget_s:g}s reached, training stops" if out_of_time else "",
             )
-        stop = torch.tensor([int(bad_epochs >= cfg.patience)])
+        stop = torch.tensor([int(bad_epochs >= cfg.patience or out_of_time)])
         if world > 1:
             dist.broadcast(stop, src=0)
         if stop.item():

@@ -4,7 +4,9 @@ and the causal ranker exports with parity."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -14,8 +16,8 @@ import torch
 from exporters import export
 from exporters.bootstrap import build_models
 from exporters.item_training import ItemTower
-from exporters.train import TrainStep, next_item_loss, next_item_targets
-from schemas.ranking import RANKER_INPUTS, RANKER_OUTPUT
+from exporters.train import RankerTrainConfig, TrainStep, _loss, batch_loss, next_item_loss, next_item_targets
+from schemas.ranking import NUM_FEATURES, RANKER_INPUTS, RANKER_OUTPUT
 
 
 def _causal_ranker(seed: int = 3):
@@ -155,3 +157,55 @@ def test_causal_ranker_exports_with_parity_on_either_padding_side(tmp_path: Path
     left = {k: np.roll(v, 1, axis=1) if k.startswith("seq_") else v for k, v in right.items()}
     run = lambda feeds: sess.run([RANKER_OUTPUT], {k: feeds[k] for k in RANKER_INPUTS})[0]  # noqa: E731
     np.testing.assert_allclose(run(left), run(right), atol=1e-5)
+
+
+def _toy_examples(n: int = 12, length: int = 6, seed: int = 0):
+    """A ``trainset.Examples``-shaped stand-in: right-aligned cyclic sequences, zero features."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n, size=8)
+    seq = (starts[:, None] + np.arange(length)[None, :]) % n
+    seq[:3, :2] = -1  # some padded (left) rows
+    points = SimpleNamespace(
+        seq_items=seq,
+        seq_types=np.where(seq >= 0, 5, 0),
+        features=lambda idx, vecs, items=None: np.zeros((len(idx), n, NUM_FEATURES), np.float32),
+    )
+    targets = [np.array([(s[-1] + 1) % n]) for s in seq]
+    return SimpleNamespace(points=points, targets=targets)
+
+
+def test_next_item_loss_on_the_newest_prefixes_only() -> None:
+    """``next_item_positions`` = N scores only the newest N prefixes that have a next item: their
+    logits are those columns of the full computation, every prefix when N >= L - 1, and the loss
+    is the feature loss plus the mean next-item cross-entropy over those columns alone."""
+    _, _, ranker = build_models(tiny=True, n_layers=1, max_text_len=8, seed=0)
+    ranker.reset_head()
+    ranker.causal = True
+    n, length = 12, 6
+    tower = ItemTower(
+        np.random.default_rng(1).normal(size=(n, ranker.item_dim)).astype(np.float32), [None] * n, list("abcdefghijkl")
+    )
+    step = TrainStep(ranker, tower).eval()  # no dropout: the variants compare exactly
+    train = _toy_examples(n, length)
+    idx = np.arange(len(train.targets))
+    seq_t, types = torch.from_numpy(train.points.seq_items), torch.from_numpy(train.points.seq_types)
+    feats = torch.zeros(len(idx), n, NUM_FEATURES)
+    with torch.no_grad():
+        vecs = step.tower().numpy()
+        logits, every = step(seq_t, types, feats, None, next_item=True)
+        _, newest = step(seq_t, types, feats, None, next_item=True, next_positions=2)
+        cfg = RankerTrainConfig()
+        default = batch_loss(step, train, idx, vecs, cfg, None, np.random.default_rng(0), torch.device("cpu"))
+        all_prefixes = batch_loss(
+            step, train, idx, vecs, replace(cfg, next_item_positions=length - 1), None, None, torch.device("cpu")
+        )
+        two = batch_loss(step, train, idx, vecs, replace(cfg, next_item_positions=2), None, None, torch.device("cpu"))
+    torch.testing.assert_close(newest, every[:, length - 3 : length - 1], rtol=0, atol=0)
+    torch.testing.assert_close(all_prefixes, default, rtol=0, atol=0)
+    nxt = next_item_targets(train.points.seq_items, None)
+    own = _loss(logits, train.targets, None, cfg.aux_target_weight, torch.device("cpu"))
+    expected = own + next_item_loss(
+        every[:, length - 3 : length - 1], np.ascontiguousarray(nxt[:, length - 3 : length - 1])
+    )
+    torch.testing.assert_close(two, expected, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(two, default)

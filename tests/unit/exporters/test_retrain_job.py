@@ -272,3 +272,23 @@ def test_int8_decision_mean_rule_with_its_interval(diffs: np.ndarray, ok: bool, 
     check = int8_decision(diffs, 0.002, seed=1)
     assert check["ok"] is ok and check["non_inferior_95"] is confident and check["sample"] == len(diffs)
     assert check["ci95"][0] <= check["mean_diff"] <= check["ci95"][1]
+
+
+def test_time_budget_stops_the_ranker_after_the_step_that_crosses_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A budget already spent when training starts: one step, that point validated (a fractional
+    epoch) and no further epoch, whatever ``epochs`` and ``patience`` allow."""
+    cfg = config(tmp_path, version="budget", publish=False)
+    cfg.ranker = RankerTrainConfig(epochs=3, patience=3, batch_size=16, time_budget_s=0.0)
+    with caplog.at_level("INFO", logger="exporters.train"):
+        result = run(cfg, dataset=shop())
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ranker: "))
+    n_steps = -(-int(line.split()[1]) // 16)
+    assert n_steps > 1
+    history = result.report["training"]["epochs"]
+    assert [e["epoch"] for e in history] == [0, round(1 / n_steps, 3)]
+    assert np.isfinite(history[1]["val_ndcg"])
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 1 and "(16 examples" in epochs[0] and "time budget of 0s reached" in epochs[0]
+    assert registry.load_manifest(result.version_dir)["parity"]["ok"]
