@@ -363,7 +363,7 @@ def _run(
     # ships (ties: the first, cosine only).
     by_variant: dict[str, tuple[Any, Any, Any]] = {}
     timings["stacking_fit"] = 0.0
-    for name, ease_weight in NEIGHBOUR_VARIANTS.items():
+    for variant, ease_weight in NEIGHBOUR_VARIANTS.items():
 
         def neighbours_of(data, events, w=ease_weight):
             return item_neighbours(data, events, ease_weight=w)
@@ -386,8 +386,8 @@ def _run(
             offline_val_ndcg=fit.best_val_ndcg,
             rebuy={name: f.weights for name, f in rebuy_fits.items()},
         )
-        by_variant[name] = (neighbours, stack_fit, served)
-        log.info("knn source %s: validation objective %.4f", name, served.objective())
+        by_variant[variant] = (neighbours, stack_fit, served)
+        log.info("knn source %s: validation objective %.4f", variant, served.objective())
     neighbour_variant = max(by_variant, key=lambda n: round(by_variant[n][2].objective(), 6))  # ties: the first
     neighbours, stack_fit, served = by_variant[neighbour_variant]
     served_ratio = (
