@@ -54,7 +54,7 @@ from exporters.production import OnnxModel, onnx_scorer, session
 from exporters.publish import publish_model_update
 from exporters.repeat import fit_rebuy
 from exporters.report import CURVES_FILE, METRICS_FILE, metrics_json, plot_curves, plot_metrics, write_report
-from exporters.served import dense_candidate_scorer, item_neighbours, served_evaluation
+from exporters.served import NEIGHBOUR_VARIANTS, dense_candidate_scorer, item_neighbours, served_evaluation
 from exporters.stacking import fit_stacker
 from exporters.train import (
     RankerTrainConfig,
@@ -67,7 +67,7 @@ from exporters.train import (
 )
 from exporters.trainset import cut_examples, eval_points, event_examples
 from schemas.ranking import DAY_MS, EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT, compose_item_vector, feature_params
-from schemas.serving import KNN_K, KNN_POWER, LIST_PARAMS_KEY, NEIGHBOUR_FILES, NEIGHBOURS_KEY
+from schemas.serving import LIST_PARAMS_KEY, NEIGHBOUR_FILES, NEIGHBOURS_KEY
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "ranker (this run)"
@@ -349,32 +349,48 @@ def _run(
     step.eval()
     with torch.no_grad():
         served_vecs = step.tower().float().cpu().numpy()
-    # item-kNN neighbour lists per split (its training events); the version ships the test split's
-    # (every event before the test cut), the same lists the test lists are graded with
-    neighbours = (item_neighbours(inter, val.fit), item_neighbours(inter, test.fit))
     make_scorer = lambda pts: dense_candidate_scorer(model_scorer(step, pts, device))  # noqa: E731
-    # the stacked list score (ranker score + repeat/discovery features), fitted on the worker's
-    # candidates at the last training cuts; served only where it wins on validation
     cut_step = cfg.cut_step_days or cut_spacing_days(inter.ts[val.fit], int(val.case_time.max()))
-    t1 = time.perf_counter()
-    stack_fit = fit_stacker(inter, val, served_vecs, cfg.max_seq_len, cut_step, make_scorer)
-    timings["stacking_fit"] = time.perf_counter() - t1
-    # the rebuy score (the own items' order, exporters.repeat), fitted at training cuts the same way
+    # the rebuy score (the own items' order, exporters.repeat), fitted at training cuts; it reads the
+    # user's own items only, so one fit serves every neighbour variant below
     t1 = time.perf_counter()
     rebuy_fits = fit_rebuy(inter, val, served_vecs, cfg.max_seq_len, cut_step, make_scorer)
     timings["rebuy_fit"] = time.perf_counter() - t1
-    served = served_evaluation(
-        inter,
-        val_splits,
-        test_splits,
-        cfg.max_seq_len,
-        served_vecs,
-        make_scorer,
-        neighbours=neighbours,
-        stack=stack_fit.weights if stack_fit else (),
-        offline_val_ndcg=fit.best_val_ndcg,
-        rebuy={name: f.weights for name, f in rebuy_fits.items()},
-    )
+    # Per knn-source similarity (NEIGHBOUR_VARIANTS): item-kNN neighbour lists per split (its
+    # training events; the version ships the test split's, every event before the test cut, the
+    # same lists the test lists are graded with), the stacked list score fitted with them on the
+    # worker's candidates at the last training cuts (served only where it wins on validation), and
+    # the served evaluation. The variant whose validated list parameters score best on validation
+    # ships (ties: the first, cosine only).
+    by_variant: dict[str, tuple[Any, Any, Any]] = {}
+    timings["stacking_fit"] = 0.0
+    for variant, ease_weight in NEIGHBOUR_VARIANTS.items():
+
+        def neighbours_of(data, events, w=ease_weight):
+            return item_neighbours(data, events, ease_weight=w)
+
+        neighbours = (neighbours_of(inter, val.fit), neighbours_of(inter, test.fit))
+        t1 = time.perf_counter()
+        stack_fit = fit_stacker(
+            inter, val, served_vecs, cfg.max_seq_len, cut_step, make_scorer, neighbours=neighbours_of
+        )
+        timings["stacking_fit"] += time.perf_counter() - t1
+        served = served_evaluation(
+            inter,
+            val_splits,
+            test_splits,
+            cfg.max_seq_len,
+            served_vecs,
+            make_scorer,
+            neighbours=neighbours,
+            stack=stack_fit.weights if stack_fit else (),
+            offline_val_ndcg=fit.best_val_ndcg,
+            rebuy={name: f.weights for name, f in rebuy_fits.items()},
+        )
+        by_variant[variant] = (neighbours, stack_fit, served)
+        log.info("knn source %s: validation objective %.4f", variant, served.objective())
+    neighbour_variant = max(by_variant, key=lambda n: round(by_variant[n][2].objective(), 6))  # ties: the first
+    neighbours, stack_fit, served = by_variant[neighbour_variant]
     served_ratio = (
         served.test[protocol][mode].ndcg / ours_offline if (ours_offline := rows[MODEL_NAME][mode].ndcg) > 0 else 0.0
     )
@@ -485,6 +501,14 @@ def _run(
             if stack_fit is None
             else {"groups": stack_fit.groups, "rows": stack_fit.rows, "loss": stack_fit.loss},
             "rebuy_fit": {name: {"groups": f.groups, "rows": f.rows, "loss": f.loss} for name, f in rebuy_fits.items()},
+            "neighbours": {
+                "chosen": neighbour_variant,
+                "validation_objective": {n: v[2].objective() for n, v in by_variant.items()},
+                "test": {
+                    n: {p: {m: x.as_dict() for m, x in per.items()} for p, per in v[2].test.items()}
+                    for n, v in by_variant.items()
+                },
+            },
         }
         report["other_protocols"] = {
             name: {"cases": len(sp), "test": metrics_json(r)} for name, (sp, r) in other.items()
@@ -543,8 +567,8 @@ def _run(
             "gate": report["gate"],
             LIST_PARAMS_KEY: served.params.as_dict(),
             NEIGHBOURS_KEY: {
-                "k": KNN_K,
-                "similarity": f"cosine ** {KNN_POWER:g}",
+                "k": int(neighbours[1].rows.shape[1]),
+                "similarity": neighbour_variant,
                 "files": list(NEIGHBOUR_FILES),
                 "from": "events before the test cut",
             },

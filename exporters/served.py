@@ -302,6 +302,12 @@ class ServedReport:
     rebuy_validation: dict[str, dict[str, float]] | None = None  # rebuy variant -> protocol -> NDCG@10
     rebuy: str | None = None  # the rebuy variant chosen (None: the ranker orders the own items)
 
+    def objective(self) -> float:
+        """The validation objective of the chosen list parameters (the mean over the protocols of
+        their validation NDCG@10, the rebuy score aside: ``pick_params``' key)."""
+        q = self.params
+        return float(np.mean(list(self.validation[(q.min_new, q.knn_weight, bool(q.stack))].values())))
+
     def as_dict(self) -> dict:
         return {
             "list_params": self.params.as_dict(),
@@ -643,15 +649,84 @@ def evaluate_served_replay(
     )
 
 
-def item_neighbours(inter: Interactions, fit: np.ndarray, k: int = KNN_K, power: float = KNN_POWER) -> ItemNeighbours:
+# The knn source's similarity variants the job tries (name -> EASE weight in the blend, 0: cosine
+# only); validation decides which one the version ships (``exporters.job``).
+NEIGHBOUR_VARIANTS: dict[str, float] = {f"cosine ** {KNN_POWER:g}": 0.0, f"cosine ** {KNN_POWER:g} + EASE": 1.0}
+EASE_LAMBDA = 100.0  # EASE's L2 penalty (item x item ridge regression)
+EASE_TOP_N = 8000  # EASE is solved for the items with the most users only (a dense top_n x top_n inverse)
+
+
+def item_neighbours(
+    inter: Interactions, fit: np.ndarray, k: int = KNN_K, power: float = KNN_POWER, ease_weight: float = 0.0
+) -> ItemNeighbours:
     """The ``knn`` source's neighbour lists from the ``fit`` events: the item-kNN baseline's
     neighbours (cosine on the binary user x item matrix, its tie rule), ``k`` per item, with
-    similarity cosine ** ``power``."""
+    similarity cosine ** ``power``; with ``ease_weight`` > 0, blended with each item's ``k`` EASE
+    neighbours (``ease_neighbours``): up to 2 ``k`` per item, similarity = cosine ** ``power`` +
+    ``ease_weight`` x EASE weight (``blend_neighbours``)."""
     from exporters.baselines import KnnSimilarity
 
     sim = KnnSimilarity(inter, fit).top_k(k)
     sim.data = sim.data**power
-    return ItemNeighbours.from_sparse(sim, k)
+    cosine = ItemNeighbours.from_sparse(sim, k)
+    if ease_weight <= 0:
+        return cosine
+    return blend_neighbours(cosine, ease_neighbours(inter, fit, k), ease_weight)
+
+
+def ease_neighbours(
+    inter: Interactions, fit: np.ndarray, k: int = KNN_K, lam: float = EASE_LAMBDA, top_n: int = EASE_TOP_N
+) -> ItemNeighbours:
+    """EASE (Steck 2019: B = I - P / diag(P), P = (X'X + lam I)^-1, diag(B) = 0) on the binary user x
+    item matrix X of the ``fit`` events, solved for the ``top_n`` items with the most users (the
+    others get no neighbours and are no neighbour): each item's ``k`` largest positive weights
+    (ties: the lower row), largest first."""
+    x = inter.user_item_matrix(fit, binary=True).tocsc()
+    users = np.asarray((x > 0).sum(axis=0)).ravel()
+    keep = np.sort(np.argsort(-users, kind="stable")[:top_n])
+    keep = keep[users[keep] > 0]
+    rows = np.full((inter.n_items, k), -1, dtype=np.int32)
+    sims = np.zeros((inter.n_items, k), dtype=np.float32)
+    if len(keep) < 2:
+        return ItemNeighbours(rows, sims)
+    xs = x[:, keep].astype(np.float64)
+    gram = (xs.T @ xs).toarray()
+    gram[np.diag_indices_from(gram)] += lam
+    prec = np.linalg.inv(gram)
+    b = prec / -np.diag(prec)[None, :]
+    np.fill_diagonal(b, 0.0)
+    kk = min(k, len(keep) - 1)
+    top = np.argsort(-b, axis=1, kind="stable")[:, :kk]
+    w = np.take_along_axis(b, top, axis=1)
+    pos = w > 0
+    rows[keep, :kk] = np.where(pos, keep[top], -1)
+    sims[keep, :kk] = np.where(pos, w, 0.0)
+    return ItemNeighbours(rows, sims)
+
+
+def blend_neighbours(a: ItemNeighbours, b: ItemNeighbours, weight: float) -> ItemNeighbours:
+    """Per item, the union of its neighbours in ``a`` and ``b``, similarity = a's + ``weight`` x b's
+    (0 where a list lacks it), most similar first (ties: the lower row); as many columns as both."""
+    n = len(a.rows)
+    cols = a.rows.shape[1] + b.rows.shape[1]
+    r = np.concatenate([a.rows, b.rows], axis=1).astype(np.int64)
+    s = np.concatenate([a.sims, weight * b.sims], axis=1).astype(np.float64)
+    item = np.repeat(np.arange(n), cols)
+    r, s = r.ravel(), s.ravel()
+    ok = r >= 0
+    item, r, s = item[ok], r[ok], s[ok]
+    key = item * n + r
+    uniq, inv = np.unique(key, return_inverse=True)
+    total = np.bincount(inv, weights=s)
+    u_item, u_row = uniq // n, uniq % n
+    order = np.lexsort((u_row, -total, u_item))
+    u_item, u_row, total = u_item[order], u_row[order], total[order]
+    pos = np.arange(len(u_item)) - np.searchsorted(u_item, u_item)
+    rows = np.full((n, cols), -1, dtype=np.int32)
+    sims = np.zeros((n, cols), dtype=np.float32)
+    rows[u_item, pos] = u_row
+    sims[u_item, pos] = total
+    return ItemNeighbours(rows, sims)
 
 
 def load_neighbours(version_dir: Path, manifest: dict) -> ItemNeighbours | None:

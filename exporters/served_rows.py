@@ -53,10 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--knn-power", type=float, default=KNN_POWER, help="similarity = cosine ** this (default: the shipped)"
     )
+    ap.add_argument(
+        "--ease-weight",
+        type=float,
+        default=0.0,
+        help="blend the neighbours with EASE's at this weight (exporters.served.NEIGHBOUR_VARIANTS; default 0: cosine only)",
+    )
     args = ap.parse_args(argv)
 
     def neighbours(inter, events):
-        return item_neighbours(inter, events, k=args.knn_k, power=args.knn_power)
+        return item_neighbours(inter, events, k=args.knn_k, power=args.knn_power, ease_weight=args.ease_weight)
 
     t0 = time.perf_counter()
     inter = load_interactions(args.dataset)

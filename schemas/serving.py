@@ -16,9 +16,11 @@ Two steps, numpy only, no state of their own:
   the manifest (``LIST_PARAMS_KEY``) and the worker reads it from there.
 * ``ItemNeighbours`` — the ``knn`` source and score: each catalog item's ``KNN_K`` nearest items by
   cosine on the job's binary user x item matrix (the item-kNN baseline's neighbours), with
-  similarity cosine ** ``KNN_POWER``, shipped in the version (``NEIGHBOUR_FILES``); a user's item-kNN score of an item is the sum of its similarities to the
-  user's distinct items (``aggregate``); the source offers the best-scored items the user never
-  touched (``offer``).
+  similarity cosine ** ``KNN_POWER``, shipped in the version (``NEIGHBOUR_FILES``); or, where the
+  job's validation picks it (``exporters.served.NEIGHBOUR_VARIANTS``), those blended with each
+  item's ``KNN_K`` largest EASE weights (up to 2 ``KNN_K`` per item, the manifest's ``k``); a
+  user's item-kNN score of an item is the sum of its similarities to the user's distinct items
+  (``aggregate``); the source offers the best-scored items the user never touched (``offer``).
 * ``list_scores`` — the score the list is assembled by: the ranker's; or, when the version's
   ``list_params`` say so (``knn_weight``, ``stack``: validated by the job), the user's own items
   in the ranker's order and, below them, the new items in the order of their discovery score

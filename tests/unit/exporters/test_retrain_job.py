@@ -15,6 +15,7 @@ from exporters.dataset import SplitSpec
 from exporters.item_training import ItemTrainConfig
 from exporters.job import JobConfig, Refusal, run
 from exporters.publish import build_model_update
+from exporters.served import NEIGHBOUR_VARIANTS
 from exporters.train import RankerTrainConfig
 from schemas.models import Event, ModelUpdate, decode_model_update, encode, validate_manifest
 
@@ -118,6 +119,15 @@ def test_job_writes_a_complete_published_version(first_run) -> None:
     assert manifest["item_neighbours"]["files"] == ["knn_rows.npy", "knn_sims.npy"]
     knn_rows = np.load(result.version_dir / "knn_rows.npy")
     assert knn_rows.shape[1] == manifest["item_neighbours"]["k"] and (knn_rows >= 0).any()
+    # each knn-source similarity was tried; the one whose validated lists score best on validation ships
+    nbs = served["neighbours"]
+    assert set(nbs["validation_objective"]) == set(NEIGHBOUR_VARIANTS) == set(nbs["test"])
+    best_nb = max(NEIGHBOUR_VARIANTS, key=lambda n: round(nbs["validation_objective"][n], 6))
+    assert nbs["chosen"] == best_nb == manifest["item_neighbours"]["similarity"]
+    assert nbs["test"][best_nb] == served["test"]
+    assert nbs["validation_objective"][best_nb] == pytest.approx(
+        max(sum(v.values()) / len(v) for k, v in grid.items() if k in allowed)
+    )
     assert set(served["test"]) == {"next-item", "next-new"} and set(served["test"]["next-new"]) == {"ex", "in"}
     assert 0 < served["candidate_recall"]["next-item"] <= 1
     # the ratio the issue sets a floor on (>= 0.95 for the shipped version): served over full ranking

@@ -104,3 +104,54 @@ def test_list_parameters_keep_the_served_floor_of_the_first_protocol():
     assert pick_params([a, b, c], ndcg, "line", 0.0) == b  # best mean
     assert pick_params([a, b, c], ndcg, "line", 0.095) == c  # b gives up too much of next-line
     assert pick_params([a, b, c], ndcg, "line", 0.2) == b  # none keeps the floor: all compete
+
+
+def test_ease_neighbours_are_the_ridge_weights_of_the_most_popular_items():
+    from exporters.served import ease_neighbours
+
+    inter, line, _new, _points = setup()
+    x = inter.user_item_matrix(line.fit, binary=True).toarray()
+    gram = x.T @ x + 2.0 * np.eye(inter.n_items)
+    # EASE: argmin ||X - XB||² + lam ||B||², diag(B) = 0, solved directly column by column
+    b = np.zeros((inter.n_items, inter.n_items))
+    for j in range(inter.n_items):
+        o = [i for i in range(inter.n_items) if i != j]
+        b[o, j] = np.linalg.solve(gram[np.ix_(o, o)], gram[o, j])
+    nb = ease_neighbours(inter, line.fit, k=2, lam=2.0, top_n=inter.n_items)
+    for i in range(inter.n_items):
+        want = [j for j in np.argsort(-b[i], kind="stable")[:2] if b[i, j] > 1e-12]
+        got = [int(r) for r in nb.rows[i] if r >= 0]
+        assert got == want and np.allclose(nb.sims[i, : len(got)], b[i, want], atol=1e-6)
+    # restricted to the top_n items with the most users: the others have and are no neighbours
+    users = (x > 0).sum(axis=0)
+    top = set(np.argsort(-users, kind="stable")[:3].tolist())
+    small = ease_neighbours(inter, line.fit, k=2, lam=2.0, top_n=3)
+    for i in range(inter.n_items):
+        if i not in top:
+            assert (small.rows[i] == -1).all()
+    assert set(small.rows[small.rows >= 0].tolist()) <= top
+
+
+def test_blended_neighbours_sum_both_similarities():
+    from exporters.served import blend_neighbours
+    from schemas.serving import ItemNeighbours
+
+    a = ItemNeighbours(
+        np.array([[1, 2], [0, -1], [0, 1]], np.int32), np.array([[0.5, 0.2], [0.5, 0], [0.2, 0.1]], np.float32)
+    )
+    b = ItemNeighbours(
+        np.array([[2, -1], [2, 0], [-1, -1]], np.int32), np.array([[1.0, 0], [0.4, 0.1], [0, 0]], np.float32)
+    )
+    nb = blend_neighbours(a, b, 0.5)
+    assert nb.rows.shape == (3, 4)
+    # item 0: 2 has 0.2 + 0.5 x 1.0 = 0.7, 1 has 0.5; item 1: 0 has 0.5 + 0.05, 2 has 0.2
+    assert nb.rows[0].tolist() == [2, 1, -1, -1] and np.allclose(nb.sims[0, :2], [0.7, 0.5])
+    assert nb.rows[1].tolist() == [0, 2, -1, -1] and np.allclose(nb.sims[1, :2], [0.55, 0.2])
+    assert nb.rows[2].tolist() == [0, 1, -1, -1]
+    # a user's item-kNN score under the blend = the first list's + weight x the second's
+    for hist in ([0], [1, 2], [0, 1, 2]):
+        ra, sa, _ = a.aggregate(np.array(hist))
+        rb, sb, _ = b.aggregate(np.array(hist))
+        rows, score, _ = nb.aggregate(np.array(hist))
+        want = ItemNeighbours.score_at((ra, sa, None), rows) + 0.5 * ItemNeighbours.score_at((rb, sb, None), rows)
+        assert np.allclose(score, want)
