@@ -204,6 +204,7 @@ def _train(args: argparse.Namespace) -> int:
         n_layers=args.layers,
         max_seq_len=args.max_seq_len,
         cut_step_days=args.cut_step_days,
+        try_ease=args.try_ease,
         item=ItemTrainConfig(text_layers=args.text_layers, steps=args.item_steps, seed=args.seed),
         ranker=RankerTrainConfig(
             epochs=args.epochs,
@@ -390,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-seq-len", type=int, default=20)
     t.add_argument("--text-layers", type=int, default=1, help="top item-encoder layers fine-tuned")
     t.add_argument("--item-steps", type=int, default=60)
+    t.add_argument(
+        "--try-ease",
+        action="store_true",
+        help="also try cosine² + EASE neighbours for the knn source; validation picks (2x the served-list stages)",
+    )
     t.add_argument(
         "--cut-step-days",
         type=float,

@@ -72,7 +72,7 @@ def config(root: Path, **kw) -> JobConfig:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("registry")
-    return root, run(config(root), dataset=shop())
+    return root, run(config(root, try_ease=True), dataset=shop())  # both knn-source variants tried
 
 
 def test_job_writes_a_complete_published_version(first_run) -> None:
@@ -155,6 +155,10 @@ def test_gate_keeps_a_worse_version_unpublished(first_run, tmp_path: Path) -> No
     assert registry.read_latest(root) == first.version_dir.name
     assert (root / "stricter" / "manifest.json").is_file()
     report = json.loads((root / "stricter" / "report.json").read_text())
+    # by default (no --try-ease) the knn source keeps its first variant, cosine², without trying EASE
+    first_variant = next(iter(NEIGHBOUR_VARIANTS))
+    assert list(report["served"]["neighbours"]["validation_objective"]) == [first_variant]
+    assert registry.load_manifest(root / "stricter")["item_neighbours"]["similarity"] == first_variant
     assert f"production ({first.version_dir.name})" in report["test"]
     forced = run(config(root, tolerance=-1.0, force=True, version="forced"), dataset=shop())
     assert forced.published and registry.read_latest(root) == "forced"
