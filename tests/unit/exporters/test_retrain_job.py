@@ -288,6 +288,21 @@ def test_int8_decision_mean_rule_with_its_interval(diffs: np.ndarray, ok: bool, 
     assert check["ci95"][0] <= check["mean_diff"] <= check["ci95"][1]
 
 
+@pytest.mark.parametrize(
+    ("n_items", "cases"),
+    [(1_682, 500), (3_659, 500), (10_000, 500), (20_000, 250), (55_209, 100), (1_000_000, 100)],
+)
+def test_int8_check_sample_shrinks_with_the_catalog_within_its_budget(n_items: int, cases: int) -> None:
+    """MovieLens / online_retail keep their 500 cases; a large catalog gets fewer (its interval is
+    recorded wider), never fewer than INT8_MIN_CASES."""
+    from exporters.job import INT8_MIN_CASES, JobConfig, int8_cases
+
+    cfg = JobConfig(model_root=Path("."))
+    got = int8_cases(cfg.int8_sample, cfg.int8_budget, n_items)
+    assert got == cases and got >= INT8_MIN_CASES
+    assert got * n_items <= cfg.int8_budget or got == INT8_MIN_CASES
+
+
 def test_time_budget_stops_the_ranker_after_the_step_that_crosses_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
