@@ -203,6 +203,21 @@ class CandidateConfig:
     filter_last_viewed: bool = False
 
 
+def evidence_of(source: int, ev_row: int, ev_count: float, query, trending_evidence):
+    """The evidence that found a candidate, from its ``Candidates`` fields: the query (search), the
+    anchor row (knn), (anchor row, pair count) (covis), the anchor row or None (ann), (purchases,
+    interactions, days) (trending), None (history). ``streamer.lists.reason_for`` turns it into words."""
+    if source == SEARCH:
+        return query
+    if source == COVIS:
+        return ev_row, ev_count
+    if source == ANN or source == KNN:
+        return ev_row if ev_row >= 0 else None
+    if source == TRENDING:
+        return trending_evidence[ev_row] if trending_evidence is not None else None
+    return None
+
+
 @dataclass
 class Candidates:
     """One user's candidates, as arrays (a view into a ``CandidateBatch``)."""
@@ -220,21 +235,6 @@ class Candidates:
 
     def source(self, j: int) -> str:
         return SOURCES[self.src[j]]
-
-    def evidence(self, j: int):
-        """The evidence that found candidate ``j``: the query (search), the anchor row (knn),
-        (anchor row, pair count) (covis), the anchor row or None (ann), (purchases, interactions,
-        days) (trending), None (history). ``streamer.lists.reason_for`` turns it into words."""
-        s = self.src[j]
-        if s == SEARCH:
-            return self.query
-        if s == COVIS:
-            return int(self.ev_row[j]), float(self.ev_count[j])
-        if s in (ANN, KNN):
-            return int(self.ev_row[j]) if self.ev_row[j] >= 0 else None
-        if s == TRENDING:
-            return self.trending_evidence[self.ev_row[j]] if self.trending_evidence is not None else None
-        return None
 
     @property
     def sources(self) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 from schemas import RecItem, Recommendation
 from schemas.repeat import repeat_features, state_inputs
 from schemas.serving import SOURCES, ListParams, assemble, discovery, list_scores, order_with_search
-from streamer.candidates import ANN, COVIS, KNN, SEARCH, TRENDING, CandidateBatch, Candidates, rank_in_groups
+from streamer.candidates import CandidateBatch, Candidates, evidence_of, rank_in_groups
 from streamer.items import ItemIndex
 from streamer.state import UserState
 
@@ -56,7 +56,7 @@ def _times(n: int) -> str:
 
 
 def reason_for(source: str, evidence, row: int, user: UserState, index: ItemIndex) -> str:
-    """A short reason from the evidence that found the candidate (see ``Candidates.evidence``):
+    """A short reason from the evidence that found the candidate (see ``candidates.evidence_of``):
     real counts, dates, titles and the user's own query, never a fixed slogan where evidence exists."""
     if source == "history":
         item_id = index.ids[row]
@@ -142,20 +142,11 @@ def _items(
     trending_evidence: list | None,
 ) -> tuple[RecItem, ...]:
     """The list's items from the picked candidates' fields, best first (Python lists, one entry per
-    item): the evidence of ``Candidates.evidence`` turned into a reason by ``reason_for``."""
+    item): the evidence (``candidates.evidence_of``) turned into a reason by ``reason_for``."""
     ids, titles = index.ids, index.titles
     items = []
     for row, s, ev_r, ev_c, score in zip(rows, src, ev_row, ev_count, scores):
-        if s == SEARCH:
-            evidence = query
-        elif s == COVIS:
-            evidence = (ev_r, ev_c)
-        elif s == ANN or s == KNN:
-            evidence = ev_r if ev_r >= 0 else None
-        elif s == TRENDING:
-            evidence = trending_evidence[ev_r] if trending_evidence is not None else None
-        else:
-            evidence = None
+        evidence = evidence_of(s, ev_r, ev_c, query, trending_evidence)
         source = SOURCES[s]
         items.append(
             RecItem(
