@@ -236,10 +236,17 @@ def report(stack: LocalStack, ds, sent: dict, metrics_text: str) -> None:
         for ev in history[u][-5:]:
             print(f"   {ev.type:<9} {ev.item_id:<8} {titles.get(ev.item_id) or ''}")
         rec = lists[u]
-        print(f"   list (model {rec['model_version']}, variant {rec['variant']}):")
-        for i, it in enumerate(rec["items"][:10], 1):
+        seen = {ev.item_id for ev in history[u]}
+        again = sum(it["item_id"] in seen for it in rec["items"])
+        print(
+            f"   list (model {rec['model_version']}, variant {rec['variant']}): {len(rec['items'])} items, "
+            f"{again} bought before (again), {len(rec['items']) - again} new to this user (new):"
+        )
+        for i, it in enumerate(rec["items"], 1):
+            tag = "again" if it["item_id"] in seen else "new"
             print(
-                f"   {i:>2}. {it['score']:+.3f}  {it['item_id']:<8} {(it.get('title') or '')[:36]:<36}  {it['reason']}"
+                f"   {i:>2}. {it['score']:+.3f} {tag:<5} {it['item_id']:<8} {(it.get('title') or '')[:36]:<36}  "
+                f"{it['reason']}"
             )
 
 

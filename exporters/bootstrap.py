@@ -41,12 +41,19 @@ from exporters.modeling import (
 )
 from exporters.text import load_tokenizer
 from schemas.ranking import EVENT_TYPE_IDS, FEATURE_NAMES, MODEL_FORMAT
+from schemas.serving import LIST_PARAMS_KEY
 
 # One sequence length for the bootstrap and the retrain job (exporters.job uses this default):
 # the ranker's cost grows with it (2 BERT layers over L), and 20 is what the job trains with.
 DEFAULT_MAX_SEQ_LEN = 20
 DEFAULT_MAX_TEXT_LEN = 32
 DEFAULT_RANKER_LAYERS = 2
+# Items of the published list reserved for things the user never touched. The bootstrap is not
+# validated (nothing was logged yet), so it takes the share the retrain job validated on
+# online_retail (min_new 10 of 20: issue 14, EVALUATION.md): without it, a wholesale buyer's
+# list is twenty "you bought this N times" lines, since the frequency terms above dominate.
+# A trained version ships its own validated value in the manifest's ``list_params``.
+BOOTSTRAP_MIN_NEW = 10
 TOKENIZER_FILE = "tokenizer.json"
 
 log = logging.getLogger(__name__)
@@ -136,6 +143,7 @@ def export_bootstrap(
             "fused_ops": result.fused_ops,
             "metrics": {},
             "parity": result.parity,
+            LIST_PARAMS_KEY: {"min_new": BOOTSTRAP_MIN_NEW},
             "ranker": {
                 "n_layers": ranker.config.n_layers,
                 "scoring": "cos(user, cand) + sum(feature_weights[f] * f); user = event-type weighted mean of sequence item vectors",

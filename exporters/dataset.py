@@ -279,6 +279,12 @@ def cut_targets(inter: Interactions, protocol: str, cut: int, end: int) -> np.nd
 def _cut_split(inter: Interactions, protocol: str, stage: str, spec: SplitSpec) -> Split:
     test_cut, val_cut = spec.cuts(inter.ts)
     cut, end = (test_cut, np.iinfo(np.int64).max) if stage == "test" else (val_cut, test_cut)
+    return cut_split(inter, protocol, stage, int(cut), int(end))
+
+
+def cut_split(inter: Interactions, protocol: str, stage: str, cut: int, end: int) -> Split:
+    """The time split of ``protocol`` at ``cut``: models learn from everything before it, the
+    cases are each user's first qualifying event in [cut, end)."""
     fit = inter.ts < cut
     first = cut_targets(inter, protocol, cut, end)
     return Split(
@@ -290,8 +296,8 @@ def _cut_split(inter: Interactions, protocol: str, stage: str, spec: SplitSpec) 
         case_targets=inter.items[first],
         case_time=np.full(len(first), cut, dtype=np.int64),
         modes=MODES[protocol],
-        cut=int(cut),
-        end=int(end),
+        cut=cut,
+        end=end,
     )
 
 
