@@ -17,7 +17,8 @@ grades two families of orderings with the job's evaluator (full ranking, the pro
   item -> user -> item transition probabilities ** alpha, divided by the target's popularity **
   beta; its best validated setting alpha 0.5, beta 0.5, K 20), cosine on the basket x item matrix
   (a basket = a user's events at one timestamp) alone and added to the user-level one, and an
-  asymmetric cosine (co-count / (n_i ** a n_j ** (1 - a)), a = 0.7).
+  asymmetric cosine (co-count / (n_i ** a n_j ** (1 - a)), a = 0.7); and the job's opt-in
+  ``--try-ease`` neighbours (cosine² + EASE, ``exporters.served.item_neighbours``).
 
 Every row shows each validation window, the case-weighted pool of them (with the paired z of
 the per-case NDCG@10 difference against the family's first row) and the test period. Pick on
@@ -42,12 +43,16 @@ from tqdm import tqdm
 from exporters.baselines import KnnSimilarity, personal_counts
 from exporters.dataset import Interactions, Split, cut_split, load_interactions
 from exporters.evaluate import case_ndcg
+from exporters.served import NEIGHBOUR_VARIANTS, item_neighbours
+from schemas.serving import KNN_K, KNN_POWER, ItemNeighbours
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 BASKET_DECAY = 0.9
 RECENT_DAYS = 90
+NEXT_ITEM, NEXT_NEW = "next-item (own items)", "next-new (item-kNN)"
+EASE_VARIANT = f"cosine ** {KNN_POWER:g} + EASE"
 KNN_GRID = tuple((k, p) for k in (20, 50, 100) for p in (1, 2, 3))
 
 
@@ -144,6 +149,13 @@ def _baskets(inter: Interactions, split: Split) -> sparse.csr_matrix:
     return x
 
 
+def _neighbour_matrix(nb: ItemNeighbours) -> sparse.csr_matrix:
+    n, k = nb.rows.shape
+    rows, cols, sims = np.repeat(np.arange(n), k), nb.rows.ravel().astype(np.int64), nb.sims.ravel()
+    ok = cols >= 0
+    return sparse.csr_matrix((sims[ok].astype(np.float64), (rows[ok], cols[ok])), shape=(n, n))
+
+
 def knn_scores(inter: Interactions, split: Split) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     sim = KnnSimilarity(inter, split.fit)
     hist = personal_counts(inter, split)
@@ -160,6 +172,9 @@ def knn_scores(inter: Interactions, split: Split) -> dict[str, Callable[[np.ndar
         "basket cosine K=50 sim^2": baskets,
         "item-kNN K=20 sim^2 + 0.5 x basket cosine K=50 sim^2": neighbours["item-kNN K=20 sim^2"] + 0.5 * baskets,
         "asymmetric cosine a 0.7 K=20 sim^2": _top_k_per_row(_cosine(x, alpha=0.7), 20),
+        "item-kNN K=20 sim^2 + EASE (the --try-ease variant)": _neighbour_matrix(
+            item_neighbours(inter, split.fit, ease_weight=NEIGHBOUR_VARIANTS[EASE_VARIANT])
+        ),
     }
     return {name: (lambda cases, nb=nb: np.asarray((hist[cases] @ nb).todense())) for name, nb in neighbours.items()}
 
@@ -170,16 +185,14 @@ def _dense(m: sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
 
 def run(inter: Interactions, n_windows: int) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """{family: {ordering: {window: per-case NDCG@10}}}."""
-    out: dict[str, dict[str, dict[str, np.ndarray]]] = {"next-item (own items)": {}, "next-new (item-kNN)": {}}
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {NEXT_ITEM: {}, NEXT_NEW: {}}
     for w in tqdm(windows(inter, n_windows), desc="cuts", unit="cut"):
         line = split_at(inter, "next-item", w)
         for name, m in own_item_scores(inter, line).items():
-            out["next-item (own items)"].setdefault(name, {})[w.name] = case_ndcg(
-                _dense(m), inter, line, np.arange(len(line))
-            )
+            out[NEXT_ITEM].setdefault(name, {})[w.name] = case_ndcg(_dense(m), inter, line, np.arange(len(line)))
         new = split_at(inter, "next-new", w)
         for name, fn in knn_scores(inter, new).items():
-            out["next-new (item-kNN)"].setdefault(name, {})[w.name] = case_ndcg(fn, inter, new, np.arange(len(new)))
+            out[NEXT_NEW].setdefault(name, {})[w.name] = case_ndcg(fn, inter, new, np.arange(len(new)))
     return out
 
 
@@ -187,25 +200,35 @@ def _mean(x: np.ndarray) -> str:
     return f"{x.mean():.4f}" if len(x) else "–"
 
 
+def _z(a: np.ndarray, b: np.ndarray) -> float:
+    d = a - b
+    return float(d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))) if len(d) > 1 and d.std() > 0 else 0.0
+
+
 def table(results: dict[str, dict[str, dict[str, np.ndarray]]]) -> str:
+    """Markdown tables, one per family; z = paired gain over the family's first row (its
+    baseline) and, for next-new, over the neighbours the knn source ships."""
+    shipped = {NEXT_NEW: f"item-kNN K={KNN_K} sim^{KNN_POWER:g}"}
     lines = []
     for family, rows in results.items():
         names = list(next(iter(rows.values())))
         vals = [n for n in names if n != "test"]
-        base = next(iter(rows.values()))
-        base_pool = np.concatenate([base[n] for n in vals])
-        cases = " / ".join(str(len(base[n])) for n in names)
+        pool = {row: np.concatenate([per[n] for n in vals]) for row, per in rows.items()}
+        base, ship = next(iter(pool.values())), pool.get(shipped.get(family, ""))
+        cases = " / ".join(str(len(v)) for v in next(iter(rows.values())).values())
         lines += [
             f"\n{family}: NDCG@10 per window (cases {cases})",
-            "| ordering | " + " | ".join(names[:-1]) + " | validation pool | z vs first row | test |",
-            "|---|" + "---|" * (len(names) + 2),
+            "| ordering | "
+            + " | ".join(vals)
+            + " | validation pool | z vs first row"
+            + (" | z vs shipped" if ship is not None else "")
+            + " | test |",
+            "|---|" + "---|" * (len(names) + 2 + (ship is not None)),
         ]
         for name, per in rows.items():
-            pool = np.concatenate([per[n] for n in vals])
-            d = pool - base_pool
-            z = d.mean() / (d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 and d.std() > 0 else 0.0
-            cells = " | ".join(_mean(per[n]) for n in vals)
-            lines.append(f"| {name} | {cells} | {_mean(pool)} | {z:+.1f} | {_mean(per['test'])} |")
+            cells = [_mean(per[n]) for n in vals] + [_mean(pool[name]), f"{_z(pool[name], base):+.1f}"]
+            cells += [f"{_z(pool[name], ship):+.1f}"] if ship is not None else []
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean(per['test'])} |")
     return "\n".join(lines)
 
 
