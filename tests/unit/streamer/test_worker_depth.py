@@ -35,8 +35,12 @@ def exits(monkeypatch) -> list:
 
 
 class FakeSink:
-    def __init__(self, batches):
+    def __init__(self, batches, backlog: bool = True):
         self.batches = list(batches)
+        self.backlog = backlog
+
+    def __len__(self) -> int:  # records waiting: the batches not taken yet (none when keeping up)
+        return sum(len(b) for b in self.batches) if self.backlog else 0
 
     async def take(self, max_, within):
         if self.batches:
@@ -48,13 +52,13 @@ def msg(batch: int, offset: int):
     return SimpleNamespace(batch=batch, offset=offset)
 
 
-def worker(batches, log, fail_publish_of=None):
+def worker(batches, log, fail_publish_of=None, backlog=True):
     """A ``Worker`` with only what ``_consume`` touches; ``_process`` and ``_publish`` faked."""
     w = app_mod.Worker.__new__(app_mod.Worker)
     w.s = SimpleNamespace(max_batch=3, max_wait_ms=0)
     w.ready = asyncio.Event()
     w.ready.set()
-    w.sink = FakeSink(batches)
+    w.sink = FakeSink(batches, backlog)
     w.probe = SimpleNamespace(ready=True)
     w._processing, w._publishing, w._last_batch_end = False, None, 0.0
     w.app = SimpleNamespace(consumer=SimpleNamespace(ack=lambda m: log.append(("ack", m.batch, m.offset))))
@@ -110,6 +114,16 @@ def test_next_batch_is_processed_while_the_previous_one_publishes_and_acks_stay_
         assert log.index(("publish end", n)) < first_ack, log
     # the stalled-partition check sees a publishing worker as busy
     assert all(e[2] is True for e in log if e[0] == "publish start"), log
+
+
+def test_without_a_backlog_each_batch_is_published_before_the_next_is_processed():
+    log: list = []
+    batches = [[msg(b, 3 * b + i) for i in range(3)] for b in (1, 2, 3)]
+    w = worker(batches, log, backlog=False)
+    run_until_acked(w, log, 9)
+    assert [e[2] for e in log if e[0] == "ack"] == list(range(3, 12)), log
+    for n in (1, 2):
+        assert log.index(("publish end", n)) < log.index(("process", n + 1)), log
 
 
 def test_a_failed_publication_exits_and_acks_nothing_after_it(exits):
