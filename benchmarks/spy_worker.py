@@ -54,7 +54,10 @@ STAGES = (
         "fetch (consumer thread, fetch loop)",
         ("Fetcher._proc_fetch_request", "_drain_messages", "Fetcher._fetcher", "Consumer.getmany"),
     ),
-    ("rest of the batch loop (Worker._handle, acks, metrics)", ("Worker._handle", "Worker._consume")),
+    (
+        "rest of the batch loop (Worker._process, _publish_and_ack, acks, metrics)",
+        ("Worker._handle", "Worker._consume", "Worker._process", "Worker._publish_and_ack", "Worker._publish"),
+    ),
     ("waiting in select (sampled as busy)", ("EpollSelector.select",)),
 )
 
@@ -98,6 +101,8 @@ def summarize(path: Path) -> str:
                 "RequestHandler._handle_request",
                 "EpollSelector.select",
                 "Worker._handle",
+                "Worker._process",
+                "Worker._publish_and_ack",
             ):
                 if key in frames:
                     main[key] += int(n)
