@@ -346,6 +346,17 @@ def make_split(inter: Interactions, protocol: str, stage: str = "test", spec: Sp
     return _cut_split(inter, protocol, stage, spec)
 
 
+def user_baskets(inter: Interactions, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``mask`` events grouped into baskets (a user's events at one timestamp, e.g. an
+    invoice): their indices ordered by user, then log order, and a flag on each basket's first."""
+    idx = np.flatnonzero(mask)
+    idx = idx[np.lexsort((idx, inter.users[idx]))]
+    users, ts = inter.users[idx], inter.ts[idx]
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = (users[1:] != users[:-1]) | (ts[1:] != ts[:-1])
+    return idx, first
+
+
 def last_event_before(inter: Interactions, users: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per user, the index of their last ``mask`` event (-1 when none)."""
     idx = np.flatnonzero(mask)

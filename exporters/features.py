@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-from exporters.dataset import Interactions
+from exporters.dataset import Interactions, user_baskets
 from schemas.ranking import COVIS_WINDOW, DAY_MS, EVENT_TYPE_IDS, EVENT_WEIGHTS, NUM_FEATURES, RECENCY_DAYS
 from schemas.ranking import DEFAULT_HALF_LIFE_DAYS as HALF_LIFE_DAYS
 
@@ -287,11 +287,8 @@ def basket_points(inter: Interactions, fit: np.ndarray, target_end: int) -> tupl
     timestamp, e.g. an invoice) after the first, the point is the last event of the previous
     basket and the targets are the basket's distinct items in file order. Only baskets before
     ``target_end``."""
-    idx = np.flatnonzero(fit)
-    idx = idx[np.lexsort((idx, inter.users[idx]))]
+    idx, new_basket = user_baskets(inter, fit)
     users, ts = inter.users[idx], inter.ts[idx]
-    new_basket = np.ones(len(idx), dtype=bool)
-    new_basket[1:] = (users[1:] != users[:-1]) | (ts[1:] != ts[:-1])
     starts = np.flatnonzero(new_basket)
     ends = np.append(starts[1:], len(idx))
     as_of, targets = [], []

@@ -41,14 +41,12 @@ from scipy import sparse
 from tqdm import tqdm
 
 from exporters.baselines import KnnSimilarity, personal_counts
-from exporters.dataset import Interactions, Split, cut_split, load_interactions
+from exporters.dataset import Interactions, Split, cut_split, load_interactions, user_baskets
 from exporters.evaluate import case_ndcg
 from exporters.served import NEIGHBOUR_VARIANTS, item_neighbours
+from schemas.ranking import DAY_MS
 from schemas.serving import KNN_K, KNN_POWER, ItemNeighbours
 
-log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 BASKET_DECAY = 0.9
 RECENT_DAYS = 90
 NEXT_ITEM, NEXT_NEW = "next-item (own items)", "next-new (item-kNN)"
@@ -86,11 +84,8 @@ def _matrix(inter: Interactions, split: Split, idx: np.ndarray, weights: np.ndar
 
 def own_item_scores(inter: Interactions, split: Split) -> dict[str, sparse.csr_matrix]:
     """Cases x items, one matrix per own-item ordering (see the module docstring)."""
-    idx = np.flatnonzero(split.visible)
-    idx = idx[np.lexsort((inter.pos[idx], inter.ts[idx], inter.users[idx]))]
+    idx, new_basket = user_baskets(inter, split.visible)
     users, ts = inter.users[idx], inter.ts[idx]
-    new_basket = np.ones(len(idx), dtype=bool)
-    new_basket[1:] = (users[1:] != users[:-1]) | (ts[1:] != ts[:-1])
     basket = np.cumsum(new_basket)  # global basket number, increasing within a user
     last_of_user = np.zeros(inter.n_users, dtype=np.int64)
     np.maximum.at(last_of_user, users, basket)
@@ -139,11 +134,10 @@ def _rp3beta(x: sparse.csr_matrix, alpha: float, beta: float) -> sparse.csr_matr
 
 
 def _baskets(inter: Interactions, split: Split) -> sparse.csr_matrix:
-    idx = np.flatnonzero(split.fit)
-    _, basket = np.unique(inter.users[idx] * (1 << 42) + inter.ts[idx], return_inverse=True)
-    x = sparse.csr_matrix(
-        (np.ones(len(idx)), (basket.ravel(), inter.items[idx])), shape=(int(basket.max(initial=-1)) + 1, inter.n_items)
-    )
+    """Baskets x items, binary, of the ``fit`` events."""
+    idx, first = user_baskets(inter, split.fit)
+    basket = np.cumsum(first) - 1
+    x = sparse.csr_matrix((np.ones(len(idx)), (basket, inter.items[idx])), shape=(int(first.sum()), inter.n_items))
     x.sum_duplicates()
     x.data[:] = 1.0
     return x
