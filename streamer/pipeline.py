@@ -98,6 +98,7 @@ class _Touched:
     applied: bool = False  # at least one new (not duplicate) event in this batch
     variant: str = "ranker"  # the user's arm (label as lists and stats carry it)
     space: object = None  # what ranks the user: the Pipeline (production) or a ServedVersion
+    embed: list = field(default_factory=list)  # the batch's embedding updates (``UserState.add_to_embedding``)
 
 
 class Pipeline:
@@ -299,7 +300,7 @@ class Pipeline:
                     st.rebuild_embedding(self._vectors_of(st, space.index), b.version, b.dim, self.half_life_ms)
                     t.dirty = True
             t.last_event, t.last_msg = ev, msg
-            if apply(t.state, ev, stats, t.space):
+            if apply(t.state, ev, stats, t.space, t.embed):
                 t.dirty = t.applied = True
                 out.applied += 1
             else:
@@ -318,8 +319,12 @@ class Pipeline:
         ):
             if n:
                 _COUNT[outcome].inc(n)
+        half_life_ms = self.half_life_ms
         for user_id, t in touched.items():
             out.trigger_ts[user_id] = t.last_msg.timestamp_ms
+            if t.embed:  # each user's events of the batch in one step, in order, before ranking reads them
+                t.state.add_to_embedding(t.embed, half_life_ms)
+                t.embed.clear()
         t1 = time.perf_counter()
         if touched:
             out.recs = await self._rank(touched)
@@ -343,19 +348,23 @@ class Pipeline:
             index.sync()
         return {i: index.vecs[index.pos[i]] for i in st.items if i in index.pos}
 
-    def _apply(self, st: UserState, ev: Event, stats: Stats, space=None) -> bool:
+    def _apply(self, st: UserState, ev: Event, stats: Stats, space=None, embed: list | None = None) -> bool:
         """``space``: the user's arm (the Pipeline for production, or a ServedVersion), whose
-        vector space the user's embedding lives in."""
+        vector space the user's embedding lives in. ``embed``: where the event's embedding update
+        waits for ``UserState.add_to_embedding`` (``process`` folds them after the batch's events);
+        None: applied now."""
         space = self if space is None else space
         index = self.index
         row = None
         vec = None
-        etype, item_id = ev.type, ev.item_id
+        etype, item_id, ts = ev.type, ev.item_id, ev.ts
         if item_id is not None:
-            row = index.ensure(item_id)
-            pos, seq = index.pos, st.seq
+            pos = index.pos
+            row = pos.get(item_id)
+            if row is None:
+                row = index.ensure(item_id)
             # the user's last 5 items before this event (read from the newest end of the deque)
-            recent_rows = [pos[i] for i, _t, _ts in islice(reversed(seq), 5) if i in pos]
+            recent_rows = [pos[i] for i, _t, _ts in islice(reversed(st.seq), 5) if i in pos]
             recent_rows.reverse()  # oldest first, as the co-visitation update has always seen them
             if space is not self:
                 space.index.sync()
@@ -367,21 +376,22 @@ class Pipeline:
             ev.event_id,
             etype,
             item_id,
-            ev.ts,
+            ts,
             vec,
             max_seq_len=s.max_seq_len,
             dedup_window=s.dedup_window,
             half_life_ms=self.half_life_ms,
             query=ev.query,
+            embed=embed,
         )
         if applied and row is not None:
             # against the list that was live when the event happened (``apply`` leaves it alone)
-            attribute(st, etype, item_id, ev.ts, self.window_ms, stats)
+            attribute(st, etype, item_id, ts, self.window_ms, stats)
             weight = EVENT_WEIGHTS.get(etype, 0.0)
             if weight > 0:
-                index.bump(row, weight, ev.ts)
+                index.bump(row, weight, ts)
                 self.covis.update(recent_rows, row)
-            self.recent.add(row, etype, ev.ts)
+            self.recent.add(row, etype, ts)
         return applied
 
     async def _rank(self, touched: dict[str, _Touched]) -> list[Recommendation]:
