@@ -60,24 +60,28 @@ class CoVisitation:
         self.counts: dict[int, dict[int, float]] = defaultdict(dict)
 
     def update(self, recent_rows: list[int], row: int) -> None:
-        counts, add = self.counts, self._add
+        """Count ``row`` with each distinct recent row: (other, row), then (row, other). Runs per
+        event: the count step is written out here rather than called per pair."""
+        counts, cap, prune = self.counts, COVIS_MAX_NEIGHBOURS, self._prune
         mine = None
         for other in set(recent_rows):
             if other == row:
                 continue
-            add(counts[other], row)  # (other, row), then (row, other)
+            nb = counts[other]
+            if row in nb:
+                nb[row] += 1.0
+            else:  # only a new key can take a dict past the cap
+                nb[row] = 1.0
+                if len(nb) > cap:
+                    prune(nb)
             if mine is None:
                 mine = counts[row]
-            add(mine, other)
-
-    @classmethod
-    def _add(cls, nb: dict[int, float], key: int) -> None:
-        if key in nb:
-            nb[key] += 1.0
-        else:  # only a new key can take a dict past the cap
-            nb[key] = 1.0
-            if len(nb) > COVIS_MAX_NEIGHBOURS:
-                cls._prune(nb)
+            if other in mine:
+                mine[other] += 1.0
+            else:
+                mine[other] = 1.0
+                if len(mine) > cap:
+                    prune(mine)
 
     @staticmethod
     def _prune(nb: dict[int, float]) -> None:
@@ -120,14 +124,19 @@ class RecentCounts:
     """Exact per-item event counts over the last ``days`` days of event time, in a ring of daily
     buckets (rows of the item index): purchases, and other positive interactions. The trending
     reason quotes them ("bought 37 times in the last 7 days"). Counted from this worker's events
-    (its partitions' users), like the trending and co-visitation counts themselves."""
+    (its partitions' users), like the trending and co-visitation counts themselves.
+
+    ``add`` runs per event: it counts in plain dicts (``_pending``, keyed by ``row * days + slot``)
+    and the arrays take them in one step when read (``counts``, ``remap``) or before a bucket is
+    reused; integer counts, so the totals are the same as adding one by one."""
 
     def __init__(self, days: int = 7, capacity: int = 1024) -> None:
         self.days = days
         self.bought = np.zeros((capacity, days), dtype=np.int32)
         self.other = np.zeros((capacity, days), dtype=np.int32)
-        self.slot_day = np.full(days, -1, dtype=np.int64)
+        self.slot_day = [-1] * days  # the day each bucket holds
         self.newest_day = -1
+        self._pending: tuple[dict[int, int], dict[int, int]] = ({}, {})  # (bought, other)
 
     def _grow(self, row: int) -> None:
         cap = len(self.bought)
@@ -141,29 +150,47 @@ class RecentCounts:
         if etype != "purchase" and etype not in COUNTED_TYPES:
             return
         day = ts // DAY_MS
-        if day <= self.newest_day - self.days:
+        days = self.days
+        if day <= self.newest_day - days:
             return  # older than the window
-        slot = day % self.days
+        slot = day % days
         if self.slot_day[slot] != day:  # the slot holds a day at least ``days`` older: reuse it
+            self._flush()
             self.bought[:, slot] = 0
             self.other[:, slot] = 0
             self.slot_day[slot] = day
-        self.newest_day = max(self.newest_day, day)
-        self._grow(row)
-        (self.bought if etype == "purchase" else self.other)[row, slot] += 1
+        if day > self.newest_day:
+            self.newest_day = day
+        pending = self._pending[etype != "purchase"]
+        key = row * days + slot
+        pending[key] = pending.get(key, 0) + 1
+
+    def _flush(self) -> None:
+        """Add the pending counts to the arrays."""
+        for k, pending in enumerate(self._pending):
+            if not pending:
+                continue
+            keys = np.fromiter(pending, dtype=np.int64, count=len(pending))
+            n = np.fromiter(pending.values(), dtype=np.int32, count=len(pending))
+            pending.clear()
+            rows, slots = np.divmod(keys, self.days)
+            self._grow(int(rows.max()))
+            (self.other if k else self.bought)[rows, slots] += n  # keys are distinct
 
     def counts(self, rows) -> list[tuple[int, int, int]]:
         """(purchases, other interactions, days) of each row over the last ``days`` days up to the
         newest event seen (the trending candidates' evidence, computed once per batch)."""
+        self._flush()
         rows = np.asarray(rows, dtype=np.int64)
         ok = rows < len(self.bought)
-        live = self.slot_day > self.newest_day - self.days
+        live = np.asarray(self.slot_day) > self.newest_day - self.days
         safe = np.where(ok, rows, 0)
         b = np.where(ok, self.bought[safe][:, live].sum(axis=1), 0)
         o = np.where(ok, self.other[safe][:, live].sum(axis=1), 0)
         return [(int(x), int(y), self.days) for x, y in zip(b, o)]
 
     def remap(self, mapping: dict[int, int]) -> None:
+        self._flush()
         bought, other = self.bought, self.other
         n = max(mapping.values(), default=-1) + 1
         self.bought = np.zeros((max(n, len(bought)), self.days), np.int32)

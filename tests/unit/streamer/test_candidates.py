@@ -39,3 +39,30 @@ def test_vectorised_sorts_equal_the_stable_sorts_they_replace():
         score = rng.integers(0, 4, n).astype(np.float64) / 2  # many ties
         tie = rng.permutation(n)
         np.testing.assert_array_equal(rank_in_groups(groups, score, tie), np.lexsort((tie, -score, groups)))
+
+
+def test_recent_counts_are_the_events_of_the_last_days():
+    """``RecentCounts`` counts in dicts and moves them into its arrays when read or when a day's
+    bucket is reused: the counts are exactly the events of the last ``days`` days (rows past
+    the arrays' capacity included)."""
+    from streamer.candidates import DAY_MS, RecentCounts
+
+    rng = np.random.default_rng(3)
+    rc = RecentCounts(days=3, capacity=4)
+    log = []
+    for _ in range(2000):
+        day = int(rng.integers(0, 4)) + len(log) // 200  # time moves on, with stragglers
+        row, etype = int(rng.integers(0, 12)), str(rng.choice(["purchase", "view", "cancel", "click"]))
+        rc.add(row, etype, day * DAY_MS + int(rng.integers(0, DAY_MS)))
+        log.append((row, etype, day))
+        if len(log) % 150 == 0:
+            newest = max(d for _r, _e, d in log)
+            want = [
+                (
+                    sum(1 for r, e, d in log if r == row and e == "purchase" and d > newest - 3),
+                    sum(1 for r, e, d in log if r == row and e in ("view", "click") and d > newest - 3),
+                    3,
+                )
+                for row in range(14)
+            ]
+            assert rc.counts(list(range(14))) == want
