@@ -92,14 +92,18 @@ def new_profile(ts: int) -> list:
 
 
 def update_profile(prof: list, etype: str, weight: float, ts: int) -> None:
-    """Fold one event of the user on the item into its profile entry (in place)."""
+    """Fold one event of the user on the item into its profile entry (in place). Runs per event in
+    the worker: comparisons rather than ``max``/``min`` calls (the same values: an equal ``ts``
+    leaves the entry's own)."""
     prof[WEIGHT] += weight
-    prof[LAST] = max(prof[LAST], ts)
+    if ts > prof[LAST]:
+        prof[LAST] = ts
     if etype == "purchase":
         prof[PURCHASES] += 1
     elif etype == "cancel":
         prof[PURCHASES] = max(prof[PURCHASES] - 1, 0)
-    prof[FIRST] = min(prof[FIRST], ts)
+    if ts < prof[FIRST]:
+        prof[FIRST] = ts
 
 
 def upgrade_profiles(items: dict[str, list]) -> dict[str, list]:
