@@ -147,7 +147,7 @@ class UserState:
             else:
                 factors.append(weight * math.pow(0.5, (emb_ts - ts) / half_life_ms))
         self.emb_ts = emb_ts
-        prods = np.concatenate([e[0] for e in events], casting="no").reshape(len(events), -1)
+        prods = np.concatenate([e[0] for e in events], casting="no").reshape(len(events), len(self.emb))
         prods *= np.asarray(factors, dtype=np.float32)[:, None]
         emb = self.emb
         for k, prod in enumerate(prods):
