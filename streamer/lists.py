@@ -17,7 +17,15 @@ import numpy as np
 from schemas import RecItem, Recommendation
 from schemas.repeat import repeat_features, state_inputs
 from schemas.serving import SOURCES, ListParams, assemble, discovery, list_scores, order_with_search
-from streamer.candidates import SEARCH, TRENDING, CandidateBatch, Candidates, evidence_of, rank_in_groups
+from streamer.candidates import (
+    SEARCH,
+    TRENDING,
+    CandidateBatch,
+    Candidates,
+    count_before,
+    evidence_of,
+    rank_in_groups,
+)
 from streamer.items import ItemIndex
 from streamer.state import UserState
 
@@ -195,18 +203,16 @@ def _picks_plain(
         def per_user(mask: np.ndarray) -> np.ndarray:
             return np.bincount(user_of, weights=mask, minlength=n_users).astype(np.int64)
 
-        def rank_among(mask: np.ndarray) -> np.ndarray:  # per entry: how many earlier ones of its user are in mask
-            c = np.concatenate(([0], np.cumsum(mask)))
-            return c[:-1] - c[first][user_of]
-
         have = per_user(new & in_top)
         want = np.minimum(np.minimum(params.min_new, np.minimum(size, counts)), per_user(new))
         short = have < want
         if short.any():
             lack = np.maximum(want - have, 0)[user_of]
             own_top = ~new & in_top
-            add = new & ~in_top & (rank_among(new & ~in_top) < lack)
-            keep_own = own_top & (rank_among(own_top) < np.minimum(size, counts)[user_of] - have[user_of] - lack)
+            add = new & ~in_top & (count_before(new & ~in_top, user_of, offsets) < lack)
+            keep_own = own_top & (
+                count_before(own_top, user_of, offsets) < np.minimum(size, counts)[user_of] - have[user_of] - lack
+            )
             s_u = short[user_of]
             chosen = np.where(s_u, (new & in_top) | keep_own | add, in_top)
             tier = np.where(s_u & ~new & in_top, 1, 0) + np.where(s_u & add, 2, 0)  # assemble's concatenation
