@@ -563,10 +563,16 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     return np.argsort(keys * n + np.arange(n, dtype=np.int64))
 
 
-def rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
+def rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
     """``np.lexsort((tie, -score, groups))``: by group (non-negative ints), then score descending,
-    then ``tie`` (distinct non-negative ints) ascending; one sort of a composite int key."""
+    then ``tie`` (distinct non-negative ints; None: the entries' order) ascending. Without ``tie``
+    two stable sorts, each cheaper than lexsort's: the scores, then the groups (a radix sort for
+    groups that fit 16 bits); with it one sort of a composite int key."""
     n = len(groups)
+    if tie is None:
+        order = np.argsort(-np.asarray(score), kind="stable")
+        g = groups[order]
+        return order[np.argsort(g.astype(np.uint16) if n and int(g.max()) < 1 << 16 else g, kind="stable")]
     if n < 2:
         return np.lexsort((tie, -score, groups))
     levels, dense = np.unique(-score, return_inverse=True)  # equal scores share a level

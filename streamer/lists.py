@@ -194,7 +194,7 @@ def _picks_plain(
     first = offsets[:-1]
     # candidate i's place in its user; ``ranked[i]`` is that user's ``pos[i]``-th best
     pos = np.arange(len(flat)) - first[user_of]
-    ranked = rank_in_groups(user_of, flat, pos)
+    ranked = rank_in_groups(user_of, flat)
     in_top = pos < size
     every = ranked[in_top]
     if params.min_new > 0 and len(flat):
