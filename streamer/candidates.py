@@ -644,7 +644,12 @@ def _covis_batch(covis: CoVisitation, recent: list[list[int]], k: int, key_base:
     top = np.flatnonzero(vs == np.maximum.reduceat(vs, starts)[seg])
     best = order[top[np.r_[True, seg[top[1:]] != seg[top[:-1]]]]]
     users = ukeys // key_base
-    rank = rank_in_groups(users, totals, first)
+    # rank within each user by total, ties by first appearance: the keys taken in appearance
+    # order (a scatter, not a sort), whose entry order is then the tie-break
+    key_at = np.full(size, -1, dtype=np.int64)
+    key_at[first] = np.arange(len(starts))
+    by_appearance = key_at[key_at >= 0]
+    rank = by_appearance[rank_in_groups(users[by_appearance], totals[by_appearance])]
     u_sorted = users[rank]
     ustart = np.searchsorted(u_sorted, np.arange(n_users))
     pos_in_user = np.arange(len(rank)) - ustart[u_sorted]
