@@ -396,37 +396,40 @@ def gather_batch(
     key_base = max(n_items, 1)  # flat key of (user, row): user * key_base + row
     pos = index.pos
 
-    # per user: profile arrays (rows, weight, last ts, purchases), recent rows, user vector
-    prof_rows, prof_vals, recent, uvecs = [], [], [], []
-    for r in users:
-        st = r.state
-        rows = np.fromiter(map(pos.get, st.items, repeat(-1)), dtype=np.int64, count=len(st.items))
-        vals = np.fromiter(
-            chain.from_iterable(st.items.values()), dtype=np.float64, count=PROFILE_FIELDS * len(st.items)
-        ).reshape(-1, PROFILE_FIELDS)[:, :3]
-        prof_rows.append(rows)
-        prof_vals.append(vals)
-        recent.append([pos[i] for i, _t, _ts in list(st.seq)[-COVIS_WINDOW:] if i in pos])
-        uvecs.append(st.user_vector())
+    # every user's profile, flat (user by user, in profile order): item row (-1: unknown to the
+    # index), weight, last ts, purchases; each user's recent rows and user vector
+    profiles = [r.state.items for r in users]
+    p_len = np.fromiter(map(len, profiles), np.int64, n_users)
+    p_start = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(p_len, out=p_start[1:])
+    n_prof = int(p_start[-1])
+    p_user = np.repeat(np.arange(n_users, dtype=np.int64), p_len)
+    p_row = np.fromiter(map(pos.get, chain.from_iterable(profiles), repeat(-1)), np.int64, n_prof)
+    p_val = np.fromiter(
+        chain.from_iterable(chain.from_iterable(map(dict.values, profiles))), np.float64, PROFILE_FIELDS * n_prof
+    ).reshape(-1, PROFILE_FIELDS)[:, :3]
+    recent = [[pos[i] for i, _t, _ts in list(r.state.seq)[-COVIS_WINDOW:] if i in pos] for r in users]
+    uvecs = [r.state.user_vector() for r in users]
 
-    # history: the user's own items, strongest first (weight x recency)
+    # history: the user's own items, strongest first (weight x recency), the first ``k_hist`` of
+    # them that the index knows
     k_hist = plan["history"][0]
     hist = np.full((n_users, k_hist), -1, dtype=np.int64)
-    for u, (rows, vals) in enumerate(zip(prof_rows, prof_vals)):
-        if len(rows):
-            top = rows[np.lexsort((-vals[:, 1], -vals[:, 0]))[:k_hist]]
-            top = top[top >= 0]
-            hist[u, : len(top)] = top
+    by_strength = np.lexsort((-p_val[:, 1], -p_val[:, 0], p_user))  # stable: ties in profile order
+    h_row = p_row[by_strength]
+    h_ok = (np.arange(n_prof) - p_start[p_user] < k_hist) & (h_row >= 0)
+    hist[p_user[h_ok], count_before(h_ok, p_user, p_start)[h_ok]] = h_row[h_ok]
 
     # knn: item-kNN over the whole profile (precomputed neighbour lists), items the user never touched
     k_n = plan["knn"][0]
     knn = np.full((n_users, k_n), -1, dtype=np.int64)
     knn_anchor = np.full((n_users, k_n), -1, dtype=np.int64)
     neighbours = getattr(index, "neighbours", None)
-    aggs = [neighbours.aggregate(rows[rows >= 0]) for rows in prof_rows] if neighbours is not None else None
+    known = [p_row[a:b][p_row[a:b] >= 0] for a, b in zip(p_start[:-1], p_start[1:])] if neighbours is not None else None
+    aggs = [neighbours.aggregate(rows) for rows in known] if neighbours is not None else None
     if aggs is not None:
-        for u, (rows, agg) in enumerate(zip(prof_rows, aggs)):
-            top, anchor = neighbours.offer(rows[rows >= 0], k_n, agg)
+        for u, (rows, agg) in enumerate(zip(known, aggs)):
+            top, anchor = neighbours.offer(rows, k_n, agg)
             knn[u, : len(top)] = top
             knn_anchor[u, : len(top)] = anchor
 
@@ -500,10 +503,8 @@ def gather_batch(
     ok = (rows < n_items) & index.available[np.minimum(rows, len(index.available) - 1)]
     drop_keys = []
     if cfg.filter_purchased:
-        drop_keys += [
-            u * key_base + rows_u[(vals[:, 2] > 0) & (rows_u >= 0)]
-            for u, (rows_u, vals) in enumerate(zip(prof_rows, prof_vals))
-        ]
+        bought = (p_val[:, 2] > 0) & (p_row >= 0)
+        drop_keys.append(p_user[bought] * key_base + p_row[bought])
     if cfg.filter_last_viewed:
         for u, r in enumerate(users):
             if r.trigger_item is not None and r.trigger_type in ("view", "click") and r.trigger_item in pos:
@@ -519,9 +520,10 @@ def gather_batch(
     personal = np.zeros(len(rows), dtype=np.float64)
     last = np.full(len(rows), -1, dtype=np.int64)
     own = np.zeros(len(rows), dtype=bool)
-    p_keys = np.concatenate([u * key_base + r[r >= 0] for u, r in enumerate(prof_rows)] or [np.zeros(0, np.int64)])
+    p_known = p_row >= 0
+    p_keys = p_user[p_known] * key_base + p_row[p_known]
     if len(p_keys):
-        p_vals = np.concatenate([v[r >= 0] for r, v in zip(prof_rows, prof_vals)])
+        p_vals = p_val[p_known]
         hit, at = _lookup(p_keys, keys)
         own = hit
         personal[hit] = p_vals[at, 0]
@@ -588,10 +590,16 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     return np.argsort(keys * n + np.arange(n, dtype=np.int64))
 
 
-def rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
+def rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
     """``np.lexsort((tie, -score, groups))``: by group (non-negative ints), then score descending,
-    then ``tie`` (distinct non-negative ints) ascending; one sort of a composite int key."""
+    then ``tie`` (distinct non-negative ints; None: the entries' order) ascending. Without ``tie``
+    two stable sorts, each cheaper than lexsort's: the scores, then the groups (a radix sort for
+    groups that fit 16 bits); with it one sort of a composite int key."""
     n = len(groups)
+    if tie is None:
+        order = np.argsort(-np.asarray(score), kind="stable")
+        g = groups[order]
+        return order[np.argsort(g.astype(np.uint16) if n and int(g.max()) < 1 << 16 else g, kind="stable")]
     if n < 2:
         return np.lexsort((tie, -score, groups))
     levels, dense = np.unique(-score, return_inverse=True)  # equal scores share a level
@@ -599,6 +607,14 @@ def rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np
     if int(groups.max()) + 1 >= (1 << 62) // (len(levels) * tie_base) or int(tie.min()) < 0:
         return np.lexsort((tie, -score, groups))
     return np.argsort((groups * len(levels) + dense) * tie_base + tie)
+
+
+def count_before(mask: np.ndarray, groups: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per entry of contiguous groups (entry ``i`` in group ``groups[i]``, which begins at
+    ``starts[groups[i]]``): how many earlier entries of its group are in ``mask``."""
+    before = np.zeros(len(mask) + 1, dtype=np.int64)
+    np.cumsum(mask, out=before[1:])
+    return before[:-1] - before[starts[groups]]
 
 
 def _lookup(sorted_or_not: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -655,7 +671,12 @@ def _covis_batch(covis: CoVisitation, recent: list[list[int]], k: int, key_base:
     top = np.flatnonzero(vs == np.maximum.reduceat(vs, starts)[seg])
     best = order[top[np.r_[True, seg[top[1:]] != seg[top[:-1]]]]]
     users = ukeys // key_base
-    rank = rank_in_groups(users, totals, first)
+    # rank within each user by total, ties by first appearance: the keys taken in appearance
+    # order (a scatter, not a sort), whose entry order is then the tie-break
+    key_at = np.full(size, -1, dtype=np.int64)
+    key_at[first] = np.arange(len(starts))
+    by_appearance = key_at[key_at >= 0]
+    rank = by_appearance[rank_in_groups(users[by_appearance], totals[by_appearance])]
     u_sorted = users[rank]
     ustart = np.searchsorted(u_sorted, np.arange(n_users))
     pos_in_user = np.arange(len(rank)) - ustart[u_sorted]

@@ -17,7 +17,15 @@ import numpy as np
 from schemas import RecItem, Recommendation
 from schemas.repeat import repeat_features, state_inputs
 from schemas.serving import SOURCES, ListParams, assemble, discovery, list_scores, order_with_search
-from streamer.candidates import CandidateBatch, Candidates, evidence_of, rank_in_groups
+from streamer.candidates import (
+    SEARCH,
+    TRENDING,
+    CandidateBatch,
+    Candidates,
+    count_before,
+    evidence_of,
+    rank_in_groups,
+)
 from streamer.items import ItemIndex
 from streamer.state import UserState
 
@@ -140,24 +148,87 @@ def _items(
     scores: list,
     query: str | None,
     trending_evidence: list | None,
+    shared: dict | None = None,
 ) -> tuple[RecItem, ...]:
     """The list's items from the picked candidates' fields, best first (Python lists, one entry per
-    item): the evidence (``candidates.evidence_of``) turned into a reason by ``reason_for``."""
+    item): the evidence (``candidates.evidence_of``) turned into a reason by ``reason_for``.
+    ``shared``: reasons that depend on the evidence alone (co-visitation, a kNN or ann anchor, a
+    trending count), kept by evidence across the lists of a batch, where they recur."""
     ids, titles = index.ids, index.titles
+    shared = {} if shared is None else shared
     items = []
     for row, s, ev_r, ev_c, score in zip(rows, src, ev_row, ev_count, scores):
-        evidence = evidence_of(s, ev_r, ev_c, query, trending_evidence)
         source = SOURCES[s]
-        items.append(
-            RecItem(
-                item_id=ids[row],
-                score=round(score, 6),
-                reason=reason_for(source, evidence, row, user, index),
-                title=titles[row],
-                source=source,
-            )
-        )
+        if s == TRENDING:  # no counts in the evidence: the reason reads the item's popularity
+            key = (s, ev_r, row) if trending_evidence is not None else None
+        else:
+            key = (s, ev_r, ev_c) if s > SEARCH and ev_r >= 0 else None
+        reason = shared.get(key) if key is not None else None
+        if reason is None:
+            evidence = evidence_of(s, ev_r, ev_c, query, trending_evidence)
+            reason = reason_for(source, evidence, row, user, index)
+            if key is not None:
+                shared[key] = reason
+        items.append(RecItem(item_id=ids[row], score=round(score, 6), reason=reason, title=titles[row], source=source))
     return tuple(items)
+
+
+def _picks_plain(
+    batch: CandidateBatch, scores: list[np.ndarray], params: ListParams, search_slots: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``assemble`` then ``order_with_search`` for every user of the batch when the list score is
+    the score itself (no discovery order): the picked candidates' positions in the batch, user by
+    user, each user's best first, and their published scores.
+
+    One sort ranks every user's candidates (score descending, ties in candidate order); the
+    ``size`` first are a user's list. With ``min_new``, a user whose top has fewer new items than
+    ``assemble`` wants (``want``: ``min_new``, at most the list's size and the user's new
+    candidates) swaps the lowest own items of the top for the best new ones below it, and the
+    chosen are ordered by score, ties in ``assemble``'s order: the top's new items, the kept own
+    ones, the added new ones, each in rank order (``assemble``'s stable sort of that
+    concatenation). Users with search slots and a query then go through ``order_with_search``."""
+    offsets, counts = batch.offsets, batch.counts
+    n_users, size = len(counts), params.size
+    flat = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores] + [np.zeros(0)])
+    user_of = np.repeat(np.arange(n_users), counts)
+    first = offsets[:-1]
+    # candidate i's place in its user; ``ranked[i]`` is that user's ``pos[i]``-th best
+    pos = np.arange(len(flat)) - first[user_of]
+    ranked = rank_in_groups(user_of, flat)
+    in_top = pos < size
+    every = ranked[in_top]
+    if params.min_new > 0 and len(flat):
+        new = ~batch.own[ranked]
+
+        def per_user(mask: np.ndarray) -> np.ndarray:
+            return np.bincount(user_of, weights=mask, minlength=n_users).astype(np.int64)
+
+        have = per_user(new & in_top)
+        want = np.minimum(np.minimum(params.min_new, np.minimum(size, counts)), per_user(new))
+        short = have < want
+        if short.any():
+            lack = np.maximum(want - have, 0)[user_of]
+            own_top = ~new & in_top
+            add = new & ~in_top & (count_before(new & ~in_top, user_of, offsets) < lack)
+            keep_own = own_top & (
+                count_before(own_top, user_of, offsets) < np.minimum(size, counts)[user_of] - have[user_of] - lack
+            )
+            s_u = short[user_of]
+            chosen = np.where(s_u, (new & in_top) | keep_own | add, in_top)
+            tier = np.where(s_u & ~new & in_top, 1, 0) + np.where(s_u & add, 2, 0)  # assemble's concatenation
+            c = np.flatnonzero(chosen)
+            every = ranked[c][rank_in_groups(user_of[c], flat[ranked[c]], tier[c] * len(flat) + pos[c])]
+    published = flat[every]
+    at = np.concatenate(([0], np.cumsum(np.minimum(counts, size))))  # user k's picks: every[at[k] : at[k + 1]]
+    for k in np.flatnonzero((np.asarray(search_slots) > 0) & batch.has_query):
+        a, b = int(first[k]), int(offsets[k + 1])
+        lo, hi = int(at[k]), int(at[k + 1])
+        order, final = order_with_search(
+            flat[a:b], batch.query_sim[a:b], (every[lo:hi] - a).tolist(), size, search_slots[k]
+        )
+        every[lo:hi] = np.asarray(order, dtype=np.int64) + a
+        published[lo:hi] = final[order]
+    return every, published
 
 
 def build_list(
@@ -220,46 +291,35 @@ def build_lists(
     """``build_list`` for every user of a ``CandidateBatch`` (user ``k``: ``scores[k]`` over its
     candidates, and the ``k``-th entry of each list argument), the same lists.
 
-    With plain list parameters (no ``min_new``, no discovery order: ``list_scores`` is the score
-    itself) every user's ``assemble`` — the ``size`` best by score, ties in candidate order — is one
-    sort over the whole batch (by user, score descending, position); otherwise each user goes
-    through ``schemas.serving`` as in ``build_list``. Then the picked candidates' fields are read
-    out of the batch arrays at once, and only the items themselves (reasons) are built one by one."""
+    Without a discovery order (``list_scores`` is the score itself) every user's ``assemble``,
+    ``min_new`` included, is done for the whole batch at once (``_picks_plain``); with one each
+    user goes through ``schemas.serving`` as in ``build_list``. Then the picked candidates' fields
+    are read out of the batch arrays at once, and only the items themselves (reasons) are built
+    one by one."""
     n_users = len(batch)
     offsets = batch.offsets
     counts = batch.counts
-    picks: list[np.ndarray] = []  # per user: picked candidate positions in the batch, best first
-    finals: list[np.ndarray] = []  # per user: published scores by position within the user
-    if params.min_new <= 0 and not discovery(params):
-        flat = np.concatenate([np.asarray(s, dtype=np.float64) for s in scores] + [np.zeros(0)])
-        user_of = np.repeat(np.arange(n_users), counts)
-        ranked = rank_in_groups(user_of, flat, np.arange(len(flat)) - offsets[user_of])
-        first = offsets[:-1]
-        for k in range(n_users):
-            a = int(first[k])
-            top = ranked[a : a + min(params.size, int(counts[k]))]
-            final = flat[a : int(offsets[k + 1])]
-            if search_slots[k] > 0 and batch.has_query[k]:
-                order, final = order_with_search(
-                    final, batch.query_sim[a : int(offsets[k + 1])], (top - a).tolist(), params.size, search_slots[k]
-                )
-                top = np.asarray(order, dtype=np.int64) + a
-            picks.append(top)
-            finals.append(final)
+    if not discovery(params) and (params.min_new <= 0 or batch.own is not None):
+        every, published = _picks_plain(batch, scores, params, search_slots)
+        sizes = [int(c) for c in np.minimum(counts, params.size)]
     else:
+        picks, finals = [], []
         for k in range(n_users):
             order, final = _order(users[k], batch.user(k), scores[k], index, params, event_ts[k], search_slots[k])
             picks.append(np.asarray(order, dtype=np.int64) + int(offsets[k]))
-            finals.append(final)
-    every = np.concatenate(picks + [np.zeros(0, np.int64)])
+            finals.append(final[order])
+        every = np.concatenate(picks + [np.zeros(0, np.int64)])
+        published = np.concatenate(finals + [np.zeros(0)])
+        sizes = [len(p) for p in picks]
     rows, src = batch.rows[every].tolist(), batch.src[every].tolist()
     ev_row, ev_count = batch.ev_row[every].tolist(), batch.ev_count[every].tolist()
-    published = int(time.time() * 1000)
+    final_scores = published.tolist()
+    shared: dict = {}
+    published_ts = int(time.time() * 1000)
     out = []
     at = 0
     for k in range(n_users):
-        n = len(picks[k])
-        b = at + n
+        b = at + sizes[k]
         out.append(
             Recommendation(
                 user_id=user_ids[k],
@@ -270,15 +330,16 @@ def build_lists(
                     src[at:b],
                     ev_row[at:b],
                     ev_count[at:b],
-                    finals[k][picks[k] - int(offsets[k])].tolist(),
+                    final_scores[at:b],
                     batch.queries[k],
                     batch.trending_evidence,
+                    shared,
                 ),
                 model_version=model_versions[k],
                 variant=variants[k],
                 event_id=event_ids[k],
                 event_ts=event_ts[k],
-                published_ts=published,
+                published_ts=published_ts,
             )
         )
         at = b

@@ -413,10 +413,11 @@ class Pipeline:
         Candidates for many users at once (``candidates.gather_batch``), one ranker call per chunk of users for the ``ranker`` arm,
         one feature blend for the ``control`` arm, then the lists of every user at once (``lists.build_lists``).
 
-        A batch of at least ``2 * RANK_CHUNK`` users goes in two chunks so the ranker (onnxruntime,
-        its own thread, no GIL) scores the first while this thread gathers the second's candidates,
-        and scores the second while this thread builds the first's lists. Users are independent,
-        so the lists are the same as in one chunk."""
+        A batch of at least ``2 * RANK_CHUNK`` users of which some are ranked by the ranker goes in
+        two chunks so the ranker (onnxruntime, its own thread, no GIL) scores the first while this
+        thread gathers the second's candidates, and scores the second while this thread builds the
+        first's lists; with nobody to rank (ranking off, all in the control arm) one chunk. Users
+        are independent, so the lists are the same either way."""
         s = self.settings
         index = space.index
         if index is not self.index:
@@ -436,7 +437,10 @@ class Pipeline:
         variants = [t.variant for t in ts]
         use_ranker = [s.ranking and v != "control" for v in variants]
         n = len(users)
-        parts = [range(0, n)] if n < 2 * RANK_CHUNK else [range(0, n // 2), range(n // 2, n)]
+        # two chunks only pay when the ranker has work to overlap; without it they double the
+        # per-chunk fixed costs (one HNSW call, one merge, one feature pass per chunk)
+        split = n >= 2 * RANK_CHUNK and any(use_ranker)
+        parts = [range(0, n // 2), range(n // 2, n)] if split else [range(0, n)]
         loop = asyncio.get_running_loop()
         work = []  # per chunk: (user indices, candidates, pending ranker scores or None)
         for part in parts:

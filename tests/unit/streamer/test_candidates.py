@@ -39,6 +39,12 @@ def test_vectorised_sorts_equal_the_stable_sorts_they_replace():
         score = rng.integers(0, 4, n).astype(np.float64) / 2  # many ties
         tie = rng.permutation(n)
         np.testing.assert_array_equal(rank_in_groups(groups, score, tie), np.lexsort((tie, -score, groups)))
+        np.testing.assert_array_equal(rank_in_groups(groups, score), np.lexsort((np.arange(n), -score, groups)))
+        score[: n // 10] = np.nan  # NaN last in its group, and -0.0 equal to 0.0, as in lexsort
+        score[n // 10 : n // 5] = -0.0
+        for g in (rng.permutation(groups), groups * 40_000):  # unsorted groups; groups beyond 16 bits
+            np.testing.assert_array_equal(rank_in_groups(g, score, tie), np.lexsort((tie, -score, g)))
+            np.testing.assert_array_equal(rank_in_groups(g, score), np.lexsort((np.arange(n), -score, g)))
 
 
 def test_recent_counts_are_the_events_of_the_last_days():
