@@ -582,12 +582,13 @@ def gather_batch(
 
 def stable_argsort(keys: np.ndarray) -> np.ndarray:
     """``np.argsort(keys, kind="stable")`` of non-negative int64 keys, as one sort of unique keys
-    (each key times ``len(keys)`` plus its position; numpy's vectorised sort, ~5x faster than
-    the stable one here) where that cannot overflow."""
+    (each key times ``len(keys)`` plus its position) where that cannot overflow: a plain sort of
+    the values (numpy's SIMD sort, ~2x faster than an argsort of them, ~5x than the stable
+    argsort) whose remainders by ``len(keys)`` are the positions."""
     n = len(keys)
     if n < 2 or int(keys.max()) >= (1 << 62) // n or int(keys.min()) < 0:
         return np.argsort(keys, kind="stable")
-    return np.argsort(keys * n + np.arange(n, dtype=np.int64))
+    return np.sort(keys * n + np.arange(n, dtype=np.int64)) % n
 
 
 def rank_in_groups(groups: np.ndarray, score: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
