@@ -36,6 +36,7 @@ from typing import Annotated, Any, Callable, ClassVar, Literal, TypeVar, get_arg
 import msgspec
 import orjson
 from msgspec import Meta
+from msgspec.structs import astuple
 
 T = TypeVar("T")
 
@@ -415,19 +416,6 @@ def _json_numbers(value: Any) -> Any:
     return value
 
 
-def _fast_id(value: Any, path: str) -> str:
-    # Hot path: the common valid form inline, the full check (which also builds the error) otherwise.
-    if type(value) is str and 0 < len(value) <= MAX_ID_LEN:
-        return value
-    return _id(value, path)
-
-
-def _fast_ts(value: Any, path: str) -> int:
-    if type(value) is int and TS_MIN_MS <= value <= TS_MAX_MS:
-        return value
-    return _ts(value, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # Field types. msgspec checks plain strings, numbers, booleans, enums, arrays and unknown or
 # missing fields natively (constraints in ``Meta``). A wire rule it cannot express (an id that may
@@ -446,12 +434,20 @@ class _PlainValues(type):
 
 
 class WireType(metaclass=_PlainValues):
-    """A field type msgspec delegates to Python: ``check(value, path)`` and ``json_schema()``."""
+    """A field type msgspec delegates to Python: ``check(value, path)`` and ``json_schema()``.
+
+    ``common``, when set, is a msgspec-native type for the form nearly every message uses (an id
+    that is a non-empty string, a timestamp that is integer epoch ms in range): every value it
+    accepts, ``check`` returns unchanged. ``decode_*`` try a decoder built from these forms first
+    (no Python call per field) and fall back to ``check`` for anything else, so the common form
+    is a shortcut, not a second contract (``test_common_form_is_a_subset_of_the_check``).
+    """
 
     __slots__ = ()
     check: ClassVar[Callable[[Any, str], Any]]
     schema: ClassVar[dict[str, Any] | Callable[[], dict[str, Any]]]
     python: ClassVar[type]  # the Python type of the values ``check`` returns
+    common: ClassVar[Any] = None
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
@@ -459,9 +455,14 @@ class WireType(metaclass=_PlainValues):
 
 
 def wire_type(
-    name: str, python: type, check: Callable[[Any, str], Any], schema: dict[str, Any] | Callable[[], dict[str, Any]]
+    name: str,
+    python: type,
+    check: Callable[[Any, str], Any],
+    schema: dict[str, Any] | Callable[[], dict[str, Any]],
+    common: Any = None,
 ) -> Any:
-    return type(name, (WireType,), {"__slots__": (), "check": staticmethod(check), "schema": schema, "python": python})
+    attrs = {"__slots__": (), "check": staticmethod(check), "schema": schema, "python": python, "common": common}
+    return type(name, (WireType,), attrs)
 
 
 def value_type(annotation: Any) -> type:
@@ -509,13 +510,19 @@ def _context_schema() -> dict[str, Any]:
 
 
 def _int_type(name: str, lo: int, hi: int) -> Any:
-    return wire_type(name, int, lambda v, p: _int(v, p, lo, hi), {"type": "integer", "minimum": lo, "maximum": hi})
+    schema = {"type": "integer", "minimum": lo, "maximum": hi}
+    return wire_type(name, int, lambda v, p: _int(v, p, lo, hi), schema, Annotated[int, Meta(ge=lo, le=hi)])
 
 
 def _text_type(name: str, max_len: int, description: str = "") -> Any:
     schema = {"type": "string", "maxLength": max_len}
     return wire_type(
-        name, str, lambda v, p: _text(v, p, max_len), {"description": description, **schema} if description else schema
+        name,
+        str,
+        lambda v, p: _text(v, p, max_len),
+        {"description": description, **schema} if description else schema,
+        # Not blank: \S is exactly what str.strip() keeps (both use Py_UNICODE_ISSPACE).
+        Annotated[str, Meta(max_length=max_len, pattern=r"\S")],
     )
 
 
@@ -530,11 +537,12 @@ SchemaVersion = wire_type(
     int,
     _version,
     {"description": "Contract version; readers of v1 accept only 1. Absent means 1.", "const": SCHEMA_VERSION},
+    Literal[SCHEMA_VERSION],
 )
 Id = wire_type(
     "Id",
     str,
-    _fast_id,
+    _id,
     {
         "description": "A string of 1..128 characters, or an integral JSON number (17850 or 17850.0) that readers "
         'normalise to its digits ("17850").',
@@ -543,16 +551,18 @@ Id = wire_type(
             {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
         ],
     },
+    Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)],
 )
 Ts = wire_type(
     "Ts",
     int,
-    _fast_ts,
+    _ts,
     {
         "description": "Event time: epoch milliseconds (integer or number) or an RFC 3339 date-time with offset; "
         "1990-01-01 .. 2100-01-01 UTC. Readers normalise it to integer epoch ms.",
         "anyOf": [{"type": "number", "minimum": TS_MIN_MS, "maximum": TS_MAX_MS}, _RFC3339_SCHEMA],
     },
+    Annotated[int, Meta(ge=TS_MIN_MS, le=TS_MAX_MS)],
 )
 TsInt = wire_type("TsInt", int, _ts_int, _TS_INT_SCHEMA)
 Rfc3339 = wire_type(
@@ -1206,6 +1216,29 @@ def _convert(d: Any, cls: type[T], path: str) -> T:
 # Bytes in, bytes out
 
 _DECODERS: dict[type, msgspec.json.Decoder] = {}
+_COMMON_DECODERS: dict[type, msgspec.json.Decoder] = {}
+
+
+def _common_form(tp: Any) -> Any:
+    """``tp`` with a WireType (possibly inside ``Annotated``) replaced by its ``common`` form."""
+    if get_origin(tp) is Annotated:
+        inner = _common_form(get_args(tp)[0])
+        return tp if inner is get_args(tp)[0] else inner  # the outer Meta only documents
+    if isinstance(tp, type) and issubclass(tp, WireType) and tp.common is not None:
+        return tp.common
+    return tp
+
+
+def _common_struct(cls: Any) -> Any:
+    """A struct with ``cls``'s fields in ``cls``'s order, each WireType field in its common form:
+    what it decodes, ``cls`` decodes to the same values (see WireType)."""
+    fields = []
+    for f in msgspec.structs.fields(cls):
+        tp = _common_form(f.type)
+        fields.append((f.name, tp) if f.required else (f.name, tp, f.default))
+    return msgspec.defstruct(
+        f"_{cls.__name__}Common", fields, forbid_unknown_fields=cls.__struct_config__.forbid_unknown_fields
+    )
 
 
 def _refused_bytes(raw: Any, cls: Any, exc: msgspec.ValidationError) -> ValidationError:
@@ -1230,7 +1263,15 @@ def _decode(raw: Any, cls: type[T], limit: int) -> T:
     if size > limit:
         raise ValidationError("too_large", "$", f"{size} bytes, at most {limit}")
     try:
-        obj = _DECODERS[cls].decode(raw)
+        # The common form first: natively checked, no Python call per field. Anything it refuses
+        # (a numeric id, a blank session, a bad message) goes through the full checks below,
+        # which alone decide what is refused and why.
+        obj = cls(*astuple(_COMMON_DECODERS[cls].decode(raw)))
+    except Exception:  # noqa: BLE001 - the full decode below reports it
+        obj = None
+    try:
+        if obj is None:
+            obj = _DECODERS[cls].decode(raw)
         obj._rules("$")
         return obj
     except ValidationError:
@@ -1247,6 +1288,7 @@ def _decode(raw: Any, cls: type[T], limit: int) -> T:
 
 for _cls in (Event, Item, Recommendation, DeadLetter, ModelUpdate):
     _DECODERS[_cls] = msgspec.json.Decoder(_cls, dec_hook=_dec_hook)
+    _COMMON_DECODERS[_cls] = msgspec.json.Decoder(_common_struct(_cls), dec_hook=_dec_hook)
 
 
 def decode_event(raw: bytes) -> Event:

@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from schemas import DeadLetter, Event, Item, ValidationError, decode_event, decode_item
 
 
-@dataclass(frozen=True)
-class RawMessage:
+class RawMessage(NamedTuple):
+    """One consumed record, built per record in the consume loop (a NamedTuple: ~2x cheaper to
+    build than a frozen dataclass, and immutable all the same)."""
+
     topic: str
     partition: int
     offset: int

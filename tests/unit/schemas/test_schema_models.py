@@ -644,3 +644,31 @@ def test_several_faults_inside_recommendation_items():
     items = [{"item_id": "1", "score": 1, "reason": ""}, {"rank": 1, "score": "x", "item_id": "2", "reason": ""}]
     err = refused(decode_recommendation, orjson.dumps(_rec(items=items, event_ts="x")))
     assert (err.reason, err.path) == ("unknown_field", "$.items[1].rank")
+
+
+_COMMON_PROBES = [
+    "", " ", "\t\n", "\u00a0", "\u2003x", "\x1c", "\u200b", "a", " a ", "é", "x" * 128, "x" * 129, "x" * 513,
+    "2011-12-09T12:50:00Z", 0, 1, -1, 2, 1.0, 1.5, 6.0, True, False, None, [], {}, [1], {"a": 1},
+    10**6, 10**6 + 1, -(10**6), -(10**6) - 1, 2**53, 2**53 + 1, 2**63, 2**64,
+    schemas.models.TS_MIN_MS - 1, schemas.models.TS_MIN_MS, schemas.models.TS_MAX_MS, schemas.models.TS_MAX_MS + 1, 1291191960000.0,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "wire", [t for t in schemas.models.WireType.__subclasses__() if t.common is not None], ids=lambda t: t.__name__
+)
+def test_common_form_is_a_subset_of_the_check(wire):
+    """What a WireType's common form (the decoders' fast path) accepts, its check returns unchanged."""
+    import msgspec
+
+    accepted = 0
+    for probe in _COMMON_PROBES:
+        raw = json.dumps(probe).encode()
+        try:
+            fast = msgspec.json.decode(raw, type=wire.common)
+        except msgspec.ValidationError:
+            continue
+        accepted += 1
+        checked = wire.check(msgspec.json.decode(raw), "$")
+        assert (fast, type(fast)) == (checked, type(checked)), probe
+    assert accepted
