@@ -291,7 +291,6 @@ class CandidateBatch:
     ev_count: np.ndarray  # float64 [N]
     feats: np.ndarray  # float32 [N, F]
     knn: np.ndarray | None  # float64 [N] item-kNN score, None when the index has no neighbours
-    flat_vecs: np.ndarray | None  # float32 [N, D] the candidates' item vectors, or None when gathered padded
     query_sim: np.ndarray  # float32 [N] (0 where the user has no active query)
     queries: list  # [U] the search query behind the ``search`` source, or None
     has_query: np.ndarray  # bool [U]
@@ -307,15 +306,6 @@ class CandidateBatch:
     @property
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
-
-    @property
-    def vecs(self) -> np.ndarray:
-        """float32 [N, D] the candidates' item vectors, flat."""
-        if self.flat_vecs is None:
-            counts = self.counts
-            user = np.repeat(np.arange(len(counts)), counts)
-            self.flat_vecs = self.padded_vecs[user, np.arange(len(user)) - self.offsets[user]]
-        return self.flat_vecs
 
     def padded(self, values: np.ndarray, width: int | None = None) -> np.ndarray:
         """Per-candidate ``values`` [N, ...] as [U, width, ...], zeros after each user's count."""
@@ -388,8 +378,9 @@ def gather_batch(
     text or category) rather than being an id-hash placeholder; the ``ann`` source is skipped for a
     user none of whose recent items has one (the neighbours of a random vector are noise: a cold
     user then gets trending instead), and its "similar to" anchor is always such an item.
-    ``pad_vectors``: gather the candidates' vectors straight into the ranker's padded layout
-    (``CandidateBatch.padded_vecs``) instead of flat: one copy of them instead of two."""
+    ``pad_vectors``: gather the candidates' vectors into the ranker's padded layout
+    (``CandidateBatch.padded_vecs``); without it each user's vectors are gathered only for its
+    similarity features and not kept."""
     n_users, n = len(users), cfg.n
     plan = source_plan(n)
     n_items = len(index)
@@ -533,22 +524,23 @@ def gather_batch(
         hit, at = _lookup(cov_keys, keys)
         cov[hit] = cov_totals[at]
     counts = np.diff(offsets)
-    cand_vecs = padded_vecs = None
+    padded_vecs = None
     if pad_vectors:  # the ranker's layout: user u's vectors in [u, :count], zeros after
         width = pad_width(counts)
         slot = np.zeros((n_users, width), dtype=np.int64)  # item row per slot (padding: row 0, zeroed below)
         slot[sel_u, np.arange(len(rows)) - offsets[sel_u]] = rows
         padded_vecs = index.vecs[slot]
         padded_vecs[np.arange(width) >= counts[:, None]] = 0.0
-    else:
-        cand_vecs = index.vecs[rows]
     sim = np.zeros(len(rows), dtype=np.float32)
     qsim = np.zeros(len(rows), dtype=np.float32)
+    vecs = index.vecs
     for u, r in enumerate(users):  # one matrix-vector product per user (BLAS)
         a, b = offsets[u], offsets[u + 1]
-        if a == b:
+        if a == b or (uvecs[u] is None and r.query_vec is None):
             continue
-        block = padded_vecs[u, : b - a] if padded_vecs is not None else cand_vecs[a:b]
+        # the ranker's padded copy, or else this user's vectors alone: one block at a time, used
+        # while it is in cache (no flat copy of the whole batch's vectors)
+        block = padded_vecs[u, : b - a] if padded_vecs is not None else vecs[rows[a:b]]
         if uvecs[u] is not None:
             sim[a:b] = block @ uvecs[u]
         if r.query_vec is not None:
@@ -570,7 +562,6 @@ def gather_batch(
         ev_count=ev_count,
         feats=feats,
         knn=knn_score,
-        flat_vecs=cand_vecs,
         query_sim=qsim,
         queries=[r.state.last_query for r in users],
         has_query=has_q,

@@ -53,7 +53,6 @@ def test_batch_assembly_is_assemble_per_user_with_ties():
             ev_count=np.zeros(n),
             feats=np.zeros((n, 1), np.float32),
             knn=None,
-            flat_vecs=None,
             query_sim=qsim,
             queries=[None] * n_users,
             has_query=has_query,
