@@ -9,7 +9,7 @@ Starts the embedded stack, produces the online_retail catalog and events, and st
 as ``python -m benchmarks.worker_timing`` with ``BENCH_TIMING_OUT`` set: in that process the
 module wraps ``Pipeline.process``, ``OnnxRanker.score_padded`` and ``Publisher`` methods with
 timers (nothing else changes), runs ``streamer.app.main()``, and writes its totals to that file
-every 0.5 s. Works against any checkout (it wraps only names every version since step 5 has).
+every 0.5 s and at exit. Works against any checkout (it wraps only names every version since step 5 has).
 Short drains on a shared machine move by ±20 %: compare the per-batch shares, run alternately.
 
     python -m benchmarks.worker_timing --paced 2600 --seconds 20 [--model-root var/models]
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import gc
 import json
 import os
@@ -53,6 +54,8 @@ def instrument(out: Path) -> None:
 
     def dump() -> None:
         out.write_text(json.dumps(acc))
+
+    atexit.register(dump)  # the last figures too, when the worker stops (SIGTERM: a clean exit)
 
     def timed(owner, name: str, key: str, on_thread: bool = False) -> None:
         original = getattr(owner, name)
@@ -182,7 +185,8 @@ def latency_summary(acc: dict) -> str:
     rows = [f"| {k} | {what[k]} | {q(h, 0.5):.1f} | {q(h, 0.99):.1f} |" for k, h in lat.items() if sum(h)]
     if not rows:
         return ""
-    return "\n".join(["| part (per event) | what | median ms | p99 ms |", "|---|---|---|---|"] + rows)
+    n = sum(lat["total"]) if "total" in lat else 0
+    return "\n".join([f"{n:,} events", "| part (per event) | what | median ms | p99 ms |", "|---|---|---|---|"] + rows)
 
 
 def summary(acc: dict) -> str:
@@ -248,7 +252,6 @@ def main(argv: list[str] | None = None) -> None:
             if args.paced:
                 asyncio.run(br._paced(stack.bootstrap, t["events"], events, args.paced))
             drained = br.drain(w, len(events))
-            time.sleep(1.0)  # the last batches' figures written (every 0.5 s while batches run)
         finally:
             w.stop()
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in drained.items()})
