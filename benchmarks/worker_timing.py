@@ -203,9 +203,9 @@ def summary(acc: dict) -> str:
     rows = [
         ("batches, lists per batch", f"{b:.0f}, {acc.get('lists', 0) / b:.1f}"),
         ("wall per batch, ms", ms(wall)),
+        ("  of which in Pipeline.process (its waits on the ranker included)", ms(acc.get("process_wall", 0.0))),
         ("event loop thread: running", ms(acc.get("main_run", 0.0))),
         ("event loop thread: waiting for a core", ms(acc.get("main_delay", 0.0))),
-        ("of which Pipeline.process (wall)", ms(acc.get("process_wall", 0.0))),
         ("event loop thread: idle (ranker, Redis, broker, GIL)", f"{ms(idle)} ({idle / wall:.0%})" if wall else "-"),
         (
             "ranker call wall / CPU / waiting for a core",
